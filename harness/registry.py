@@ -1,0 +1,48 @@
+"""Registries with lazy targets (STYLE: lm-eval's registry).
+
+Names map to ``"module:attr"`` strings, so listing imports nothing heavy. Third-party packages
+add entries through the entry-point groups ``policylong.methods`` and ``policylong.benchmarks``.
+An unknown name fails with the closest known names.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from importlib import metadata
+from typing import Any
+
+# Built-in entries: name -> (target, one-line description). Filled as features land.
+METHODS: dict[str, tuple[str, str]] = {}
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "sandbox_properties": ("harness.sandbox.properties:measure",
+                           "the sandbox world's mechanism checks (anchors, ΔI, look-alikes)"),
+}
+
+_GROUPS = {"method": ("policylong.methods", METHODS),
+           "benchmark": ("policylong.benchmarks", BENCHMARKS)}
+
+
+class UnknownName(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return str(self.args[0])
+
+
+def entries(kind: str) -> dict[str, tuple[str, str]]:
+    group, builtin = _GROUPS[kind]
+    out = dict(builtin)
+    for ep in metadata.entry_points(group=group):
+        out.setdefault(ep.name, (ep.value, f"from package {ep.dist.name if ep.dist else '?'}"))
+    return out
+
+
+def resolve(kind: str, name: str) -> Any:
+    known = entries(kind)
+    if name not in known:
+        close = difflib.get_close_matches(name, list(known), n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownName(f"unknown {kind} '{name}'{hint} (known: {', '.join(sorted(known)) or 'none'})")
+    module, _, attr = known[name][0].partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj

@@ -1,0 +1,249 @@
+"""The sandbox world: a generated corpus with planted cross-document dependencies.
+
+Every document is plain text in a jsonl corpus, like any user corpus. Four kinds:
+
+* **profile**: states two attributes of one entity, ``The <attr> of <First> <Last> is <value>.``
+  between predictable filler sentences;
+* **reference**: filler that later *repeats* one or two of those statements word for word (the
+  planted dependency: the value is unpredictable without the profile and copyable with it);
+* **look-alike profile**: a distractor entity with the same first name, a different last name
+  and different values for the same attributes;
+* **filler**: predictable text only.
+
+Design choices (DESIGN §5, measured in ``docs/sandbox.md``):
+
+* values are pseudo-words drawn uniformly from a lexicon of 2,000 (``ln 2000 ≈ 7.6`` nats when
+  unpredictable), each a single token of the sandbox tokenizer, so a value sits far above the
+  document's ``μ_H + 2σ_H`` while filler is predictable (values from small lists, such as 16
+  colours, would cap a value's entropy below the threshold);
+* the later mention repeats the earlier statement's exact wording, with the distinguishing part of
+  the name (the last name) right before ``is <value>``: a tiny transformer learns this by
+  induction (copying the continuation of a phrase seen earlier);
+* one profile-reference episode per pre-training row, with a distance curriculum.
+
+Everything is a pure function of the seed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+from typing import Iterator
+
+ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
+          "th", "sh", "ch", "kr", "tr", "br"]
+VOWELS = ["a", "e", "i", "o", "u", "ai"]
+CODAS = ["n", "r", "l", "s", "k", "m", "x", "th"]
+
+ATTRIBUTES = ["code word", "home port", "guild", "ship", "mentor", "vault", "crest", "song",
+              "horse", "lantern", "banner", "oath"]
+
+# Predictable filler: a small grammar, so that filler tokens sit well below μ_H + 2σ_H.
+_F_SUBJ = ["The river", "The old mill", "The north road", "The market", "The harbor",
+           "The bell tower", "The orchard", "The stone bridge"]
+_F_VERB = ["was quiet", "was busy", "stood still", "looked calm", "was open", "felt cold"]
+_F_TIME = ["in the morning", "at noon", "in the evening", "all day", "after the rain"]
+
+Rng = random.Random
+
+
+def _syllable(rng: Rng, coda: bool) -> str:
+    s = rng.choice(ONSETS) + rng.choice(VOWELS)
+    return s + rng.choice(CODAS) if coda else s
+
+
+def _name_pool(rng: Rng, n: int, syllables: int) -> list[str]:
+    out: set[str] = set()
+    while len(out) < n:
+        w = "".join(_syllable(rng, i == syllables - 1) for i in range(syllables))
+        out.add(w.capitalize())
+    return sorted(out)
+
+
+def filler_sentence(rng: Rng) -> str:
+    return f"{rng.choice(_F_SUBJ)} {rng.choice(_F_VERB)} {rng.choice(_F_TIME)}."
+
+
+def filler(rng: Rng, n_sentences: int) -> str:
+    return " ".join(filler_sentence(rng) for _ in range(n_sentences))
+
+
+def fact(attr: str, first: str, last: str, value: str) -> str:
+    """The one wording shared by a profile and every later mention."""
+    return f"The {attr} of {first} {last} is {value}."
+
+
+@dataclasses.dataclass(frozen=True)
+class Entity:
+    first: str
+    last: str
+    facts: tuple[tuple[str, str], ...]      # (attribute, value)
+    lookalike_of: str | None = None          # id of the entity this one imitates
+
+    @property
+    def name(self) -> str:
+        return f"{self.first} {self.last}"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldSpec:
+    """Sizes of the generated world. Defaults are ours (the papers have no sandbox)."""
+    seed: int = 0
+    n_entities: int = 300            # corpus entities (each with a profile and a reference)
+    lookalike_fraction: float = 0.5  # share of corpus entities that get a look-alike profile
+    n_filler_docs: int = 100
+    n_probe_entities: int = 200      # held out: never in the corpus nor in pre-training
+    facts_per_entity: int = 2
+    n_first_names: int = 400
+    n_last_names: int = 600
+    n_values: int = 2000
+
+
+class World:
+    """Name pools and entity factories for one seed. Splits use disjoint entity sets."""
+
+    def __init__(self, spec: WorldSpec):
+        self.spec = spec
+        rng = random.Random(f"names-{spec.seed}")
+        self.first_names = _name_pool(rng, spec.n_first_names, 2)
+        self.last_names = _name_pool(rng, spec.n_last_names, 2)
+        taken = {n.lower() for n in self.first_names + self.last_names}
+        values: set[str] = set()
+        while len(values) < spec.n_values:
+            v = _syllable(rng, False) + _syllable(rng, True)
+            if v not in taken:
+                values.add(v)
+        self.values = sorted(values)
+
+    def value(self, rng: Rng) -> str:
+        return rng.choice(self.values)
+
+    def lexicon(self) -> list[str]:
+        """Every name and value, for the tokenizer to learn them as whole words."""
+        return self.first_names + self.last_names + self.values
+
+    def entity(self, rng: Rng, used: set[str]) -> Entity:
+        while True:
+            first, last = rng.choice(self.first_names), rng.choice(self.last_names)
+            if f"{first} {last}" not in used:
+                break
+        used.add(f"{first} {last}")
+        attrs = rng.sample(ATTRIBUTES, self.spec.facts_per_entity)
+        return Entity(first, last, tuple((a, self.value(rng)) for a in attrs))
+
+    def lookalike(self, rng: Rng, e: Entity, used: set[str]) -> Entity:
+        """Same first name, another last name, same attributes, other values."""
+        while True:
+            last = rng.choice(self.last_names)
+            if last != e.last and f"{e.first} {last}" not in used:
+                break
+        used.add(f"{e.first} {last}")
+        facts = []
+        for a, v in e.facts:
+            v2 = self.value(rng)
+            while v2 == v:
+                v2 = self.value(rng)
+            facts.append((a, v2))
+        return Entity(e.first, last, tuple(facts), lookalike_of=e.name)
+
+
+def profile_text(rng: Rng, e: Entity) -> str:
+    parts = [f"Record of {e.name}.", filler(rng, rng.randint(1, 2))]
+    for a, v in e.facts:
+        parts.append(fact(a, e.first, e.last, v))
+        parts.append(filler(rng, rng.randint(1, 2)))
+    return " ".join(parts)
+
+
+def reference_text(rng: Rng, e: Entity, n_before: int, n_mentions: int | None = None,
+                   n_after: int = 2) -> tuple[str, list[tuple[str, str]]]:
+    """Filler, then the entity's facts repeated verbatim; returns text and the planted facts."""
+    k = n_mentions or rng.randint(1, len(e.facts))
+    mentioned = rng.sample(list(e.facts), k)
+    parts = [filler(rng, n_before)] if n_before else []
+    for a, v in mentioned:
+        parts.append(fact(a, e.first, e.last, v))
+        parts.append(filler(rng, rng.randint(1, 3)))
+    if n_after:
+        parts.append(filler(rng, n_after))
+    return " ".join(parts), mentioned
+
+
+def generate_corpus(spec: WorldSpec) -> tuple[list[dict], list[dict]]:
+    """The sandbox corpus (jsonl records) and the held-out probe entities.
+
+    Corpus records: ``{"id", "text", "kind", "entity", "facts", "lookalike_of"}``; only
+    ``id`` and ``text`` are what a method may read, the rest is ground truth for tests.
+    """
+    world = World(spec)
+    rng = random.Random(f"corpus-{spec.seed}")
+    used: set[str] = set()
+    docs: list[dict] = []
+    for i in range(spec.n_entities):
+        e = world.entity(rng, used)
+        docs.append(_record(f"profile-{i:05d}", profile_text(rng, e), "profile", e))
+        text, mentioned = reference_text(rng, e, n_before=rng.randint(2, 8))
+        docs.append(_record(f"reference-{i:05d}", text, "reference", e, mentioned))
+        if rng.random() < spec.lookalike_fraction:
+            la = world.lookalike(rng, e, used)
+            docs.append(_record(f"lookalike-{i:05d}", profile_text(rng, la), "lookalike", la))
+    for i in range(spec.n_filler_docs):
+        docs.append({"id": f"filler-{i:05d}", "text": filler(rng, rng.randint(8, 20)),
+                     "kind": "filler", "entity": None, "facts": [], "lookalike_of": None})
+    rng.shuffle(docs)
+    probe = []
+    for i in range(spec.n_probe_entities):
+        e = world.entity(rng, used)
+        la = world.lookalike(rng, e, used)
+        probe.append({"id": f"probe-{i:05d}", "entity": e.name, "first": e.first,
+                      "last": e.last, "facts": [list(f) for f in e.facts],
+                      "lookalike": {"name": la.name, "last": la.last,
+                                    "facts": [list(f) for f in la.facts]},
+                      "profile": profile_text(rng, e),
+                      "lookalike_profile": profile_text(rng, la),
+                      "reference_seed": rng.randrange(2**31)})
+    return docs, probe
+
+
+def _record(doc_id: str, text: str, kind: str, e: Entity,
+            mentioned: list[tuple[str, str]] | None = None) -> dict:
+    return {"id": doc_id, "text": text, "kind": kind, "entity": e.name,
+            "facts": [list(f) for f in (mentioned if mentioned is not None else e.facts)],
+            "lookalike_of": e.lookalike_of}
+
+
+def pretraining_texts(spec: WorldSpec, seed: int, max_before: int) -> Iterator[str]:
+    """Endless pre-training rows: one profile-reference episode each (or filler only).
+
+    Entities are drawn from their own seed stream, so they almost never coincide with corpus or
+    probe entities; ``max_before`` sets how much filler separates profile and reference (the
+    distance curriculum grows it during training).
+    """
+    world = World(spec)
+    rng = random.Random(f"pretrain-{spec.seed}-{seed}")
+    used: set[str] = set()
+    while True:
+        if len(used) > 200_000:
+            used.clear()
+        e = world.entity(rng, used)
+        r = rng.random()
+        gap = filler(rng, rng.randint(0, max_before))
+        ref, _ = reference_text(rng, e, n_before=rng.randint(0, 2), n_after=1)
+        if r < 0.6:      # profile ... reference
+            yield " ".join(x for x in (profile_text(rng, e), gap, ref) if x)
+        elif r < 0.8:    # look-alike and true profile, either order, then the reference
+            la = world.lookalike(rng, e, used)
+            pair = [profile_text(rng, e), profile_text(rng, la)]
+            rng.shuffle(pair)
+            yield " ".join(x for x in (pair[0], pair[1], gap, ref) if x)
+        else:            # reference alone: values must stay unpredictable without context
+            yield ref
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)

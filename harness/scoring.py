@@ -1,0 +1,93 @@
+"""Per-token entropy and NLL of any HF causal LM, computed block-wise through the LM head.
+
+``[seq, vocab]`` logits are never materialised for a whole sequence: hidden states are projected
+through the LM head ``block`` positions at a time and each block is reduced to entropy and NLL at
+once. In anchor-only mode the head runs only at the requested positions (what verification
+needs). Values are aligned to tokens: ``entropy[b, t]`` is ``H(x_t | x_<t)``, the entropy of the
+next-token distribution computed from the hidden state at ``t-1``; position 0 has no prediction
+and holds NaN.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _reduce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    ent = -(logp.exp() * logp).sum(-1)
+    nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return ent, nll
+
+
+def _hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+            position_ids: torch.Tensor | None) -> torch.Tensor:
+    base = model.get_decoder()
+    out = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+               use_cache=False)
+    return out.last_hidden_state
+
+
+@torch.no_grad()
+def score_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 position_ids: torch.Tensor | None = None, block: int = 1024
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy and NLL (nats) at every position of ``input_ids [B, T]`` (NaN at t = 0)."""
+    hidden = _hidden(model, input_ids, attention_mask, position_ids)
+    head = model.get_output_embeddings()
+    B, T = input_ids.shape
+    ent = torch.full((B, T), float("nan"), dtype=torch.float32, device=input_ids.device)
+    nll = torch.full_like(ent, float("nan"))
+    for s in range(0, T - 1, block):
+        e = min(T - 1, s + block)
+        logits = F.linear(hidden[:, s:e], head.weight, head.bias)
+        be, bn = _reduce(logits, input_ids[:, s + 1:e + 1])
+        ent[:, s + 1:e + 1], nll[:, s + 1:e + 1] = be, bn
+    return ent, nll
+
+
+@torch.no_grad()
+def score_positions(model, input_ids: torch.Tensor, positions: list[torch.Tensor],
+                    attention_mask: torch.Tensor | None = None,
+                    position_ids: torch.Tensor | None = None
+                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Anchor-only mode: entropy and NLL only at ``positions[b]`` (token indices ≥ 1) of row b."""
+    hidden = _hidden(model, input_ids, attention_mask, position_ids)
+    head = model.get_output_embeddings()
+    out = []
+    for b, pos in enumerate(positions):
+        pos = pos.to(input_ids.device).long()
+        if pos.numel() == 0:
+            empty = torch.empty(0, device=input_ids.device)
+            out.append((empty, empty))
+            continue
+        if int(pos.min()) < 1:
+            raise ValueError("anchor positions must be >= 1 (position 0 has no prediction)")
+        logits = F.linear(hidden[b, pos - 1], head.weight, head.bias)
+        out.append(_reduce(logits, input_ids[b, pos]))
+    return out
+
+
+def naive_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference: full ``[B, T, vocab]`` logits in one go (tests and benchmarks only)."""
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    B, T = input_ids.shape
+    ent = torch.full((B, T), float("nan"), dtype=torch.float32)
+    nll = torch.full_like(ent, float("nan"))
+    e, n = _reduce(logits[:, :-1], input_ids[:, 1:])
+    ent[:, 1:], nll[:, 1:] = e, n
+    return ent, nll
+
+
+def anchor_threshold(entropy: torch.Tensor, alpha: float) -> float:
+    """EntropyLong's adaptive threshold τ_H = μ_H + α·σ_H over one document's entropies."""
+    h = entropy[torch.isfinite(entropy)]
+    return float(h.mean() + alpha * h.std(unbiased=False))
+
+
+def select_anchors(entropy: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Token positions whose entropy exceeds τ_H (one document, 1-D entropy)."""
+    tau = anchor_threshold(entropy, alpha)
+    return torch.nonzero(torch.nan_to_num(entropy, nan=-1.0) > tau).flatten()

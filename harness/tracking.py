@@ -1,0 +1,174 @@
+"""The one module that talks to MLflow (DESIGN §6).
+
+Default store: ``sqlite:///runs/mlflow.db`` with artifacts under ``runs/mlartifacts``;
+``MLFLOW_TRACKING_URI`` (or the spec's ``tracking.uri``) overrides. One experiment per spec, a
+parent run per comparison, nested child runs per method and per Optuna trial.
+
+Metric names (one scheme, built here and nowhere else):
+    ``stage/<name>``                 step = stage index
+    ``train/<name>``                 step = global optimizer step
+    ``eval/<bench>/<task>/<length>`` and ``eval/<bench>/avg/<length>``
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+DEFAULT_DB = "runs/mlflow.db"
+_KEY_BAD = re.compile(r"[^A-Za-z0-9_\-./ ]")
+
+
+def default_uri(root: Path | str = ".") -> str:
+    return f"sqlite:///{(Path(root) / DEFAULT_DB).resolve()}"
+
+
+def resolve_uri(spec_uri: str | None = None, root: Path | str = ".") -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or spec_uri or default_uri(root)
+
+
+def stage_key(name: str) -> str:
+    return f"stage/{name}"
+
+
+def train_key(name: str) -> str:
+    return f"train/{name}"
+
+
+def eval_key(bench: str, task: str, length: int | str) -> str:
+    return f"eval/{bench}/{task}/{length}"
+
+
+def eval_avg_key(bench: str, length: int | str) -> str:
+    return eval_key(bench, "avg", length)
+
+
+def _clean(key: str) -> str:
+    return _KEY_BAD.sub("_", key)
+
+
+class Tracker:
+    """A handle on one MLflow run (or a no-op when ``run_id`` is None)."""
+
+    def __init__(self, client, run_id: str | None):
+        self.client, self.run_id = client, run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.run_id is None or not metrics:
+            return
+        from mlflow.entities import Metric
+        import time
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(_clean(k), float(v), ts, int(step)) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self.run_id is None:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(_clean(k)[:250], str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        if self.run_id is not None:
+            self.client.log_dict(self.run_id, obj, artifact_file)
+
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        if self.run_id is not None:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.run_id is not None:
+            for k, v in tags.items():
+                self.client.set_tag(self.run_id, k, str(v))
+
+    def log_config(self, config: dict) -> None:
+        """The resolved config, as flattened params and as ``config.json``."""
+        from harness.config import flatten
+
+        self.log_params(flatten(config))
+        self.log_dict(config, "config.json")
+
+
+NULL_TRACKER = Tracker(None, None)
+
+
+class Tracking:
+    """Experiment-level access: create runs, nest them, read them back."""
+
+    def __init__(self, uri: str | None = None, experiment: str = "default",
+                 artifact_root: Path | str | None = None):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri or resolve_uri()
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment_id = self._experiment(experiment, artifact_root)
+
+    def _experiment(self, name: str, artifact_root) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:///"):
+            root = Path(artifact_root) if artifact_root else \
+                Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts"
+            location = root.resolve().as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def start_run(self, name: str, parent: Tracker | None = None,
+                  tags: dict[str, str] | None = None) -> Tracker:
+        all_tags = dict(tags or {})
+        if parent is not None and parent.run_id is not None:
+            all_tags["mlflow.parentRunId"] = parent.run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        return Tracker(self.client, run.info.run_id)
+
+    def end_run(self, tracker: Tracker, status: str = "FINISHED") -> None:
+        if tracker.run_id is not None:
+            self.client.set_terminated(tracker.run_id, status=status)
+
+    @contextlib.contextmanager
+    def run(self, name: str, parent: Tracker | None = None,
+            tags: dict[str, str] | None = None) -> Iterator[Tracker]:
+        t = self.start_run(name, parent, tags)
+        try:
+            yield t
+        except BaseException as exc:
+            t.set_tags({"failure_reason": f"{type(exc).__name__}: {exc}"[:5000]})
+            self.end_run(t, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        self.end_run(t)
+
+    def children(self, parent_run_id: str) -> list:
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any work, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            if r.status != 200:
+                raise ConnectionError(f"{url} answered HTTP {r.status}")
+    except (urllib.error.URLError, OSError) as exc:
+        raise ConnectionError(
+            f"MLflow tracking server {uri} is unreachable ({exc}); start it or unset "
+            f"MLFLOW_TRACKING_URI to use the local store {DEFAULT_DB}") from None

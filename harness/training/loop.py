@@ -1,0 +1,157 @@
+"""The training loop: a short, readable loop over Accelerate (STYLE: nanoGPT / litgpt ``fit``).
+
+Packed rows with document masking, block-wise loss, AdamW (β 0.9/0.95, weight decay 0.1),
+cosine schedule with warmup and a floor, gradient clipping, gradient accumulation. Mid-run state
+(model, optimizer, step, RNG, data position) is saved atomically every ``save_every`` optimizer
+steps, so a killed run resumes on the same loss trajectory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from harness.training.loss import packed_lm_loss
+from harness.training.schedule import cosine_lr
+
+
+@dataclasses.dataclass
+class LoopSettings:
+    steps: int                      # optimizer steps
+    micro_batch: int                # rows per forward pass (per process)
+    grad_accum: int                 # micro-batches per optimizer step (per process)
+    lr: float
+    warmup_steps: int
+    min_lr_ratio: float
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    loss_block: int = 1024
+    log_every: int = 10
+    save_every: int = 0             # 0: no mid-run state
+    seed: int = 0
+
+
+class RowSource:
+    """Rows by global index: ``rows(i, n)`` returns ``(ids[n, T], pos[n, T])``.
+
+    Indexable so that resuming is exact and processes take disjoint rows of the same global
+    batch (process p of P takes rows ``p::P``), so the global batch does not depend on P.
+    """
+
+    def __init__(self, ids: np.ndarray, pos: np.ndarray):
+        self.ids, self.pos = ids, pos
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, index: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.asarray(index) % len(self.ids)
+        return torch.from_numpy(self.ids[idx]), torch.from_numpy(self.pos[idx])
+
+
+class PackedLoss(torch.nn.Module):
+    """Wraps an HF causal LM so that its forward returns (NLL sum, token count)."""
+
+    def __init__(self, model, block_size: int):
+        super().__init__()
+        self.model, self.block_size = model, block_size
+
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor):
+        return packed_lm_loss(self.model, ids, pos, self.block_size)
+
+
+def _optimizer(model: torch.nn.Module, s: LoopSettings) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": s.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=s.lr, betas=s.betas, fused=False, foreach=False)
+
+
+def train_loop(model, source: RowSource, s: LoopSettings, accelerator,
+               log: Callable[[dict, int], None] | None = None, state_dir: Path | None = None,
+               step_offset: int = 0, progress: bool = True) -> dict:
+    """Train ``model`` for ``s.steps`` optimizer steps; returns a summary dict.
+
+    ``log(metrics, step)`` receives ``train/loss``, ``train/lr``, ``train/grad_norm`` and
+    ``train/tokens_per_s`` every ``log_every`` steps (step = ``step_offset`` + local step).
+    """
+    from harness.training.state import load_state, save_state
+
+    torch.manual_seed(s.seed)
+    hf_model = model
+    opt = _optimizer(hf_model, s)
+    start = 0
+    if state_dir is not None and (state_dir / "state.json").exists():
+        start = load_state(state_dir, hf_model, opt)
+    # Forward through the (DDP-)wrapped module so that gradients are synchronised.
+    wrapped, opt = accelerator.prepare(PackedLoss(hf_model, s.loss_block), opt)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    rows_per_step = s.micro_batch * s.grad_accum * world
+    bar = None
+    if progress and accelerator.is_main_process:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=s.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    hf_model.train()
+    history, t_last, tok_since = [], time.perf_counter(), 0
+    for step in range(start, s.steps):
+        lr = cosine_lr(step, s.steps, s.lr, s.warmup_steps, s.min_lr_ratio)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        base = step * rows_per_step
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        count_sum = torch.zeros((), dtype=torch.float64)
+        # Global-batch token count first, so every micro-batch is weighted as in one process.
+        mine = [base + m * s.micro_batch * world + rank + j * world
+                for m in range(s.grad_accum) for j in range(s.micro_batch)]
+        all_ids, all_pos = source.rows(range(base, base + rows_per_step))
+        from harness.training.loss import packed_labels
+        n_global = (packed_labels(all_ids, all_pos) != -100).sum().item()
+        for m in range(s.grad_accum):
+            idx = mine[m * s.micro_batch:(m + 1) * s.micro_batch]
+            ids, pos = source.rows(idx)
+            ids, pos = ids.to(accelerator.device), pos.to(accelerator.device)
+            nll, count = wrapped(ids, pos)
+            # Sum over processes of the gradients of (nll / n_global) · world == d(mean NLL).
+            loss = nll / n_global * world
+            accelerator.backward(loss)
+            loss_sum += nll.detach().double()
+            count_sum += count.double()
+        grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), s.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        stats = accelerator.reduce(torch.stack([loss_sum, count_sum]).to(accelerator.device),
+                                   reduction="sum")
+        mean_loss = (stats[0] / stats[1]).item()
+        history.append(mean_loss)
+        tok_since += int(n_global)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
+        if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
+            now = time.perf_counter()
+            tps = tok_since / max(now - t_last, 1e-9)
+            t_last, tok_since = now, 0
+            if bar is not None:
+                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
+            if log is not None and accelerator.is_main_process:
+                log({"train/loss": mean_loss, "train/lr": lr,
+                     "train/grad_norm": float(grad_norm), "train/tokens_per_s": tps},
+                    step_offset + step + 1)
+        if state_dir is not None and s.save_every and (step + 1) % s.save_every == 0 \
+                and step + 1 < s.steps and accelerator.is_main_process:
+            save_state(state_dir, hf_model, opt, step + 1)
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"training loss became {mean_loss} at step {step + 1}")
+    if bar is not None:
+        bar.close()
+    return {"losses": history, "steps": s.steps, "start_step": start}

