@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 class SpecError(ValueError):
     """A spec that cannot be used; the message names the file and the key path."""
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3`` / ``2E+4`` as floats (as YAML 1.2 does).
+
+    Plain YAML 1.1 needs a dot (``1.0e-3``) and otherwise yields the *string* ``'1e-3'``, which
+    pydantic coerces for typed fields but which stays a string in free-form ``params``.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 class Strict(BaseModel):
@@ -205,7 +224,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise SpecError(f"override '{text}' must look like key.path=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip(), _yaml_load(raw) if raw.strip() else ""
 
 
 def _fields_at(loc: tuple) -> list[str]:
@@ -247,7 +266,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     if not path.is_file():
         raise SpecError(f"spec file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _yaml_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):

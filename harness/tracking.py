@@ -116,6 +116,8 @@ class Tracking:
     def _experiment(self, name: str, artifact_root) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if exp.lifecycle_stage == "deleted":  # deleted in the UI: its name is still taken
+                self.client.restore_experiment(exp.experiment_id)
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:///"):
@@ -153,7 +155,8 @@ class Tracking:
             [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
-        return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
+        return [(m.step, m.value)
+                for m in self.client.get_metric_history(run_id, _clean(key))]
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:

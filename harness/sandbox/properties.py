@@ -38,8 +38,8 @@ def _value_token_positions(tok, text: str, facts: list[list[str]], name: str):
     offsets = enc["offset_mapping"]
     spans = []
     for attr, value in facts:
-        m = re.search(re.escape(f"The {attr} of {name} is ") + "(" + re.escape(value) + r")\.",
-                      text)
+        m = re.search(re.escape(W.fact(attr, *name.split(" ", 1), value)[:-len(value) - 1])
+                      + "(" + re.escape(value) + r")\.", text)
         if m is None:
             continue
         a, b = m.span(1)

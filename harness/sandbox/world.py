@@ -2,7 +2,7 @@
 
 Every document is plain text in a jsonl corpus, like any user corpus. Four kinds:
 
-* **profile**: states two attributes of one entity, ``The <attr> of <First> <Last> is <value>.``
+* **profile**: states attributes of one entity, ``<First> <Last> keeps the <attr> <value>.``
   between predictable filler sentences;
 * **reference**: filler that later *repeats* one or two of those statements word for word (the
   planted dependency: the value is unpredictable without the profile and copyable with it);
@@ -16,9 +16,10 @@ Design choices (DESIGN §5, measured in ``docs/sandbox.md``):
   unpredictable), each a single token of the sandbox tokenizer, so a value sits far above the
   document's ``μ_H + 2σ_H`` while filler is predictable (values from small lists, such as 16
   colours, would cap a value's entropy below the threshold);
-* the later mention repeats the earlier statement's exact wording, with the distinguishing part of
-  the name (the last name) right before ``is <value>``: a tiny transformer learns this by
-  induction (copying the continuation of a phrase seen earlier);
+* the later mention repeats the earlier statement's exact wording, ``<First> <Last> keeps the
+  <attribute> <value>.``, with the attribute right before the value: a tiny transformer learns
+  this by induction (copying what followed the same token earlier). A look-alike shares the
+  first name and the attributes, so a tiny model copies its value just as confidently;
 * one profile-reference episode per pre-training row, with a distance curriculum.
 
 Everything is a pure function of the seed.
@@ -36,8 +37,10 @@ ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
 VOWELS = ["a", "e", "i", "o", "u", "ai"]
 CODAS = ["n", "r", "l", "s", "k", "m", "x", "th"]
 
-ATTRIBUTES = ["code word", "home port", "guild", "ship", "mentor", "vault", "crest", "song",
-              "horse", "lantern", "banner", "oath"]
+# Single-word attributes that never occur in filler: the attribute is the token right before
+# the value, so that copying needs only induction on the previous token.
+ATTRIBUTES = ["guild", "ship", "mentor", "vault", "crest", "song", "horse", "lantern", "banner",
+              "oath", "sword", "falcon"]
 
 # Predictable filler: a small grammar, so that filler tokens sit well below μ_H + 2σ_H.
 _F_SUBJ = ["The river", "The old mill", "The north road", "The market", "The harbor",
@@ -71,7 +74,7 @@ def filler(rng: Rng, n_sentences: int) -> str:
 
 def fact(attr: str, first: str, last: str, value: str) -> str:
     """The one wording shared by a profile and every later mention."""
-    return f"The {attr} of {first} {last} is {value}."
+    return f"{first} {last} keeps the {attr} {value}."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +97,7 @@ class WorldSpec:
     lookalike_fraction: float = 0.5  # share of corpus entities that get a look-alike profile
     n_filler_docs: int = 100
     n_probe_entities: int = 200      # held out: never in the corpus nor in pre-training
-    facts_per_entity: int = 2
+    facts_per_entity: int = 3
     n_first_names: int = 400
     n_last_names: int = 600
     n_values: int = 2000

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from harness.training.loss import packed_lm_loss
+from harness.training.loss import packed_labels, packed_lm_loss
 from harness.training.schedule import cosine_lr
 
 
@@ -44,15 +44,19 @@ class RowSource:
     batch (process p of P takes rows ``p::P``), so the global batch does not depend on P.
     """
 
-    def __init__(self, ids: np.ndarray, pos: np.ndarray):
+    def __init__(self, ids: np.ndarray, pos: np.ndarray, pad: np.ndarray | None = None):
         self.ids, self.pos = ids, pos
+        self.pad = pad if pad is not None else np.zeros(ids.shape, dtype=bool)
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def rows(self, index: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = np.asarray(index) % len(self.ids)
-        return torch.from_numpy(self.ids[idx]), torch.from_numpy(self.pos[idx])
+    def rows(self, index: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows ``index`` (wrapping around: epochs) as (input_ids, position_ids, pad_mask)."""
+        idx = np.asarray(list(index)) % len(self.ids)
+        return (torch.from_numpy(np.asarray(self.ids[idx], dtype=np.int64)),
+                torch.from_numpy(np.asarray(self.pos[idx], dtype=np.int64)),
+                torch.from_numpy(np.asarray(self.pad[idx], dtype=bool)))
 
 
 class PackedLoss(torch.nn.Module):
@@ -62,8 +66,8 @@ class PackedLoss(torch.nn.Module):
         super().__init__()
         self.model, self.block_size = model, block_size
 
-    def forward(self, ids: torch.Tensor, pos: torch.Tensor):
-        return packed_lm_loss(self.model, ids, pos, self.block_size)
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor, pad: torch.Tensor):
+        return packed_lm_loss(self.model, ids, pos, self.block_size, pad_mask=pad)
 
 
 def _optimizer(model: torch.nn.Module, s: LoopSettings) -> torch.optim.Optimizer:
@@ -113,14 +117,12 @@ def train_loop(model, source: RowSource, s: LoopSettings, accelerator,
         # Global-batch token count first, so every micro-batch is weighted as in one process.
         mine = [base + m * s.micro_batch * world + rank + j * world
                 for m in range(s.grad_accum) for j in range(s.micro_batch)]
-        all_ids, all_pos = source.rows(range(base, base + rows_per_step))
-        from harness.training.loss import packed_labels
-        n_global = (packed_labels(all_ids, all_pos) != -100).sum().item()
+        all_ids, all_pos, all_pad = source.rows(range(base, base + rows_per_step))
+        n_global = max(1, int((packed_labels(all_ids, all_pos, all_pad) != -100).sum()))
         for m in range(s.grad_accum):
             idx = mine[m * s.micro_batch:(m + 1) * s.micro_batch]
-            ids, pos = source.rows(idx)
-            ids, pos = ids.to(accelerator.device), pos.to(accelerator.device)
-            nll, count = wrapped(ids, pos)
+            ids, pos, pad = (t.to(accelerator.device) for t in source.rows(idx))
+            nll, count = wrapped(ids, pos, pad)
             # Sum over processes of the gradients of (nll / n_global) · world == d(mean NLL).
             loss = nll / n_global * world
             accelerator.backward(loss)

@@ -12,13 +12,12 @@ import torch
 
 
 def save_state(state_dir: Path, model, opt, step: int) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save_model
 
     tmp = state_dir.with_name(state_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-              str(tmp / "model.safetensors"))
+    save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
     torch.save({"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
                 "numpy_rng": np.random.get_state(), "py_rng": random.getstate()},
                tmp / "optim.pt")
@@ -32,9 +31,9 @@ def save_state(state_dir: Path, model, opt, step: int) -> None:
 
 
 def load_state(state_dir: Path, model, opt) -> int:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
-    model.load_state_dict(load_file(str(state_dir / "model.safetensors")))
+    load_model(model, str(state_dir / "model.safetensors"))
     blob = torch.load(state_dir / "optim.pt", weights_only=False)
     opt.load_state_dict(blob["optimizer"])
     torch.set_rng_state(blob["torch_rng"])

@@ -1,0 +1,232 @@
+"""Building the sandbox: corpus, tokenizer, tiny Qwen2 base model, property report.
+
+Layout of a built sandbox (``runs/sandbox/<corpus hash>/``)::
+
+    corpus.jsonl      the corpus, like any user corpus (id, text + ground-truth fields)
+    probe.jsonl       held-out probe entities (never in the corpus nor in pre-training)
+    model/            HF folder (config, safetensors, tokenizer) that transformers and vLLM load
+    properties.json   the measured sandbox properties (a)-(c) on the probe entities
+    manifest.json     written last: what was built, from which recipe, with sha256s
+
+The model depends only on the world seed and the pre-training recipe (``RECIPE``), not on the
+corpus sizes, so the trained model for seed 0 ships with the package
+(``harness/assets/sandbox-model``) and a fresh machine does not pay the pre-training;
+``--from-scratch`` reproduces it from the recipe and re-checks the properties.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from harness.config import SandboxSpec, load_spec, stable_hash
+from harness.sandbox import world as W
+
+ASSET = Path(__file__).resolve().parents[1] / "assets" / "sandbox-model"
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainRecipe:
+    """How the sandbox base model is made. All values are ours (DESIGN §5)."""
+    version: int = 1
+    vocab_size: int = 6144        # BPE target; names and values end up single tokens
+    layers: int = 3
+    hidden: int = 128
+    heads: int = 4
+    kv_heads: int = 4
+    intermediate: int = 384
+    context: int = 512            # the base context; extension goes beyond it
+    rope_theta: float = 10000.0
+    steps: int = 1500
+    micro_batch: int = 8
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    max_gap_sentences: int = 12   # distance curriculum: filler between profile and reference
+    curriculum_fraction: float = 0.6  # share of steps over which the gap grows to its max
+    tokenizer_texts: int = 5000
+
+
+RECIPE = PretrainRecipe()
+
+
+def world_spec(s: SandboxSpec) -> W.WorldSpec:
+    return W.WorldSpec(seed=s.seed, n_entities=s.n_entities,
+                       lookalike_fraction=s.lookalike_fraction, n_filler_docs=s.n_filler_docs,
+                       n_probe_entities=s.n_probe_entities)
+
+
+def model_key(s: SandboxSpec, recipe: PretrainRecipe = RECIPE) -> str:
+    return stable_hash({"seed": s.seed, "recipe": dataclasses.asdict(recipe)})
+
+
+def sandbox_spec_from(spec_path: str | None, overrides: list[str]) -> SandboxSpec:
+    if spec_path is None:
+        if overrides:
+            from harness.config import SpecError
+            raise SpecError("--override needs --spec (it overrides keys of a spec file)")
+        return SandboxSpec()
+    return load_spec(spec_path, overrides).sandbox
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("POLICYLONG_SANDBOX_DIR", "runs/sandbox"))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _log(msg: str) -> None:
+    print(f"[sandbox] {msg}", file=sys.stderr, flush=True)
+
+
+def train_sandbox_tokenizer(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe = RECIPE):
+    from harness.sandbox.tokenizer import train_tokenizer
+
+    ws = world_spec(s)
+    lexicon = " ".join(W.World(ws).lexicon())
+    texts = list(itertools.islice(W.pretraining_texts(ws, 0, recipe.max_gap_sentences),
+                                  recipe.tokenizer_texts))
+    # Every name and value 20 times, so that each becomes a single token.
+    return train_tokenizer(texts + [lexicon] * 20, recipe.vocab_size, out_dir,
+                           model_max_length=1 << 20)
+
+
+def pretraining_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe = RECIPE):
+    """All pre-training rows, in order: the filler gap grows with the row index (curriculum)."""
+    import numpy as np
+    from harness.training.packing import pack_stream
+
+    ws = world_spec(s)
+    n_rows = recipe.steps * recipe.micro_batch
+    ramp = max(1, int(recipe.curriculum_fraction * n_rows))
+
+    def groups():
+        made, streams = 0, {}
+        while True:
+            # Rows hold ~3 episodes at 512 tokens, so ``made / 3`` approximates the row index.
+            gap = 1 + int(recipe.max_gap_sentences * min(1.0, made / 3 / ramp))
+            stream = streams.setdefault(gap, W.pretraining_texts(ws, gap, gap))
+            texts = list(itertools.islice(stream, 64))
+            made += len(texts)
+            yield from tokenizer(texts)["input_ids"]
+
+    rows = list(itertools.islice(pack_stream(groups(), recipe.context, tokenizer.eos_token_id),
+                                 n_rows))
+    return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+
+
+def pretrain(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe = RECIPE,
+             log=None, on_step=None) -> Path:
+    """Train the tokenizer and the tiny Qwen2 base model; save an HF folder at ``out_dir``."""
+    import torch
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.training.loop import LoopSettings, RowSource, train_loop
+    from harness.training.model_io import save_checkpoint, tiny_qwen2_config
+
+    tok_dir = out_dir.with_name(out_dir.name + ".tokenizer")
+    train_sandbox_tokenizer(s, tok_dir, recipe)
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    ids, pos = pretraining_rows(s, tok, recipe)
+    _log(f"pre-training on {ids.size:,} tokens ({recipe.steps} steps of "
+         f"{recipe.micro_batch}x{recipe.context})")
+    cfg = tiny_qwen2_config(len(tok), recipe.hidden, recipe.layers, recipe.heads,
+                            recipe.kv_heads, recipe.intermediate, recipe.context,
+                            recipe.rope_theta, tok.eos_token_id)
+    torch.manual_seed(s.seed)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
+    settings = LoopSettings(steps=recipe.steps, micro_batch=recipe.micro_batch, grad_accum=1,
+                            lr=recipe.lr, warmup_steps=recipe.warmup_steps,
+                            min_lr_ratio=recipe.min_lr_ratio, log_every=50, seed=s.seed)
+    train_loop(model, RowSource(ids, pos), settings, Accelerator(cpu=True), log=log)
+    save_checkpoint(model, tok, out_dir)
+    shutil.rmtree(tok_dir, ignore_errors=True)
+    return out_dir
+
+
+def measure_properties(model_dir: Path, probe: list[dict], alpha: float = 2.0,
+                       epsilon: float = 0.4) -> dict:
+    from transformers import AutoTokenizer
+
+    from harness.sandbox.properties import build_cases, measure
+    from harness.training.model_io import load_model
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = load_model(model_dir)
+    return measure(model, build_cases(tok, probe), tok.eos_token_id, alpha, epsilon)
+
+
+def build_sandbox(s: SandboxSpec | None = None, from_scratch: bool = False,
+                  out_root: str | Path | None = None) -> Path:
+    """Build the sandbox for ``s`` (or find it built) and return its folder."""
+    s = s or SandboxSpec()
+    root = Path(out_root) if out_root else default_root()
+    key = stable_hash(s.model_dump(mode="json"))
+    out = root / key
+    manifest = out / "manifest.json"
+    shipped_ok = ASSET.is_dir() and json.loads(
+        (ASSET / "recipe.json").read_text()).get("model_key") == model_key(s)
+    if manifest.exists() and not from_scratch:
+        m = json.loads(manifest.read_text())
+        if m.get("model_key") == model_key(s):
+            return out
+    t0 = time.perf_counter()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    docs, probe = W.generate_corpus(world_spec(s))
+    W.write_jsonl(tmp / "corpus.jsonl", docs)
+    W.write_jsonl(tmp / "probe.jsonl", probe)
+    if from_scratch or not shipped_ok:
+        if not from_scratch:
+            _log(f"no shipped base model for sandbox seed {s.seed}: pre-training from scratch "
+                 f"(about 10-15 minutes on 2 cores)")
+        pretrain(s, tmp / "model")
+        origin = "from-scratch"
+    else:
+        shutil.copytree(ASSET / "model", tmp / "model")
+        origin = "shipped"
+    props = measure_properties(tmp / "model", probe)
+    (tmp / "properties.json").write_text(json.dumps(props, indent=2))
+    m = {"sandbox": s.model_dump(mode="json"), "model_key": model_key(s),
+         "recipe": dataclasses.asdict(RECIPE), "model_origin": origin,
+         "n_documents": len(docs), "n_probe_entities": len(probe),
+         "sha256": {p.name: _sha256(p) for p in
+                    [tmp / "corpus.jsonl", tmp / "probe.jsonl", tmp / "model" / "model.safetensors"]},
+         "build_seconds": round(time.perf_counter() - t0, 1)}
+    (tmp / "manifest.json").write_text(json.dumps(m, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    _log(f"built in {m['build_seconds']} s ({origin} model); properties: "
+         + ", ".join(f"{k}={v:.2f}" for k, v in props.items()
+                     if k.startswith(("a_", "b_", "c_"))))
+    return out
+
+
+def export_asset(built: Path) -> None:
+    """Copy a from-scratch model into the package asset (maintainers, after --from-scratch)."""
+    m = json.loads((built / "manifest.json").read_text())
+    tmp = ASSET.with_name(ASSET.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(built / "model", tmp / "model")
+    (tmp / "recipe.json").write_text(json.dumps(
+        {"model_key": m["model_key"], "seed": m["sandbox"]["seed"], "recipe": m["recipe"]},
+        indent=2))
+    shutil.copy(built / "properties.json", tmp / "properties.json")
+    if ASSET.exists():
+        shutil.rmtree(ASSET)
+    os.replace(tmp, ASSET)

@@ -1,0 +1,156 @@
+"""Stage datasets: what a method builds for one stage, and what training reads.
+
+On disk, a folder written under a temporary name and renamed when complete::
+
+    input_ids.npy     int32 [rows, T]   packed rows of exactly T = target length tokens
+    group_index.npy   int32 [rows, T]   the group each token belongs to; -1 = padding
+    groups.jsonl      one line per group: provenance (root id, context chunks with role,
+                      ΔI and similarity, anchor positions), its row and [start, end) in the row
+    manifest.json     counts, budget, config hash, sha256 of every data file (written last)
+
+A group (contexts + root, or one NExtLong document) is one attention span; position ids restart
+at every group, so training can mask attention between groups (DESIGN §3 "Packing").
+Determinism: the same groups in the same order give byte-identical files (sha256 in manifest).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+
+@dataclass
+class Group:
+    tokens: list[int]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def pack_groups(groups: Iterable[Group], target_length: int, pad_id: int,
+                token_budget: int | None = None):
+    """First-fit packing in order: a group goes into the current row if it fits, else a new row.
+
+    Groups longer than ``target_length`` are an error (methods cut their groups to fit). Stops
+    once ``token_budget`` tokens of rows are filled (whole rows). Returns
+    ``(input_ids, group_index, placed)`` where ``placed`` lists (group, row, start, end).
+    """
+    rows_ids: list[np.ndarray] = []
+    rows_gid: list[np.ndarray] = []
+    placed = []
+    cur_ids = np.full(target_length, pad_id, dtype=np.int32)
+    cur_gid = np.full(target_length, -1, dtype=np.int32)
+    fill = 0
+    max_rows = None if token_budget is None else max(1, token_budget // target_length)
+    gid = 0
+    for g in groups:
+        n = len(g.tokens)
+        if n == 0:
+            continue
+        if n > target_length:
+            raise ValueError(f"group of {n} tokens exceeds the target length {target_length} "
+                             f"(root {g.provenance.get('root_id')!r})")
+        if fill + n > target_length:
+            rows_ids.append(cur_ids)
+            rows_gid.append(cur_gid)
+            if max_rows is not None and len(rows_ids) >= max_rows:
+                fill = 0
+                break
+            cur_ids = np.full(target_length, pad_id, dtype=np.int32)
+            cur_gid = np.full(target_length, -1, dtype=np.int32)
+            fill = 0
+        cur_ids[fill:fill + n] = g.tokens
+        cur_gid[fill:fill + n] = gid
+        placed.append((g, len(rows_ids), fill, fill + n))
+        fill += n
+        gid += 1
+    if fill > 0 and (max_rows is None or len(rows_ids) < max_rows):
+        rows_ids.append(cur_ids)
+        rows_gid.append(cur_gid)
+    n_rows = len(rows_ids)
+    placed = [p for p in placed if p[1] < n_rows]
+    ids = np.stack(rows_ids) if rows_ids else np.zeros((0, target_length), np.int32)
+    gids = np.stack(rows_gid) if rows_gid else np.zeros((0, target_length), np.int32)
+    return ids, gids, placed
+
+
+def position_ids_from_groups(group_index: np.ndarray) -> np.ndarray:
+    """Position ids restarting at 0 wherever the group changes (padding restarts too)."""
+    gi = np.asarray(group_index)
+    starts = np.ones_like(gi, dtype=bool)
+    starts[..., 1:] = gi[..., 1:] != gi[..., :-1]
+    idx = np.broadcast_to(np.arange(gi.shape[-1]), gi.shape)
+    last_start = np.maximum.accumulate(np.where(starts, idx, 0), axis=-1)
+    return (idx - last_start).astype(np.int64)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_stage_dataset(out_dir: Path, input_ids: np.ndarray, group_index: np.ndarray,
+                        placed: list, manifest: dict[str, Any]) -> Path:
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    np.save(tmp / "input_ids.npy", np.ascontiguousarray(input_ids, dtype=np.int32))
+    np.save(tmp / "group_index.npy", np.ascontiguousarray(group_index, dtype=np.int32))
+    with (tmp / "groups.jsonl").open("w", encoding="utf-8") as f:
+        for gid, (g, row, start, end) in enumerate(placed):
+            rec = {"group": gid, "row": row, "start": start, "end": end, **g.provenance}
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
+    n_real = int((group_index >= 0).sum())
+    man = dict(manifest)
+    man.update({
+        "rows": int(input_ids.shape[0]), "target_length": int(input_ids.shape[1]),
+        "tokens": int(input_ids.size), "non_pad_tokens": n_real, "groups": len(placed),
+        "sha256": {p: _sha256(tmp / p) for p in ("input_ids.npy", "group_index.npy",
+                                                 "groups.jsonl")},
+    })
+    digest = hashlib.sha256("".join(man["sha256"][k] for k in sorted(man["sha256"])).encode())
+    man["dataset_sha256"] = digest.hexdigest()
+    (tmp / "manifest.json").write_text(json.dumps(man, indent=2, sort_keys=True))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+class StageDataset:
+    """Reader: validates the manifest, memory-maps the arrays, yields training rows."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        man = self.path / "manifest.json"
+        if not man.exists():
+            raise FileNotFoundError(f"{self.path} is not a complete stage dataset "
+                                    f"(no manifest.json; an interrupted write is never read)")
+        self.manifest = json.loads(man.read_text())
+        self.input_ids = np.load(self.path / "input_ids.npy", mmap_mode="r")
+        self.group_index = np.load(self.path / "group_index.npy", mmap_mode="r")
+        if self.input_ids.shape != self.group_index.shape:
+            raise ValueError(f"{self.path}: input_ids {self.input_ids.shape} and group_index "
+                             f"{self.group_index.shape} differ")
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def groups(self) -> list[dict]:
+        with (self.path / "groups.jsonl").open(encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+    def row_source(self):
+        from harness.training.loop import RowSource
+
+        gi = np.asarray(self.group_index)
+        return RowSource(np.asarray(self.input_ids, dtype=np.int64),
+                         position_ids_from_groups(gi), pad=gi < 0)

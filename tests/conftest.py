@@ -1,0 +1,39 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+    """A small Qwen2-pipeline BPE tokenizer trained on sandbox text (about a second)."""
+    from harness.sandbox import world as W
+    from harness.sandbox.tokenizer import train_tokenizer
+
+    spec = W.WorldSpec(seed=7)
+    texts = list(itertools.islice(W.pretraining_texts(spec, 0, 4), 600))
+    texts.append(" ".join(W.World(spec).lexicon()))
+    out = tmp_path_factory.mktemp("tok")
+    return train_tokenizer(texts, 1024, out, model_max_length=1 << 20)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir):
+    """A randomly initialised 2-layer Qwen2 with the tiny tokenizer, as an HF folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.training.model_io import save_checkpoint, tiny_qwen2_config
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+    cfg = tiny_qwen2_config(len(tok), 64, 2, 4, 2, 128, 256, 10000.0, tok.eos_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
+    return save_checkpoint(model, tok, tmp_path_factory.mktemp("model") / "tiny")

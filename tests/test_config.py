@@ -1,0 +1,224 @@
+"""Specs on real parts: every shipped spec loads; bad keys and values name their key path."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.config import SpecError, load_spec, parse_override, resolved, spec_hash
+
+ROOT = Path(__file__).parents[1]
+SMOKE = ROOT / "runs" / "smoke.yaml"
+SPECS = sorted((ROOT / "runs").rglob("*.yaml"))
+
+
+def smoke_data() -> dict:
+    return yaml.safe_load(SMOKE.read_text(encoding="utf-8"))
+
+
+def write(tmp_path: Path, data: dict, name: str = "spec.yaml", sort_keys: bool = False) -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=sort_keys), encoding="utf-8")
+    return path
+
+
+def error_of(path: Path, overrides=None) -> str:
+    with pytest.raises(SpecError) as exc:
+        load_spec(path, overrides)
+    return str(exc.value)
+
+
+def test_runs_folder_has_specs():
+    assert SMOKE in SPECS and len(SPECS) >= 2
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[str(p.relative_to(ROOT)) for p in SPECS])
+def test_shipped_spec_loads(path):
+    spec = load_spec(path)
+    assert spec.name
+    assert len(spec_hash(spec)) == 12
+
+
+# --- unknown keys -------------------------------------------------------------------------
+
+def test_typo_key_names_path_and_suggestion(tmp_path):
+    data = smoke_data()
+    data["train"]["lrr"] = data["train"].pop("lr")
+    msg = error_of(write(tmp_path, data))
+    assert "train.lrr" in msg
+    assert "did you mean 'train.lr'" in msg
+    assert str(tmp_path / "spec.yaml") in msg
+
+
+def test_typo_key_by_override_names_path():
+    msg = error_of(SMOKE, ["train.lrr=1"])
+    assert "train.lrr" in msg and "'train.lr'" in msg
+
+
+def test_unknown_key_in_methods_list(tmp_path):
+    data = smoke_data()
+    data["methods"][0]["nme"] = "oops"
+    msg = error_of(write(tmp_path, data))
+    assert "methods.0.nme" in msg
+    assert "'methods.0.name'" in msg
+
+
+def test_unknown_key_in_benchmark_list(tmp_path):
+    data = smoke_data()
+    data["eval"]["benchmarks"][1]["taskz"] = ["x"]
+    msg = error_of(write(tmp_path, data))
+    assert "eval.benchmarks.1.taskz" in msg and "'eval.benchmarks.1.tasks'" in msg
+
+
+def test_unknown_top_level_section_lists_known(tmp_path):
+    data = smoke_data()
+    data["trian"] = {"lr": 1.0}
+    msg = error_of(write(tmp_path, data))
+    assert "trian" in msg and "'train'" in msg
+
+
+def test_missing_required_key(tmp_path):
+    data = smoke_data()
+    del data["stages"]["target_length"]
+    msg = error_of(write(tmp_path, data))
+    assert "stages.target_length" in msg and "missing" in msg
+
+
+# --- out-of-range values ------------------------------------------------------------------
+
+@pytest.mark.parametrize("section,key,value,path", [
+    ("screening", "epsilon", 1.5, "screening.epsilon"),
+    ("eval", "lengths", [1024, 512, 2048], "eval.lengths"),
+    ("eval", "lengths", [-512, 1024], "eval.lengths"),
+    ("eval", "lengths", [], "eval.lengths"),
+    ("train", "warmup_ratio", 1.0, "train.warmup_ratio"),
+    ("retrieval", "index", "annoy", "retrieval.index"),
+])
+def test_out_of_range_names_key_path(tmp_path, section, key, value, path):
+    data = smoke_data()
+    data[section][key] = value
+    msg = error_of(write(tmp_path, data))
+    assert f"  {path}: " in msg, msg
+
+
+def test_negative_eval_length_override():
+    msg = error_of(SMOKE, ["eval.lengths=[-1, 2048]"])
+    assert "eval.lengths" in msg and "positive" in msg
+
+
+def test_cross_field_checks(tmp_path):
+    data = smoke_data()
+    data["screening"]["epsilon_neg"] = 0.5          # not below epsilon = 0.4
+    assert "epsilon_neg" in error_of(write(tmp_path, data))
+    data = smoke_data()
+    data["methods"].append({"name": "standard"})    # duplicate label
+    assert "duplicate" in error_of(write(tmp_path, data, "dup.yaml"))
+
+
+# --- overrides ----------------------------------------------------------------------------
+
+def test_overrides_change_values():
+    base = load_spec(SMOKE)
+    spec = load_spec(SMOKE, ["train.lr=2e-5", "screening.epsilon=0.5", "seed=7",
+                             "methods.0.params.x=1", "methods.1.label=nx",
+                             "eval.lengths=[256, 512]", "train.gradient_checkpointing=true",
+                             "methods.2.params.name=foo", "model.dtype=bfloat16"])
+    assert base.train.lr == pytest.approx(1e-3)
+    assert spec.train.lr == pytest.approx(2e-5)
+    assert spec.screening.epsilon == 0.5
+    assert spec.seed == 7
+    assert spec.methods[0].params == {"x": 1} and isinstance(spec.methods[0].params["x"], int)
+    assert spec.methods[1].label == "nx"
+    assert spec.eval.lengths == [256, 512]
+    assert spec.train.gradient_checkpointing is True
+    assert spec.methods[2].params == {"name": "foo"}
+    assert spec.model.dtype == "bfloat16"
+    # the rest is untouched
+    assert spec.stages == base.stages and spec.methods[3] == base.methods[3]
+
+
+def test_override_values_are_yaml_typed():
+    assert parse_override("a.b=1") == ("a.b", 1)
+    assert parse_override("a.b=1.5") == ("a.b", 1.5)
+    assert parse_override("a.b=true") == ("a.b", True)
+    assert parse_override("a.b=null") == ("a.b", None)
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+    assert parse_override("a.b={k: v}") == ("a.b", {"k": "v"})
+    assert parse_override("a.b='1'") == ("a.b", "1")
+    assert parse_override("a.b=x=y") == ("a.b", "x=y")
+    # exponent without a dot is a float (YAML 1.2), not the string '1e-3' of YAML 1.1
+    assert parse_override("a.b=1e-3") == ("a.b", 1e-3)
+    assert parse_override("a.b=-2E+4") == ("a.b", -2e4)
+    spec = load_spec(SMOKE, ["methods.0.params.eps=1e-3"])
+    assert spec.methods[0].params["eps"] == pytest.approx(1e-3)
+
+
+def test_exponent_floats_in_files(tmp_path):
+    data = smoke_data()
+    path = write(tmp_path, data)
+    text = path.read_text().replace("lr: 0.001", "lr: 1e-3")
+    assert "lr: 1e-3" in text
+    path.write_text(text, encoding="utf-8")
+    assert spec_hash(load_spec(path)) == spec_hash(load_spec(SMOKE))
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.lr.x=1", "train.lr"),                 # a value, not a section
+    ("methods.9.name=x", "methods.9"),            # index out of range
+    ("methods.first.name=x", "methods.first"),    # not an index
+    ("methods.0=x", "methods.0"),                 # a list entry must be a mapping
+    ("nosuch.x=1", "nosuch"),                     # unknown section
+    ("train.lr", "train.lr"),                     # no '='
+])
+def test_bad_override_path(override, needle):
+    msg = error_of(SMOKE, [override])
+    assert needle in msg, msg
+
+
+# --- hashing ------------------------------------------------------------------------------
+
+def test_spec_hash_stable_and_sensitive():
+    h1 = spec_hash(load_spec(SMOKE))
+    h2 = spec_hash(load_spec(SMOKE))
+    assert h1 == h2 and len(h1) == 12
+    assert spec_hash(load_spec(SMOKE, ["train.lr=2e-3"])) != h1
+    assert spec_hash(load_spec(SMOKE, ["methods.0.params.x=1"])) != h1
+    # writing a default explicitly resolves to the same config
+    assert spec_hash(load_spec(SMOKE, ["train.seed=0"])) == h1
+
+
+def test_spec_hash_independent_of_key_order(tmp_path):
+    data = smoke_data()
+
+    def reverse(node):
+        if isinstance(node, dict):
+            return {k: reverse(node[k]) for k in reversed(list(node))}
+        if isinstance(node, list):
+            return [reverse(x) for x in node]
+        return node
+
+    a = write(tmp_path, data, "a.yaml")
+    b = write(tmp_path, reverse(data), "b.yaml")
+    assert a.read_text() != b.read_text()
+    assert spec_hash(load_spec(a)) == spec_hash(load_spec(b)) == spec_hash(load_spec(SMOKE))
+    assert resolved(load_spec(a)) == resolved(load_spec(b))
+
+
+# --- files --------------------------------------------------------------------------------
+
+def test_missing_file_names_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    msg = error_of(missing)
+    assert str(missing) in msg and "not found" in msg
+
+
+def test_invalid_yaml_names_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: smoke\ntrain: {lr: 1\n  - nope\n", encoding="utf-8")
+    msg = error_of(bad)
+    assert str(bad) in msg and "YAML" in msg
+
+
+def test_non_mapping_yaml_names_file(tmp_path):
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n", encoding="utf-8")
+    assert str(bad) in error_of(bad)
