@@ -39,6 +39,25 @@ def _sandbox_build(args) -> int:
     return 0
 
 
+def _construct(args) -> int:
+    from harness.config import load_spec
+    from harness.pipeline import construct
+
+    spec = load_spec(args.spec, args.override)
+    out = construct(spec, args.method, args.stage)
+    print((out / "manifest.json").read_text())
+    return 0
+
+
+def _bench(args) -> int:
+    from harness import bench
+
+    if args.what == "scoring":
+        bench.bench_scoring(lengths=tuple(args.lengths), vocabs=tuple(args.vocabs),
+                            device=args.device)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="policylong", allow_abbrev=False,
                                 description="Long-context data construction harness")
@@ -64,6 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "the properties instead of using the shipped base model")
     b.add_argument("--out", default=None, help="where to build (default: runs/sandbox)")
     b.set_defaults(func=_sandbox_build)
+    co = sub.add_parser("construct", allow_abbrev=False,
+                        help="build one stage dataset of one method and print its manifest")
+    co.add_argument("spec")
+    co.add_argument("--method", required=True, help="a method name or label from the spec")
+    co.add_argument("--stage", type=int, default=0)
+    co.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
+    co.set_defaults(func=_construct)
+
+    be = sub.add_parser("bench", allow_abbrev=False,
+                        help="benchmarks: one JSON line per setting, then a table")
+    be.add_argument("what", choices=["scoring"])
+    be.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768])
+    be.add_argument("--vocabs", type=int, nargs="+", default=[6144, 151936])
+    be.add_argument("--device", default="cpu")
+    be.set_defaults(func=_bench)
     return p
 
 

@@ -12,7 +12,16 @@ from importlib import metadata
 from typing import Any
 
 # Built-in entries: name -> (target, one-line description). Filled as features land.
-METHODS: dict[str, tuple[str, str]] = {}
+METHODS: dict[str, tuple[str, str]] = {
+    "standard": ("methods.standard:Standard",
+                 "randomly concatenated documents packed to the target length (baseline)"),
+    "nextlong": ("methods.nextlong:NExtLong",
+                 "meta-chunks interleaved with hard-negative chunks (ICML 2025)"),
+    "entropylong": ("methods.entropylong:EntropyLong",
+                    "verified contexts before the root, screened by the base model (ICLR 2026)"),
+    "policylong": ("methods.policylong:PolicyLong",
+                   "verification re-run with the current checkpoint every stage (2604.07809)"),
+}
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "sandbox_properties": ("harness.sandbox.properties:measure",
                            "the sandbox world's mechanism checks (anchors, ΔI, look-alikes)"),

@@ -28,14 +28,28 @@ def _hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
     return out.last_hidden_state
 
 
+BLOCK_BUDGET_BYTES = 256 << 20
+
+
+def auto_block(batch: int, vocab: int, budget: int = BLOCK_BUDGET_BYTES) -> int:
+    """Positions per block so that a block's fp32 logits and two same-sized temporaries
+    (log-softmax, probabilities) stay within ``budget`` bytes."""
+    return max(16, budget // (12 * max(1, batch) * vocab))
+
+
 @torch.no_grad()
 def score_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 position_ids: torch.Tensor | None = None, block: int = 1024
+                 position_ids: torch.Tensor | None = None, block: int | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entropy and NLL (nats) at every position of ``input_ids [B, T]`` (NaN at t = 0)."""
+    """Entropy and NLL (nats) at every position of ``input_ids [B, T]`` (NaN at t = 0).
+
+    ``block`` positions go through the LM head at a time (default: sized by ``auto_block`` to
+    keep each block's logits within ~256 MiB).
+    """
     hidden = _hidden(model, input_ids, attention_mask, position_ids)
     head = model.get_output_embeddings()
     B, T = input_ids.shape
+    block = block or auto_block(B, head.weight.shape[0])
     ent = torch.full((B, T), float("nan"), dtype=torch.float32, device=input_ids.device)
     nll = torch.full_like(ent, float("nan"))
     for s in range(0, T - 1, block):
@@ -63,8 +77,14 @@ def score_positions(model, input_ids: torch.Tensor, positions: list[torch.Tensor
             continue
         if int(pos.min()) < 1:
             raise ValueError("anchor positions must be >= 1 (position 0 has no prediction)")
-        logits = F.linear(hidden[b, pos - 1], head.weight, head.bias)
-        out.append(_reduce(logits, input_ids[b, pos]))
+        step = auto_block(1, head.weight.shape[0])
+        ents, nlls = [], []
+        for s in range(0, pos.numel(), step):
+            p = pos[s:s + step]
+            e, n = _reduce(F.linear(hidden[b, p - 1], head.weight, head.bias), input_ids[b, p])
+            ents.append(e)
+            nlls.append(n)
+        out.append((torch.cat(ents), torch.cat(nlls)))
     return out
 
 

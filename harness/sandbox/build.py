@@ -50,6 +50,7 @@ class PretrainRecipe:
     min_lr_ratio: float = 0.1
     max_gap_sentences: int = 12   # distance curriculum: filler between profile and reference
     curriculum_fraction: float = 0.6  # share of steps over which the gap grows to its max
+    drill_fraction: float = 0.25  # copy drills among pre-training episodes
     tokenizer_texts: int = 5000
 
 
@@ -117,7 +118,8 @@ def pretraining_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe = RECIPE)
         while True:
             # Rows hold ~3 episodes at 512 tokens, so ``made / 3`` approximates the row index.
             gap = 1 + int(recipe.max_gap_sentences * min(1.0, made / 3 / ramp))
-            stream = streams.setdefault(gap, W.pretraining_texts(ws, gap, gap))
+            stream = streams.setdefault(gap, W.pretraining_texts(ws, gap, gap,
+                                                                 recipe.drill_fraction))
             texts = list(itertools.islice(stream, 64))
             made += len(texts)
             yield from tokenizer(texts)["input_ids"]

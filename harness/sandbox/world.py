@@ -216,8 +216,12 @@ def _record(doc_id: str, text: str, kind: str, e: Entity,
             "lookalike_of": e.lookalike_of}
 
 
-def pretraining_texts(spec: WorldSpec, seed: int, max_before: int) -> Iterator[str]:
-    """Endless pre-training rows: one profile-reference episode each (or filler only).
+def pretraining_texts(spec: WorldSpec, seed: int, max_before: int,
+                      drill_fraction: float = 0.0) -> Iterator[str]:
+    """Endless pre-training rows: one profile-reference episode each (or a reference alone).
+
+    ``drill_fraction`` of the rows are copy drills (a list of values stated twice): the purest
+    induction signal, which makes a tiny model learn to copy from its context much sooner.
 
     Entities are drawn from their own seed stream, so they almost never coincide with corpus or
     probe entities; ``max_before`` sets how much filler separates profile and reference (the
@@ -233,6 +237,11 @@ def pretraining_texts(spec: WorldSpec, seed: int, max_before: int) -> Iterator[s
         r = rng.random()
         gap = filler(rng, rng.randint(0, max_before))
         ref, _ = reference_text(rng, e, n_before=rng.randint(0, 2), n_after=1)
+        if r < drill_fraction:   # a copy drill: a list of values, then the same list again
+            words = [world.value(rng) for _ in range(rng.randint(8, 24))]
+            yield "Memo: " + " ".join(words) + ". Again: " + " ".join(words) + "."
+            continue
+        r = (r - drill_fraction) / (1 - drill_fraction)
         if r < 0.6:      # profile ... reference
             yield " ".join(x for x in (profile_text(rng, e), gap, ref) if x)
         elif r < 0.8:    # look-alike and true profile, either order, then the reference

@@ -1,0 +1,123 @@
+"""Wiring a spec to concrete inputs and outputs: model and corpus paths, shared resources,
+methods, and the on-disk layout of a run (one module owns naming).
+
+Layout under ``spec.output_dir``::
+
+    cache/tokens/<key>/           token store of the corpus (shared by every method)
+    cache/index/<key>/            chunk embeddings + FAISS index per chunking (shared)
+    <label>/stage-<k>/dataset/    stage dataset built for stage k
+    <label>/stage-<k>/checkpoint/ the model after training on stage k
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from harness.config import Spec
+
+
+def stage_dir(spec: Spec, label: str, stage: int) -> Path:
+    return Path(spec.output_dir) / label / f"stage-{stage}"
+
+
+def dataset_dir(spec: Spec, label: str, stage: int) -> Path:
+    return stage_dir(spec, label, stage) / "dataset"
+
+
+def checkpoint_dir(spec: Spec, label: str, stage: int) -> Path:
+    return stage_dir(spec, label, stage) / "checkpoint"
+
+
+def cache_dir(spec: Spec) -> Path:
+    return Path(spec.output_dir) / "cache"
+
+
+def resolve_inputs(spec: Spec) -> tuple[Path | str, str]:
+    """(base model path, corpus path); ``sandbox`` builds or finds the sandbox."""
+    sandbox = None
+    if spec.model.path == "sandbox" or spec.corpus.path == "sandbox":
+        from harness.sandbox.build import build_sandbox
+        sandbox = build_sandbox(spec.sandbox)
+    model = sandbox / "model" if spec.model.path == "sandbox" else spec.model.path
+    corpus = str(sandbox / "corpus.jsonl") if spec.corpus.path == "sandbox" else spec.corpus.path
+    if isinstance(model, Path) or Path(str(model)).exists():
+        if not (Path(model) / "config.json").exists():
+            raise FileNotFoundError(f"model.path {model}: no config.json (expected an HF "
+                                    f"model folder or a hub id)")
+    return model, corpus
+
+
+def make_method(spec: Spec, label: str):
+    from harness.registry import resolve
+
+    for i, m in enumerate(spec.methods):
+        if (m.label or m.name) == label:
+            cls = resolve("method", m.name)
+            return cls(m.params, where=f"methods.{i}.params")
+    known = [m.label or m.name for m in spec.methods]
+    raise KeyError(f"method '{label}' is not in the spec (methods: {', '.join(known)})")
+
+
+def load_eval_model(path, device: str = "cpu"):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype,
+                                                 attn_implementation="sdpa").to(device)
+    return model.eval()
+
+
+def screening_checkpoint(spec: Spec, method, label: str, stage: int, base) -> Path | str | None:
+    """θ_0 for 'base', θ_k (the checkpoint after stage k-1) for 'current', None for 'none'."""
+    if method.screening == "none":
+        return None
+    if method.screening == "base" or stage == 0:
+        return base
+    ckpt = checkpoint_dir(spec, label, stage - 1)
+    if not (ckpt / "stage_done.json").exists():
+        raise FileNotFoundError(f"{label} stage {stage} screens with the checkpoint of stage "
+                                f"{stage - 1}, which is not trained yet ({ckpt})")
+    return ckpt
+
+
+def root_start(spec: Spec, label: str, stage: int) -> int:
+    if stage == 0:
+        return 0
+    prev = dataset_dir(spec, label, stage - 1) / "manifest.json"
+    if not prev.exists():
+        raise FileNotFoundError(f"{label} stage {stage} continues the root stream of stage "
+                                f"{stage - 1}, whose dataset is not built ({prev.parent})")
+    return json.loads(prev.read_text())["root_end"]
+
+
+def construct(spec: Spec, label: str, stage: int, resources=None, progress: bool = True,
+              device: str = "cpu") -> Path:
+    """Build (or find built) one stage dataset of one method; returns its folder."""
+    from transformers import AutoTokenizer
+
+    from harness.construct import StageContext, build_stage, prepare_resources
+
+    if not 0 <= stage < spec.stages.count:
+        raise ValueError(f"stage {stage} is outside 0..{spec.stages.count - 1} (stages.count)")
+    method = make_method(spec, label)
+    out = dataset_dir(spec, label, stage)
+    if (out / "manifest.json").exists():
+        return out
+    base, corpus = resolve_inputs(spec)
+    if resources is None:
+        tok = AutoTokenizer.from_pretrained(str(base))
+        resources = prepare_resources(spec, tok, corpus, cache_dir(spec))
+    ckpt = screening_checkpoint(spec, method, label, stage, base)
+    model = load_eval_model(ckpt, device) if ckpt is not None else None
+    ctx = StageContext(spec=spec, stage=stage, target_length=spec.stages.target_length,
+                       token_budget=spec.stages.tokens_per_stage,
+                       seed=spec.seed, resources=resources, screening_model=model,
+                       params=method.params.model_dump(mode="json"), work_dir=out.parent,
+                       device=device)
+    m = build_stage(method, ctx, out, root_start(spec, label, stage), progress=progress)
+    m_short = {k: m[k] for k in ("method", "stage", "rows", "groups", "budget_met",
+                                 "dataset_sha256")}
+    print(f"[construct] {json.dumps(m_short)}", file=sys.stderr)
+    return out

@@ -1,0 +1,68 @@
+"""Small helpers the method plugins share (layout only; the pipeline lives in the core)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from harness.stage_data import Group
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def validate_params(cls: type[Params], raw: dict[str, Any], where: str) -> Params:
+    """Validate a method's ``params`` mapping; errors name ``<where>.<key>``."""
+    from harness.config import SpecError
+
+    try:
+        return cls.model_validate(raw or {})
+    except ValidationError as exc:
+        lines = [f"invalid method parameters at {where}"]
+        for e in exc.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            known = ", ".join(cls.model_fields) or "none"
+            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+            lines.append(f"  {where}.{key}: {msg} (known keys: {known})")
+        raise SpecError("\n".join(lines)) from None
+
+
+def contexts_then_root(contexts: list[tuple[np.ndarray, dict]], root: np.ndarray, T: int,
+                       rng, root_id: str) -> Group | None:
+    """``[C_π(1); …; C_π(m); D]``: contexts in shuffled order before the root (EntropyLong).
+
+    ``contexts`` come in priority order; the lowest-priority ones are dropped until the group
+    fits ``T`` tokens. A root longer than ``T`` is cut to ``T`` and takes no context.
+    """
+    root = np.asarray(root[:T])
+    budget = T - len(root)
+    kept = []
+    for toks, prov in contexts:
+        if len(toks) <= budget:
+            kept.append((np.asarray(toks), prov))
+            budget -= len(toks)
+    if not kept:
+        return None
+    order = list(range(len(kept)))
+    rng.shuffle(order)
+    parts, provs, offset = [], [], 0
+    for i in order:
+        toks, prov = kept[i]
+        parts.append(toks)
+        provs.append({**prov, "start": offset, "end": offset + len(toks)})
+        offset += len(toks)
+    parts.append(root)
+    tokens = np.concatenate(parts).astype(np.int64).tolist()
+    return Group(tokens, {"root_id": root_id, "root_start": offset,
+                          "root_end": offset + len(root), "contexts": provs})
+
+
+def context_provenance(cand, role: str, resources) -> dict:
+    chunk = resources.chunkset().chunks[cand.chunk_id]
+    v = cand.verdict
+    return {"chunk_id": int(cand.chunk_id), "doc_id": chunk.doc_id, "role": role,
+            "similarity": round(float(cand.similarity), 6),
+            "dI_entropy_max": round(v.max_entropy, 6), "dI_entropy_mean": round(v.mean_entropy, 6),
+            "dI_nll_max": round(v.max_nll, 6), "dI_nll_mean": round(v.mean_nll, 6)}

@@ -1,0 +1,42 @@
+"""EntropyLong (ICLR 2026, arXiv 2510.02330): verified long-range dependencies, off-policy.
+
+The base model θ_0 screens every stage's roots (the off-policy baseline): per-document adaptive
+threshold ``τ_H = μ_H + α·σ_H`` (α = 2.0, §3.1), queries of ±w = 16 tokens around each anchor,
+top-K retrieval (K is not published; ours, ``retrieval.top_k``), verification ``ΔI > ε``
+(ε = 0.4) for at least one anchor. Sample ``[C_π(1); …; C_π(m); D]``: verified contexts in
+shuffled order before the root ("Shuffle" beat "Sequence"). Roots without a verified context
+give no sample (ours: the paper does not say). Groups are packed to the target length.
+All thresholds live in the spec's ``screening`` section.
+"""
+from __future__ import annotations
+
+from harness.construct import RootResult
+from harness.screening import screen_and_verify
+from methods._common import Params, context_provenance, contexts_then_root, validate_params
+
+
+class EntropyLongParams(Params):
+    pass
+
+
+class EntropyLong:
+    name = "entropylong"
+    screening = "base"
+
+    def __init__(self, params: dict | None = None, where: str = "params"):
+        self.params = validate_params(EntropyLongParams, params or {}, where)
+
+    def process(self, ctx, roots):
+        sc, res = ctx.spec.screening, ctx.resources
+        out = []
+        for rs in screen_and_verify(ctx, list(roots)):
+            pos = [c for c in rs.candidates if c.verdict.gain(sc.signal) > sc.epsilon]
+            pos.sort(key=lambda c: (-c.verdict.gain(sc.signal), c.chunk_id))
+            ctxs = [(res.chunkset().tokens[c.chunk_id], context_provenance(c, "positive", res))
+                    for c in pos]
+            g = contexts_then_root(ctxs, res.store.doc_tokens(rs.root), ctx.target_length,
+                                   ctx.rng("root", rs.root), res.store.ids[rs.root])
+            stats = rs.stats(sc.signal, sc.epsilon)
+            stats["dI_positive"] = [c.verdict.gain(sc.signal) for c in pos]
+            out.append(RootResult([g] if g else [], stats))
+        return out

@@ -1,0 +1,25 @@
+"""Load a model folder in vLLM (CPU build here) and report tokenization, config and greedy
+outputs as JSON on stdout (last line). usage: vllm_check.py MODEL MAX_LEN PROMPTS.json"""
+import json
+import sys
+
+if __name__ == "__main__":
+    from harness.vllm_engine import make_engine
+
+    model, max_len, prompts_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    prompts = json.load(open(prompts_file))
+    llm = make_engine(model, max_model_len=max_len)
+    from vllm import SamplingParams
+    tok = llm.get_tokenizer()
+    ids = [tok.encode(p, add_special_tokens=False) for p in prompts["texts"]]
+    outs = llm.generate([{"prompt_token_ids": x} for x in ids],
+                        SamplingParams(temperature=0.0, max_tokens=prompts.get("max_tokens", 8)))
+    hf_cfg = llm.llm_engine.model_config.hf_config
+    result = {
+        "ids": ids,
+        "generated": [list(o.outputs[0].token_ids) for o in outs],
+        "max_model_len": llm.llm_engine.model_config.max_model_len,
+        "rope_parameters": dict(getattr(hf_cfg, "rope_parameters", None) or {}),
+        "max_position_embeddings": hf_cfg.max_position_embeddings,
+    }
+    print("RESULT " + json.dumps(result), flush=True)

@@ -1,0 +1,139 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.config import SandboxSpec
+from harness.sandbox import world as W
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_corpus_is_deterministic_and_seeded():
+    a, pa = W.generate_corpus(W.WorldSpec(seed=3, n_entities=20, n_probe_entities=5))
+    b, pb = W.generate_corpus(W.WorldSpec(seed=3, n_entities=20, n_probe_entities=5))
+    c, _ = W.generate_corpus(W.WorldSpec(seed=4, n_entities=20, n_probe_entities=5))
+    assert a == b and pa == pb
+    assert a != c
+
+
+def test_planted_dependencies_are_consistent():
+    docs, probe = W.generate_corpus(W.WorldSpec(seed=1, n_entities=40, n_probe_entities=10))
+    by_entity = {}
+    for d in docs:
+        if d["kind"] == "profile":
+            by_entity[d["entity"]] = d
+    refs = [d for d in docs if d["kind"] == "reference"]
+    assert len(refs) == 40 and len(by_entity) == 40
+    for r in refs:
+        prof = by_entity[r["entity"]]
+        first, last = r["entity"].split(" ", 1)
+        for attr, value in r["facts"]:
+            sentence = W.fact(attr, first, last, value)
+            assert sentence in r["text"] and sentence in prof["text"]
+    looks = [d for d in docs if d["kind"] == "lookalike"]
+    assert looks, "no look-alike profiles generated"
+    for la in looks:
+        orig = by_entity[la["lookalike_of"]]
+        assert la["entity"].split()[0] == orig["entity"].split()[0]
+        assert la["entity"] != orig["entity"]
+        assert dict(map(tuple, la["facts"])).keys() == dict(map(tuple, orig["facts"])).keys()
+        assert all(v1 != v2 for (_, v1), (_, v2) in zip(sorted(la["facts"]), sorted(orig["facts"])))
+    corpus_names = {d["entity"] for d in docs if d["entity"]}
+    assert not corpus_names & {p["entity"] for p in probe}, "probe entities must be held out"
+
+
+def test_tokenizer_round_trips_through_autotokenizer(tiny_tokenizer_dir):
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+    assert type(tok).__name__ == "Qwen2Tokenizer"
+    raw = Tokenizer.from_file(str(tiny_tokenizer_dir / "tokenizer.json"))
+    docs, _ = W.generate_corpus(W.WorldSpec(seed=2, n_entities=10, n_probe_entities=2))
+    texts = [d["text"] for d in docs] + ["Numbers 12345 and  spaces\n\nnew lines, café!"]
+    for t in texts:
+        assert tok(t)["input_ids"] == raw.encode(t).ids
+        assert tok.decode(tok(t)["input_ids"]) == t
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    from harness.sandbox.build import build_sandbox
+    root = tmp_path_factory.mktemp("sandbox")
+    return build_sandbox(SandboxSpec(), out_root=root)
+
+
+def test_build_uses_shipped_model_and_is_cached(sandbox):
+    from harness.sandbox.build import build_sandbox
+    man = json.loads((sandbox / "manifest.json").read_text())
+    assert man["model_origin"] == "shipped"
+    assert (sandbox / "model" / "config.json").exists()
+    before = (sandbox / "manifest.json").stat().st_mtime_ns
+    again = build_sandbox(SandboxSpec(), out_root=sandbox.parent)
+    assert again == sandbox and (sandbox / "manifest.json").stat().st_mtime_ns == before
+
+
+def test_corpus_reads_as_a_user_corpus(sandbox):
+    from harness.corpus import read_corpus
+    docs, report = read_corpus(str(sandbox / "corpus.jsonl"))
+    assert len(docs) == json.loads((sandbox / "manifest.json").read_text())["n_documents"]
+
+
+def test_properties_hold_on_held_out_entities(sandbox):
+    """(a) anchors find planted values; (b) the true profile helps; (c) the NLL separates
+    true and look-alike profiles while entropy does not. Thresholds are the config defaults."""
+    from harness.config import ScreeningSpec
+    from harness.sandbox.build import measure_properties
+    s = ScreeningSpec()
+    probe = [json.loads(l) for l in (sandbox / "probe.jsonl").read_text().splitlines()]
+    p = measure_properties(sandbox / "model", probe, alpha=s.alpha, epsilon=s.epsilon)
+    assert p["a_value_tokens_anchor_frac"] > 0.5, p
+    assert p["b_true_dI_H_gt_eps_frac"] >= 0.6, p
+    assert p["c_nll_falls_true_frac"] > 0.5 and p["c_nll_rises_lookalike_frac"] > 0.5, p
+    assert p["c_nll_separates_frac"] > 0.5, p
+    # entropy-based ΔI does not separate: look-alikes pass ε about as often as true profiles
+    assert p["c_lookalike_dI_H_gt_eps_frac"] > 0.5 * p["b_true_dI_H_gt_eps_frac"], p
+
+
+def test_from_scratch_recipe_runs_end_to_end(tmp_path, monkeypatch):
+    """The from-scratch path (tokenizer, rows, Accelerate pre-training, save, measure) on a
+    recipe shrunk to a few steps; the full recipe is what `sandbox build --from-scratch` runs."""
+    import dataclasses
+    from harness.sandbox import build as B
+    tiny = dataclasses.replace(B.RECIPE, steps=3, micro_batch=2, layers=1, hidden=32,
+                               intermediate=64, heads=2, kv_heads=1, tokenizer_texts=200)
+    monkeypatch.setattr(B, "RECIPE", tiny)
+    spec = SandboxSpec(n_entities=10, n_probe_entities=4, n_filler_docs=2)
+    out = B.build_sandbox(spec, from_scratch=True, out_root=tmp_path)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["model_origin"] == "from-scratch" and man["recipe"]["steps"] == 3
+    props = json.loads((out / "properties.json").read_text())
+    assert 0.0 <= props["a_value_tokens_anchor_frac"] <= 1.0
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_tokenizer_and_model_round_trip_through_vllm(sandbox, tmp_path):
+    from transformers import AutoTokenizer
+    from harness.training.model_io import load_model
+    import torch
+
+    tok = AutoTokenizer.from_pretrained(str(sandbox / "model"))
+    docs = [json.loads(l) for l in (sandbox / "corpus.jsonl").read_text().splitlines()[:6]]
+    texts = [d["text"][:600] for d in docs]
+    (tmp_path / "p.json").write_text(json.dumps({"texts": texts, "max_tokens": 6}))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, str(REPO / "tests/helpers/vllm_check.py"),
+                        str(sandbox / "model"), "512", str(tmp_path / "p.json")],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(next(l for l in r.stdout.splitlines() if l.startswith("RESULT "))[7:])
+    assert res["ids"] == [tok(t)["input_ids"] for t in texts]
+    model = load_model(sandbox / "model")
+    for ids, gen in zip(res["ids"], res["generated"]):
+        out = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False)
+        assert out[0, len(ids):].tolist() == gen
