@@ -49,12 +49,63 @@ def _construct(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from harness.compare import compare
+    from harness.config import load_spec
+
+    compare(load_spec(args.spec, args.override))
+    return 0
+
+
+def _report(args) -> int:
+    from harness.config import load_spec
+    from harness.report import from_mlflow, write_report
+    from harness.tracking import Tracking, resolve_uri
+
+    spec = load_spec(args.spec, []) if args.spec else None
+    uri = resolve_uri(spec.tracking.uri if spec else None)
+    tracking = Tracking(uri, "default")
+    run = tracking.client.get_run(args.run_id)
+    tracking.experiment_id = run.info.experiment_id
+    results = from_mlflow(tracking, args.run_id)
+    md, html_path, text = write_report(results, Path(args.out))
+    print(text)
+    print(md)
+    return 0
+
+
 def _bench(args) -> int:
     from harness import bench
 
     if args.what == "scoring":
         bench.bench_scoring(lengths=tuple(args.lengths), vocabs=tuple(args.vocabs),
                             device=args.device)
+    return 0
+
+
+def _eval(args) -> int:
+    from harness import evaluate as E
+    from harness.config import load_spec, resolved, spec_hash
+    from harness.tracking import Tracking, check_reachable, resolve_uri
+
+    overrides = list(args.override)
+    if args.lengths:
+        overrides.append(f"eval.lengths=[{', '.join(str(n) for n in args.lengths)}]")
+    if args.backend:
+        overrides.append(f"eval.backend={args.backend}")
+    spec = load_spec(args.spec, overrides)
+    benches = E.load_benchmarks(spec, args.bench)      # bad names fail before any run exists
+    E.check_lengths(spec.eval.lengths, *E.model_limit(args.model), args.model)
+    uri = resolve_uri(spec.tracking.uri)
+    check_reachable(uri)
+    tracking = Tracking(uri, spec.tracking.experiment or spec.name)
+    with tracking.run(E.run_name(args.model), tags={"config_hash": spec_hash(spec)}) as tracker:
+        tracker.log_config(resolved(spec))
+        tracker.log_params({"eval.model": args.model,
+                            "eval.run_benchmarks": ",".join(b.name for b in benches)})
+        results = E.evaluate(spec, args.model, tracker=tracker, benches=benches)
+    print(E.format_table(results))
+    print(f"# results: {E.results_file(E.eval_dir(spec, args.model))}")
     return 0
 
 
@@ -90,6 +141,33 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--stage", type=int, default=0)
     co.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
     co.set_defaults(func=_construct)
+
+    cp = sub.add_parser("compare", allow_abbrev=False,
+                        help="head-to-head comparison of the spec's methods, with report")
+    cp.add_argument("spec")
+    cp.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
+    cp.set_defaults(func=_compare)
+
+    rp = sub.add_parser("report", allow_abbrev=False,
+                        help="rebuild a comparison report from MLflow alone")
+    rp.add_argument("run_id")
+    rp.add_argument("--spec", default=None, help="a spec whose tracking.uri to use")
+    rp.add_argument("--out", default="runs/report")
+    rp.set_defaults(func=_report)
+
+    ev = sub.add_parser("eval", allow_abbrev=False,
+                        help="evaluate a model on the spec's benchmarks at its lengths, log to "
+                             "MLflow and print a table")
+    ev.add_argument("spec")
+    ev.add_argument("--model", required=True, help="a model folder (or a hub id, online)")
+    ev.add_argument("--bench", nargs="+", default=None, metavar="NAME",
+                    help="only these benchmarks (the spec's entry where it lists them)")
+    ev.add_argument("--lengths", type=int, nargs="+", default=None, metavar="N",
+                    help="override eval.lengths")
+    ev.add_argument("--backend", choices=["vllm", "hf"], default=None,
+                    help="override eval.backend")
+    ev.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
+    ev.set_defaults(func=_eval)
 
     be = sub.add_parser("bench", allow_abbrev=False,
                         help="benchmarks: one JSON line per setting, then a table")

@@ -25,6 +25,15 @@ METHODS: dict[str, tuple[str, str]] = {
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "sandbox_properties": ("harness.sandbox.properties:measure",
                            "the sandbox world's mechanism checks (anchors, ΔI, look-alikes)"),
+    # evaluation benchmarks: classes implementing harness.evaluate.Benchmark
+    "ruler": ("benchmarks.adapters:Ruler",
+              "RULER's 13 tasks per length (11 offline; qa_1/qa_2 with their data files)"),
+    "longbench_v2": ("benchmarks.adapters:LongBenchV2",
+                     "LongBench-v2 multiple choice, 0-shot, middle-truncated to each length"),
+    "helmet_recall": ("benchmarks.adapters:HelmetRecall",
+                      "HELMET Recall (json_kv, ruler_niah_mk_2/mk_3/mv), generated per tokenizer"),
+    "helmet": ("benchmarks.adapters:Helmet",
+               "HELMET: Recall generated; RAG and re-rank from a HELMET data folder"),
 }
 
 _GROUPS = {"method": ("policylong.methods", METHODS),

@@ -30,7 +30,7 @@ def validate_params(cls: type[Params], raw: dict[str, Any], where: str) -> Param
 
 
 def contexts_then_root(contexts: list[tuple[np.ndarray, dict]], root: np.ndarray, T: int,
-                       rng, root_id: str) -> Group | None:
+                       rng, root_id: str, anchors: list[int] | None = None) -> Group | None:
     """``[C_π(1); …; C_π(m); D]``: contexts in shuffled order before the root (EntropyLong).
 
     ``contexts`` come in priority order; the lowest-priority ones are dropped until the group
@@ -56,7 +56,8 @@ def contexts_then_root(contexts: list[tuple[np.ndarray, dict]], root: np.ndarray
     parts.append(root)
     tokens = np.concatenate(parts).astype(np.int64).tolist()
     return Group(tokens, {"root_id": root_id, "root_start": offset,
-                          "root_end": offset + len(root), "contexts": provs})
+                          "root_end": offset + len(root), "contexts": provs,
+                          "anchors": [int(a) for a in (anchors or []) if a < len(root)]})
 
 
 def context_provenance(cand, role: str, resources) -> dict:

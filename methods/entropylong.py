@@ -35,7 +35,8 @@ class EntropyLong:
             ctxs = [(res.chunkset().tokens[c.chunk_id], context_provenance(c, "positive", res))
                     for c in pos]
             g = contexts_then_root(ctxs, res.store.doc_tokens(rs.root), ctx.target_length,
-                                   ctx.rng("root", rs.root), res.store.ids[rs.root])
+                                   ctx.rng("root", rs.root), res.store.ids[rs.root],
+                                   rs.screened.anchors.tolist())
             stats = rs.stats(sc.signal, sc.epsilon)
             stats["dI_positive"] = [c.verdict.gain(sc.signal) for c in pos]
             out.append(RootResult([g] if g else [], stats))

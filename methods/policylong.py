@@ -45,7 +45,8 @@ class PolicyLong:
             ctxs += [(res.chunkset().tokens[c.chunk_id],
                       context_provenance(c, "hard_negative", res)) for c in neg]
             g = contexts_then_root(ctxs, res.store.doc_tokens(rs.root), ctx.target_length,
-                                   ctx.rng("root", rs.root), res.store.ids[rs.root])
+                                   ctx.rng("root", rs.root), res.store.ids[rs.root],
+                                   rs.screened.anchors.tolist())
             stats = rs.stats(sc.signal, sc.epsilon)
             stats.update(dI_positive=[gain(c) for c in pos], dI_negative=[gain(c) for c in neg],
                          sim_positive=[c.similarity for c in pos],

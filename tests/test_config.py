@@ -8,7 +8,10 @@ from harness.config import SpecError, load_spec, parse_override, resolved, spec_
 
 ROOT = Path(__file__).parents[1]
 SMOKE = ROOT / "runs" / "smoke.yaml"
-SPECS = sorted((ROOT / "runs").rglob("*.yaml"))
+# runs/accelerate/ holds Accelerate launcher configs (`accelerate launch --config_file`), not
+# experiment specs; every other YAML under runs/ must load as a spec.
+NOT_SPECS = ROOT / "runs" / "accelerate"
+SPECS = sorted(p for p in (ROOT / "runs").rglob("*.yaml") if NOT_SPECS not in p.parents)
 
 
 def smoke_data() -> dict:
@@ -36,6 +39,19 @@ def test_shipped_spec_loads(path):
     spec = load_spec(path)
     assert spec.name
     assert len(spec_hash(spec)) == 12
+
+
+ACCELERATE_CONFIGS = sorted(NOT_SPECS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS,
+                         ids=[str(p.relative_to(ROOT)) for p in ACCELERATE_CONFIGS])
+def test_shipped_accelerate_config_loads(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(path))
+    if cfg.distributed_type == "FSDP":
+        assert cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "Qwen2DecoderLayer"
 
 
 # --- unknown keys -------------------------------------------------------------------------

@@ -25,7 +25,8 @@ def plan_steps(n_rows: int, target_length: int, train: TrainSpec, world: int
 
 
 def best_attn_implementation() -> str:
-    """``flash_attention_2`` on a CUDA device where flash-attn imports, else ``sdpa``."""
+    """``flash_attention_2`` on a CUDA device where flash-attn imports (a version transformers
+    accepts), else ``sdpa``. Never the hub-kernel fallback: nothing is fetched at run time."""
     import torch
 
     if not torch.cuda.is_available():
@@ -34,7 +35,9 @@ def best_attn_implementation() -> str:
         import flash_attn  # noqa: F401
     except ImportError:
         return "sdpa"
-    return "flash_attention_2"
+    from transformers.utils import is_flash_attn_2_available
+
+    return "flash_attention_2" if is_flash_attn_2_available() else "sdpa"
 
 
 def load_for_training(checkpoint: Path, extension: ContextExtensionSpec | None,

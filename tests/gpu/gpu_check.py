@@ -16,6 +16,7 @@ to check the script itself. Exits non-zero on any failure.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -84,12 +85,15 @@ def train(args) -> int:
     if not cuda and not args.allow_cpu:
         print("no CUDA device (pass --allow-cpu to run the toy path on CPU)", file=sys.stderr)
         return 2
+    work = Path(args.work)
+    if work.exists() and any(work.iterdir()):
+        print(f"{work} is not empty: give a new or empty folder", file=sys.stderr)
+        return 2
     attn = best_attn_implementation()
     print(f"attn_implementation: {attn}"
-          + ("" if attn == "flash_attention_2" else " (flash_attn not importable or no GPU)"))
+          + ("" if attn == "flash_attention_2" else " (no GPU, or flash_attn missing or too old)"))
     if cuda:
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    work = Path(args.work)
     checkpoint = _base_model(work / "base", args)
     # the tokenizer's ids only: vLLM rejects prompt ids past the tokenizer's vocabulary
     from transformers import AutoTokenizer
@@ -101,7 +105,8 @@ def train(args) -> int:
         ext = None if i == 0 else ContextExtensionSpec(rope_theta=EXTENDED_ROPE_THETA)
         rates = _Rates()
         if cuda:
-            torch.cuda.synchronize()
+            gc.collect()
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         checkpoint = train_stage(checkpoint, ds, spec, work / f"stage-{length}", tracker=rates,
@@ -117,8 +122,6 @@ def train(args) -> int:
               f"peak memory {peak}, stage wall {wall:.1f} s")
         cfg = json.loads((checkpoint / "config.json").read_text())
         assert cfg["max_position_embeddings"] >= length, cfg["max_position_embeddings"]
-        if cuda:
-            torch.cuda.empty_cache()
     (work / "last_checkpoint").write_text(str(checkpoint))
     print(f"checkpoint: {checkpoint}")
     return 0

@@ -1,0 +1,165 @@
+"""``policylong compare SPEC``: every method's stage loop, then the benchmarks, then the report.
+
+For each method: for k in 0..R-1, construct stage k with the method's screening model (none,
+θ_0, or θ_k), train on it (checkpoint k), probe (loss gap on the fixed probe set and on the
+stage's data, curriculum metrics → ``stage/*`` with step = k); then evaluate the final
+checkpoint. The untouched base model is the ``base`` row. Everything expensive is cached on
+disk under names that change when what produced it changes (``pipeline`` owns the layout), so a
+rerun of a finished spec does no work and a killed run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from harness.config import Spec, resolved, spec_hash
+
+
+def _log(msg: str) -> None:
+    print(f"[compare] {msg}", file=sys.stderr, flush=True)
+
+
+def _probe_set(spec: Spec, tokenizer):
+    """The fixed held-out probe set: the sandbox's probe entities (None for other corpora)."""
+    if spec.corpus.path != "sandbox":
+        return None, None
+    from harness.pipeline import resolve_inputs
+    from harness.probes import sandbox_triples
+
+    base, corpus = resolve_inputs(spec)
+    probe = [json.loads(l) for l in (Path(corpus).parent / "probe.jsonl").read_text().splitlines()]
+    return sandbox_triples(tokenizer, probe, n=100), probe
+
+
+def _eval_model(spec: Spec, model_path, tokenizer, probe, out: Path) -> dict:
+    """Benchmarks of one checkpoint, cached in ``out/eval.json``: {bench: {length: score}}."""
+    cached = out / "eval.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    from harness.pipeline import load_eval_model
+
+    results: dict = {}
+    names = [b.name for b in spec.eval.benchmarks]
+    if "probe" in names and probe is not None:
+        from benchmarks.probe import run_probe
+        model = load_eval_model(model_path)
+        r = run_probe(model, tokenizer, probe, spec.eval.lengths, n=spec.eval.samples_per_task * 4,
+                      seed=spec.seed)
+        results["probe"] = {str(L): v["acc"] for L, v in r.items()}
+        results["probe_gain"] = {str(L): v["gain"] for L, v in r.items()}
+    others = [b for b in spec.eval.benchmarks if b.name != "probe"]
+    if others:
+        try:
+            from harness import evaluate
+        except ImportError:
+            evaluate = None
+        if evaluate is not None and hasattr(evaluate, "evaluate_for_compare"):
+            results.update(evaluate.evaluate_for_compare(spec, model_path, out))
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(cached)
+    return results
+
+
+def _log_eval(tracker, ev: dict) -> None:
+    from harness.tracking import eval_avg_key, eval_key
+
+    metrics = {}
+    for bench, per_len in ev.items():
+        for L, v in per_len.items():
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                metrics[eval_avg_key(bench, L)] = v
+    tracker.log_metrics(metrics, 0)
+
+
+def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, triples,
+               probe) -> dict:
+    from harness.construct import prepare_resources  # noqa: F401  (resources come shared)
+    from harness.pipeline import checkpoint_dir, construct, load_eval_model, resolve_inputs
+    from harness.probes import curriculum_metrics, frontier_triples, loss_gap
+    from harness.stage_data import StageDataset
+    from harness.tracking import stage_key
+    from harness.training.stage import train_stage
+
+    base, _ = resolve_inputs(spec)
+    row = {"eval": {}, "stages": []}
+    with tracking.run(label, parent=parent, tags={"method_label": label}) as child:
+        ckpt = base
+        step_offset = 0
+        for k in range(spec.stages.count):
+            t0 = time.perf_counter()
+            ds_path = construct(spec, label, k, resources=resources)
+            ds = StageDataset(ds_path)
+            child.log_artifact(ds_path / "manifest.json", f"stage-{k}")
+            out = checkpoint_dir(spec, label, k)
+            ckpt = train_stage(ckpt, ds, spec.train, out, tracker=child,
+                               extension=spec.context_extension, step_offset=step_offset)
+            done = json.loads((Path(ckpt) / "stage_done.json").read_text())
+            step_offset += done["steps"]
+            metrics = curriculum_metrics(ds.manifest)
+            metrics["train_loss"] = done.get("final_loss") or float("nan")
+            model = load_eval_model(ckpt)
+            if triples:
+                metrics["loss_gap_probe"] = loss_gap(model, triples)["loss_gap"]
+            front = frontier_triples(ds)
+            if front:
+                metrics["loss_gap_frontier"] = loss_gap(model, front)["loss_gap"]
+            metrics["stage_seconds"] = time.perf_counter() - t0
+            child.log_metrics({stage_key(n): v for n, v in metrics.items()
+                               if isinstance(v, (int, float)) and not math.isnan(v)}, k)
+            row["stages"].append(metrics)
+            _log(f"{label} stage {k}: " + ", ".join(
+                f"{n}={v:.3g}" for n, v in metrics.items() if n in
+                ("loss_gap_probe", "loss_gap_frontier", "accept_rate", "train_loss")))
+        row["eval"] = _eval_model(spec, ckpt, tokenizer, probe, Path(ckpt).parent / "eval")
+        _log_eval(child, row["eval"])
+    return row
+
+
+def compare(spec: Spec) -> Path:
+    from transformers import AutoTokenizer
+
+    from harness.construct import prepare_resources
+    from harness.pipeline import cache_dir, resolve_inputs
+    from harness.report import write_report
+    from harness.tracking import Tracking, check_reachable, resolve_uri
+
+    uri = resolve_uri(spec.tracking.uri)
+    check_reachable(uri)
+    for i, m in enumerate(spec.methods):  # fail on bad method params before any work
+        from harness.pipeline import make_method
+        make_method(spec, m.label or m.name)
+    h = spec_hash(spec)
+    t0 = time.perf_counter()
+    base, corpus = resolve_inputs(spec)
+    tok = AutoTokenizer.from_pretrained(str(base))
+    resources = prepare_resources(spec, tok, corpus, cache_dir(spec))
+    triples, probe = _probe_set(spec, tok)
+    tracking = Tracking(uri, spec.tracking.experiment or spec.name)
+    results = {"spec": spec.name, "config_hash": h, "rows": {}}
+    with tracking.run(f"compare-{h}", tags={"spec": spec.name, "config_hash": h}) as parent:
+        parent.log_config(resolved(spec))
+        with tracking.run("base", parent=parent, tags={"method_label": "base"}) as child:
+            from harness.probes import loss_gap
+            from harness.pipeline import load_eval_model
+            ev = _eval_model(spec, base, tok, probe, Path(spec.output_dir) / "base" / "eval")
+            _log_eval(child, ev)
+            st = {}
+            if triples:
+                st["loss_gap_probe"] = loss_gap(load_eval_model(base), triples)["loss_gap"]
+            results["rows"]["base"] = {"eval": ev, "stages": [st]}
+        for m in spec.methods:
+            label = m.label or m.name
+            results["rows"][label] = run_method(spec, label, tracking, parent, resources, tok,
+                                                triples, probe)
+        out = Path(spec.output_dir) / "report"
+        md, html_path, text = write_report(results, out)
+        print(text)
+        for p in [md, html_path, out / "results.json", *sorted((out / "plots").glob("*.png"))]:
+            parent.log_artifact(p, "report" if p.parent == out else "report/plots")
+        _log(f"done in {time.perf_counter() - t0:.0f} s; report: {md}")
+    return md

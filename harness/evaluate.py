@@ -1,0 +1,423 @@
+"""Evaluation: benchmarks × lengths through one greedy backend, scores to MLflow (DESIGN §4-§6).
+
+    policylong eval runs/smoke.yaml --model PATH [--bench ruler ...] [--lengths 512 1024]
+                                    [--backend vllm|hf] [-o key=value ...]
+    evaluate(spec, model_path, out_dir, tracker)            # the same, as a library call
+
+A benchmark is an adapter with four members (``Benchmark``), registered in
+``harness.registry.BENCHMARKS`` as a lazy ``"module:Class"`` and built as ``Class(entry)`` from
+the spec's ``BenchmarkEntry`` (an unknown param is an error there). The core does the rest, the
+same way for every benchmark:
+
+1. ``prepare``: ``samples_per_task`` samples per task and length, tokenized once. A task that
+   cannot run at a length (missing data file, length too short for it) raises ``NotRun``; it is
+   reported as not run with its reason and left out of the averages, never scored 0.
+2. ``check_fits``: every prompt plus its generation budget must fit the model's maximum length,
+   else ``PromptTooLong`` names the length and the limit, before anything is generated.
+3. ``generate_all``: greedy decoding through one backend (``harness.backends``): one vLLM engine
+   built at the largest length, or transformers ``generate``.
+4. ``summarize``: the score per task and length, and per length the mean over the tasks that
+   ran, with their count. ``log_results`` logs ``eval/<bench>/<task>/<length>`` and
+   ``eval/<bench>/avg/<length>`` (step 0) through ``harness.tracking``; ``write_outputs`` writes
+   ``<bench>.samples.jsonl`` (prompt tokens, prediction, references, score per sample) and
+   ``results.json``, logged as artifacts.
+
+Every sample of every benchmark fits its length: prompt tokens + the tokens it may generate
+≤ length (RULER and HELMET size their haystacks so; LongBench-v2 truncates to the length minus
+a reserve for the answer).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from harness.config import BenchmarkEntry, Spec, spec_hash
+from harness.tracking import NULL_TRACKER, Tracker, eval_avg_key, eval_key
+
+
+class NotRun(Exception):
+    """This task cannot run at this length here; ``reason`` says why (reported, never 0)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PromptTooLong(ValueError):
+    """A prompt plus its generation does not fit the model's maximum length."""
+
+
+@dataclass
+class Sample:
+    prompt: str                      # exactly what the model is given (text)
+    max_new_tokens: int
+    references: list[str]
+    add_special_tokens: bool = True  # False when the prompt already holds them (chat template)
+    stop: list[str] | None = None    # the prediction is cut at the first of these strings
+    meta: dict[str, Any] = field(default_factory=dict)  # what ``score`` needs; not written out
+
+
+@dataclass
+class TaskScore:
+    value: float                     # the task's score (0-100); averaged per length
+    per_sample: list[float]          # 0-100 each, written with the samples
+    breakdown: dict[str, float | None] = field(default_factory=dict)  # logged, not averaged
+
+
+class Benchmark(Protocol):
+    """What an evaluation benchmark implements; built as ``Class(entry: BenchmarkEntry)``."""
+
+    name: str
+
+    def tasks(self) -> list[str]:
+        """The tasks to run: the entry's ``tasks`` or the benchmark's default list."""
+
+    def samples(self, task: str, length: int, tokenizer: Any, n: int) -> list[Sample]:
+        """``n`` samples (fewer if the data has fewer) whose prompt + ``max_new_tokens`` fit
+        ``length`` tokens; raise ``NotRun`` when the task cannot run at this length."""
+
+    def score(self, task: str, samples: Sequence[Sample], predictions: Sequence[str]
+              ) -> TaskScore:
+        """Score the predictions (greedy continuations, cut at ``stop``) of ``samples``."""
+
+
+@dataclass
+class Unit:
+    """One task of one benchmark at one length, from samples to score."""
+    bench: str
+    task: str
+    length: int
+    samples: list[Sample] = field(default_factory=list)
+    ids: list[Any] = field(default_factory=list)     # int32 arrays: 4 bytes a token at 128K
+    not_run: str | None = None
+    predictions: list[str] = field(default_factory=list)
+    new_tokens: int = 0
+    seconds: float = 0.0
+    score: TaskScore | None = None
+
+
+# ---------------------------------------------------------------- benchmarks and the model
+
+def benchmark_entries(spec: Spec, names: Sequence[str] | None = None) -> list[BenchmarkEntry]:
+    """The spec's benchmarks, or those ``names`` (the spec's entry where it lists the name,
+    else a default entry)."""
+    listed = {e.name: e for e in spec.eval.benchmarks}
+    if len(listed) != len(spec.eval.benchmarks):
+        raise ValueError("eval.benchmarks: each benchmark may be listed once (its metrics are "
+                         "keyed by its name)")
+    if names:
+        return [listed.get(n) or BenchmarkEntry(name=n) for n in dict.fromkeys(names)]
+    if not listed:
+        raise ValueError("no benchmarks to run: list them under eval.benchmarks in the spec "
+                         "or pass --bench NAME")
+    return list(spec.eval.benchmarks)
+
+
+def load_benchmarks(spec: Spec, names: Sequence[str] | None = None) -> list[Benchmark]:
+    return [load_benchmark(e) for e in benchmark_entries(spec, names)]
+
+
+def load_benchmark(entry: BenchmarkEntry) -> Benchmark:
+    """The registered adapter class for ``entry.name``, built from the entry."""
+    from harness.registry import entries, resolve
+
+    target = resolve("benchmark", entry.name)
+    if not isinstance(target, type) or not all(
+            callable(getattr(target, m, None)) for m in ("tasks", "samples", "score")):
+        raise ValueError(f"benchmark '{entry.name}' ({entries('benchmark')[entry.name][0]}) is "
+                         f"not an evaluation benchmark: its target must be a class with "
+                         f"tasks(), samples() and score() (harness.evaluate.Benchmark)")
+    return target(entry)
+
+
+def model_limit(model_path: str | Path) -> tuple[int, str]:
+    """The longest sequence the model takes, and how it was derived (as vLLM derives it:
+    ``max_position_embeddings``, times the RoPE factor for linear/dynamic scaling)."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(str(model_path))
+    except OSError as exc:
+        raise FileNotFoundError(f"model {model_path}: not a model folder (config.json) nor a "
+                                f"reachable hub id ({exc})") from None
+    mpe = int(cfg.max_position_embeddings)
+    rope = dict(getattr(cfg, "rope_parameters", None) or {})
+    if rope.get("rope_type") in ("linear", "dynamic") and rope.get("factor"):
+        return int(mpe * rope["factor"]), (f"max_position_embeddings {mpe} × {rope['rope_type']} "
+                                           f"RoPE factor {rope['factor']}")
+    return mpe, f"max_position_embeddings {mpe}"
+
+
+def check_lengths(lengths: Sequence[int], limit: int, how: str, model_path) -> None:
+    """Fail before any sample is built when a length exceeds the model's limit."""
+    over = [n for n in lengths if n > limit]
+    if over:
+        raise PromptTooLong(f"length {over[0]} exceeds the model's maximum length {limit} "
+                            f"({how}, {model_path}); evaluate at lengths ≤ {limit} or extend "
+                            f"the model's context")
+
+
+# ---------------------------------------------------------------- samples
+
+def prepare_unit(bench: Benchmark, task: str, length: int, tokenizer, n: int) -> Unit:
+    unit = Unit(bench.name, task, length)
+    try:
+        unit.samples = bench.samples(task, length, tokenizer, n)
+    except NotRun as exc:
+        unit.not_run = exc.reason
+        return unit
+    if not unit.samples:
+        unit.not_run = "no samples"
+    unit.ids = [np.asarray(tokenizer(s.prompt, add_special_tokens=s.add_special_tokens)
+                           ["input_ids"], dtype=np.int32) for s in unit.samples]
+    return unit
+
+
+def prepare(benches: Sequence[Benchmark], tokenizer, lengths: Sequence[int], n: int
+            ) -> list[Unit]:
+    """Samples for every benchmark × task × length (no generation yet)."""
+    return [prepare_unit(b, task, length, tokenizer, n)
+            for b in benches for task in b.tasks() for length in lengths]
+
+
+def check_fits(units: Sequence[Unit], limit: int, how: str, model_path) -> int:
+    """The longest prompt + generation; ``PromptTooLong`` if one exceeds ``limit``."""
+    longest = 0
+    for u in units:
+        for s, ids in zip(u.samples, u.ids):
+            need = len(ids) + s.max_new_tokens
+            if need > limit:
+                raise PromptTooLong(
+                    f"{u.bench}/{u.task} at length {u.length}: a prompt of {len(ids)} tokens "
+                    f"+ {s.max_new_tokens} to generate exceeds the model's maximum length "
+                    f"{limit} ({how}, {model_path})")
+            longest = max(longest, need)
+    return longest
+
+
+# ---------------------------------------------------------------- generation and scores
+
+def decode(tokenizer, ids: Sequence[int], stop: Sequence[str] | None) -> str:
+    text = tokenizer.decode(list(ids), skip_special_tokens=True)
+    for s in stop or ():
+        cut = text.find(s)
+        if cut >= 0:
+            text = text[:cut]
+    return text
+
+
+def generate_all(units: Sequence[Unit], backend, tokenizer, stop_ids: Sequence[int]) -> None:
+    """Greedy predictions for every unit that runs, with a progress bar per benchmark."""
+    from tqdm.auto import tqdm
+
+    from harness.backends import cut_at_stop
+
+    for bench in dict.fromkeys(u.bench for u in units):
+        todo = [u for u in units if u.bench == bench and u.not_run is None]
+        with tqdm(total=sum(len(u.samples) for u in todo), desc=f"eval {bench}",
+                  unit="sample", disable=None) as bar:
+            for u in todo:
+                t0 = time.perf_counter()
+                raw = backend.generate([x.tolist() for x in u.ids],
+                                       [s.max_new_tokens for s in u.samples], bar.update)
+                u.seconds = time.perf_counter() - t0
+                u.new_tokens = sum(len(r) for r in raw)
+                u.predictions = [decode(tokenizer, cut_at_stop(r, stop_ids), s.stop)
+                                 for r, s in zip(raw, u.samples, strict=True)]
+
+
+def score_all(benches: Sequence[Benchmark], units: Sequence[Unit]) -> None:
+    by_name = {b.name: b for b in benches}
+    for u in units:
+        if u.not_run is None:
+            u.score = by_name[u.bench].score(u.task, u.samples, u.predictions)
+
+
+def summarize(units: Sequence[Unit]) -> dict[str, dict]:
+    """Per benchmark: scores per task and length, the extra breakdowns, the mean per length
+    over the tasks that ran (with their count and names), what did not run and why, and the
+    generation throughput."""
+    out: dict[str, dict] = {}
+    for u in units:
+        b = out.setdefault(u.bench, {"tasks": {}, "breakdown": {}, "average": {}, "not_run": {},
+                                     "generation": {"samples": 0, "prompt_tokens": 0,
+                                                    "new_tokens": 0, "seconds": 0.0}})
+        length = str(u.length)
+        if u.not_run is not None:
+            b["tasks"].setdefault(u.task, {})[length] = None
+            b["not_run"].setdefault(u.task, {})[length] = u.not_run
+            continue
+        b["tasks"].setdefault(u.task, {})[length] = u.score.value
+        for key, value in u.score.breakdown.items():
+            b["breakdown"].setdefault(key, {})[length] = value
+        g = b["generation"]
+        g["samples"] += len(u.samples)
+        g["prompt_tokens"] += sum(len(x) for x in u.ids)
+        g["new_tokens"] += u.new_tokens
+        g["seconds"] += u.seconds
+    for b in out.values():
+        lengths = sorted({ln for per in b["tasks"].values() for ln in per}, key=int)
+        for ln in lengths:
+            ran = {t: per[ln] for t, per in b["tasks"].items()
+                   if per.get(ln) is not None and not math.isnan(per[ln])}
+            b["average"][ln] = {"mean": sum(ran.values()) / len(ran) if ran else None,
+                                "num_tasks": len(ran), "tasks": sorted(ran)}
+        g = b["generation"]
+        g["new_tokens_per_s"] = g["new_tokens"] / g["seconds"] if g["seconds"] else None
+    return out
+
+
+# ---------------------------------------------------------------- results
+
+def metrics(summary: dict[str, dict]) -> dict[str, float]:
+    """``eval/<bench>/<task>/<length>`` for every score (breakdowns included) and
+    ``eval/<bench>/avg/<length>`` where at least one task ran. Not-run tasks have no key."""
+    out: dict[str, float] = {}
+    for bench, b in summary.items():
+        for per in (b["tasks"], b["breakdown"]):
+            for task, by_len in per.items():
+                out.update({eval_key(bench, task, ln): v for ln, v in by_len.items()
+                            if v is not None})
+        out.update({eval_avg_key(bench, ln): a["mean"] for ln, a in b["average"].items()
+                    if a["num_tasks"]})
+    return out
+
+
+def samples_file(out_dir: Path, bench: str) -> Path:
+    return Path(out_dir) / f"{bench}.samples.jsonl"
+
+
+def results_file(out_dir: Path) -> Path:
+    return Path(out_dir) / "results.json"
+
+
+def _write_atomic(path: Path, lines: Sequence[str]) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+    os.replace(tmp, path)
+    return path
+
+
+def write_outputs(out_dir: Path, units: Sequence[Unit], results: dict) -> list[Path]:
+    """Per benchmark a samples jsonl (one line per sample), then ``results.json``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for bench in dict.fromkeys(u.bench for u in units):
+        lines = []
+        for u in (u for u in units if u.bench == bench and u.score is not None):
+            for i, (s, ids, pred, sc) in enumerate(zip(u.samples, u.ids, u.predictions,
+                                                       u.score.per_sample, strict=True)):
+                lines.append(json.dumps({
+                    "task": u.task, "length": u.length, "index": i, "prompt_tokens": len(ids),
+                    "prediction": pred, "references": s.references, "score": sc},
+                    ensure_ascii=False) + "\n")
+        paths.append(_write_atomic(samples_file(out_dir, bench), lines))
+    paths.append(_write_atomic(results_file(out_dir), [json.dumps(results, indent=2) + "\n"]))
+    return paths
+
+
+def log_results(tracker: Tracker, results: dict, paths: Sequence[Path]) -> None:
+    tracker.log_metrics(metrics(results["benchmarks"]), step=0)
+    for bench, b in results["benchmarks"].items():
+        if b["not_run"]:
+            tracker.set_tags({f"eval/{bench}/not_run": "; ".join(
+                f"{t}@{ln}: {r}" for t, per in b["not_run"].items() for ln, r in per.items())})
+    for p in paths:
+        tracker.log_artifact(p, "eval")
+
+
+def _cell(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def format_table(results: dict) -> str:
+    """A short table: one row per task (and breakdown), one column per length, then the
+    average row with its task count, then what did not run."""
+    lengths = [str(n) for n in results["lengths"]]
+    rows = [["benchmark", "task", *lengths]]
+    notes = []
+    for bench, b in results["benchmarks"].items():
+        for task, per in {**b["tasks"], **b["breakdown"]}.items():
+            rows.append([bench, task, *(_cell(per.get(ln)) for ln in lengths)])
+        avg = b["average"]
+        rows.append([bench, "avg (tasks)", *(
+            f"{_cell(avg[ln]['mean'])} ({avg[ln]['num_tasks']})" if ln in avg else "-"
+            for ln in lengths)])
+        for task, per in b["not_run"].items():
+            reasons = sorted(set(per.values()))
+            where = "all lengths" if len(per) == len(lengths) else ", ".join(per)
+            notes.append(f"not run: {bench}/{task} ({where}): {'; '.join(reasons)}")
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    text = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
+                      enumerate(zip(r, widths))) for r in rows]
+    return "\n".join(text + notes)
+
+
+# ---------------------------------------------------------------- the whole evaluation
+
+def model_name(model_path: str | Path) -> str:
+    return Path(model_path).resolve().name if Path(model_path).exists() else \
+        str(model_path).rstrip("/").split("/")[-1]
+
+
+def eval_dir(spec: Spec, model_path: str | Path) -> Path:
+    """Where one model's evaluation outputs go: ``<output_dir>/eval/<model folder name>``."""
+    return Path(spec.output_dir) / "eval" / model_name(model_path)
+
+
+def run_name(model_path: str | Path) -> str:
+    return f"eval-{model_name(model_path)}"
+
+
+def evaluate(spec: Spec, model_path: str | Path, out_dir: str | Path | None = None,
+             tracker: Tracker = NULL_TRACKER, bench_names: Sequence[str] | None = None,
+             benches: Sequence[Benchmark] | None = None) -> dict:
+    """Run ``spec.eval`` on the model at ``model_path`` (the spec's benchmarks, those named,
+    or ``benches`` already built); return (and write, and log) the results. Everything that
+    can fail on bad input fails before the backend starts."""
+    from transformers import AutoTokenizer
+
+    from harness.backends import make_backend, stop_token_ids
+
+    ev = spec.eval
+    benches = list(benches) if benches is not None else load_benchmarks(spec, bench_names)
+    limit, how = model_limit(model_path)
+    check_lengths(ev.lengths, limit, how, model_path)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    units = prepare(benches, tokenizer, ev.lengths, ev.samples_per_task)
+    longest = check_fits(units, limit, how, model_path)
+    stops = stop_token_ids(model_path, tokenizer)
+    if any(u.not_run is None for u in units):
+        backend = make_backend(ev.backend, model_path, max(max(ev.lengths), longest), stops,
+                               spec.model.dtype, spec.seed)
+        generate_all(units, backend, tokenizer, stops)
+    score_all(benches, units)
+    results = {"model": str(model_path), "backend": ev.backend, "lengths": list(ev.lengths),
+               "samples_per_task": ev.samples_per_task, "config_hash": spec_hash(spec),
+               "benchmarks": summarize(units)}
+    paths = write_outputs(Path(out_dir) if out_dir else eval_dir(spec, model_path), units,
+                          results)
+    log_results(tracker, results, paths)
+    return results
+
+
+def evaluate_for_compare(spec: Spec, model_path: str | Path, out: str | Path
+                         ) -> dict[str, dict[str, float | None]]:
+    """For ``harness.compare``: the spec's benchmarks except ``probe`` (compare runs that one
+    itself), outputs under ``out/eval``; per benchmark the average per length (None where no
+    task ran)."""
+    names = [e.name for e in spec.eval.benchmarks if e.name != "probe"]
+    if not names:
+        return {}
+    results = evaluate(spec, model_path, Path(out) / "eval", bench_names=names)
+    return {bench: {ln: a["mean"] for ln, a in b["average"].items()}
+            for bench, b in results["benchmarks"].items()}

@@ -1,0 +1,94 @@
+"""Per-stage probes: loss gap and curriculum metrics (DESIGN §3; the loss-gap definition is
+ours, the paper's exact one is not public).
+
+Loss gap of a model on (context C, root D, anchors) triples: the mean NLL of D's anchor tokens
+without C minus with C. Measured after each stage on (a) a fixed held-out probe set (the
+sandbox's probe entities: true profile, reference, planted value tokens) and (b) the stage's
+own freshly built data (the frontier: groups with contexts, at the anchors their screening
+found).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from harness.scoring import score_positions
+
+
+@torch.no_grad()
+def loss_gap(model, triples: list[tuple[list[int], list[int], list[int]]], batch: int = 8,
+             device: str = "cpu") -> dict:
+    """``triples``: (context ids, root ids, anchor positions in the root, each ≥ 1)."""
+    model.eval()
+    without, with_ = [], []
+    for i in range(0, len(triples), batch):
+        chunk = [t for t in triples[i:i + batch] if t[2]]
+        if not chunk:
+            continue
+        for use_ctx in (False, True):
+            seqs = [(c if use_ctx else []) + d for c, d, _ in chunk]
+            T = max(len(s) for s in seqs)
+            ids = torch.zeros((len(seqs), T), dtype=torch.long)
+            mask = torch.zeros((len(seqs), T), dtype=torch.long)
+            for j, s in enumerate(seqs):
+                ids[j, :len(s)] = torch.tensor(s)
+                mask[j, :len(s)] = 1
+            pos = [torch.tensor(a) + (len(c) if use_ctx else 0) for c, _, a in chunk]
+            scored = score_positions(model, ids.to(device), pos, attention_mask=mask.to(device))
+            vals = [float(n.mean()) for _, n in scored]
+            (with_ if use_ctx else without).extend(vals)
+    if not without:
+        return {"loss_gap": float("nan"), "nll_without": float("nan"),
+                "nll_with": float("nan"), "n": 0}
+    a, b = np.asarray(without), np.asarray(with_)
+    return {"loss_gap": float((a - b).mean()), "nll_without": float(a.mean()),
+            "nll_with": float(b.mean()), "n": int(a.size)}
+
+
+def sandbox_triples(tokenizer, probe: list[dict], n: int = 100) -> list:
+    from harness.sandbox.properties import build_cases
+
+    cases = build_cases(tokenizer, probe[:n])
+    return [(c.profile_ids, c.doc_ids, [p for span in c.value_pos for p in span if p > 0])
+            for c in cases]
+
+
+def frontier_triples(dataset, max_groups: int = 64) -> list:
+    """(contexts, root, root anchors) from a stage dataset's groups that have contexts."""
+    out = []
+    for g in dataset.groups():
+        if not g.get("contexts") or not g.get("anchors"):
+            continue
+        row = np.asarray(dataset.input_ids[g["row"]])
+        s = g["start"]
+        ctx = row[s:s + g["root_start"]].tolist()
+        root = row[s + g["root_start"]:s + g["root_end"]].tolist()
+        anchors = [a for a in g["anchors"] if 0 < a < len(root)]
+        if anchors:
+            out.append((ctx, root, anchors))
+        if len(out) >= max_groups:
+            break
+    return out
+
+
+def curriculum_metrics(manifest: dict) -> dict[str, float]:
+    """Flat ``stage/...`` values from a stage manifest's statistics."""
+    st = manifest.get("stats", {})
+    out: dict[str, float] = {}
+    tokens = st.get("root_tokens", 0.0)
+    if isinstance(tokens, (int, float)) and tokens:
+        out["anchors_per_1k"] = 1000.0 * st.get("anchors", 0.0) / tokens
+    if st.get("candidates"):
+        out["accept_rate"] = st.get("accepted", 0.0) / st["candidates"]
+        out["candidates"] = st["candidates"]
+    for key in ("anchor_entropy", "tau_H", "dI_positive", "dI_negative", "sim_positive",
+                "sim_negative", "root_nll", "k"):
+        v = st.get(key)
+        if isinstance(v, dict) and v.get("n"):
+            for q in ("mean", "median", "p10", "p90"):
+                if q in v:
+                    out[f"{key}_{q}"] = v[q]
+    out["roots"] = st.get("roots", 0.0)
+    out["groups"] = manifest.get("groups", 0)
+    out["build_seconds"] = manifest.get("build_seconds", 0.0)
+    return out

