@@ -117,7 +117,11 @@ def benchmark_entries(spec: Spec, names: Sequence[str] | None = None) -> list[Be
     if not listed:
         raise ValueError("no benchmarks to run: list them under eval.benchmarks in the spec "
                          "or pass --bench NAME")
-    return list(spec.eval.benchmarks)
+    # The sandbox probe is scored by loss, not generation: compare runs it (benchmarks.probe).
+    return [e for e in spec.eval.benchmarks if e.name not in SCORED_BY_LOSS]
+
+
+SCORED_BY_LOSS = {"probe"}
 
 
 def load_benchmarks(spec: Spec, names: Sequence[str] | None = None) -> list[Benchmark]:

@@ -23,6 +23,8 @@ METHODS: dict[str, tuple[str, str]] = {
                    "verification re-run with the current checkpoint every stage (2604.07809)"),
 }
 BENCHMARKS: dict[str, tuple[str, str]] = {
+    "probe": ("benchmarks.probe:run_probe",
+              "sandbox probe: planted-value recall and NLL at controlled distances (by loss)"),
     "sandbox_properties": ("harness.sandbox.properties:measure",
                            "the sandbox world's mechanism checks (anchors, ΔI, look-alikes)"),
     # evaluation benchmarks: classes implementing harness.evaluate.Benchmark

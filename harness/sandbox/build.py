@@ -51,6 +51,9 @@ class PretrainRecipe:
     max_gap_sentences: int = 12   # distance curriculum: filler between profile and reference
     curriculum_fraction: float = 0.6  # share of steps over which the gap grows to its max
     drill_fraction: float = 0.15  # copy drills among pre-training episodes
+    # cumulative shares of episode kinds: profile+reference, look-alike pair+reference; the
+    # rest are references alone
+    episode_mix: tuple[float, float] = (0.6, 0.8)
     tokenizer_texts: int = 5000
 
 
@@ -63,8 +66,8 @@ def world_spec(s: SandboxSpec) -> W.WorldSpec:
                        n_probe_entities=s.n_probe_entities)
 
 
-def model_key(s: SandboxSpec, recipe: PretrainRecipe = RECIPE) -> str:
-    return stable_hash({"seed": s.seed, "recipe": dataclasses.asdict(recipe)})
+def model_key(s: SandboxSpec, recipe: PretrainRecipe | None = None) -> str:
+    return stable_hash({"seed": s.seed, "recipe": dataclasses.asdict(recipe or RECIPE)})
 
 
 def sandbox_spec_from(spec_path: str | None, overrides: list[str]) -> SandboxSpec:
@@ -92,9 +95,10 @@ def _log(msg: str) -> None:
     print(f"[sandbox] {msg}", file=sys.stderr, flush=True)
 
 
-def train_sandbox_tokenizer(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe = RECIPE):
+def train_sandbox_tokenizer(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe | None = None):
     from harness.sandbox.tokenizer import train_tokenizer
 
+    recipe = recipe or RECIPE
     ws = world_spec(s)
     lexicon = " ".join(W.World(ws).lexicon())
     texts = list(itertools.islice(W.pretraining_texts(ws, 0, recipe.max_gap_sentences),
@@ -104,11 +108,12 @@ def train_sandbox_tokenizer(s: SandboxSpec, out_dir: Path, recipe: PretrainRecip
                            model_max_length=1 << 20)
 
 
-def pretraining_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe = RECIPE):
+def pretraining_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None):
     """All pre-training rows, in order: the filler gap grows with the row index (curriculum)."""
     import numpy as np
     from harness.training.packing import pack_stream
 
+    recipe = recipe or RECIPE
     ws = world_spec(s)
     n_rows = recipe.steps * recipe.micro_batch
     ramp = max(1, int(recipe.curriculum_fraction * n_rows))
@@ -118,8 +123,8 @@ def pretraining_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe = RECIPE)
         while True:
             # Rows hold ~3 episodes at 512 tokens, so ``made / 3`` approximates the row index.
             gap = 1 + int(recipe.max_gap_sentences * min(1.0, made / 3 / ramp))
-            stream = streams.setdefault(gap, W.pretraining_texts(ws, gap, gap,
-                                                                 recipe.drill_fraction))
+            stream = streams.setdefault(gap, W.pretraining_texts(
+                ws, gap, gap, recipe.drill_fraction, tuple(recipe.episode_mix)))
             texts = list(itertools.islice(stream, 64))
             made += len(texts)
             yield from tokenizer(texts)["input_ids"]
@@ -129,7 +134,7 @@ def pretraining_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe = RECIPE)
     return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
 
 
-def pretrain(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe = RECIPE,
+def pretrain(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe | None = None,
              log=None, on_step=None) -> Path:
     """Train the tokenizer and the tiny Qwen2 base model; save an HF folder at ``out_dir``."""
     import torch
@@ -139,6 +144,7 @@ def pretrain(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe = RECIPE,
     from harness.training.loop import LoopSettings, RowSource, train_loop
     from harness.training.model_io import save_checkpoint, tiny_qwen2_config
 
+    recipe = recipe or RECIPE
     tok_dir = out_dir.with_name(out_dir.name + ".tokenizer")
     train_sandbox_tokenizer(s, tok_dir, recipe)
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
@@ -204,7 +210,10 @@ def build_sandbox(s: SandboxSpec | None = None, from_scratch: bool = False,
     props = measure_properties(tmp / "model", probe)
     (tmp / "properties.json").write_text(json.dumps(props, indent=2))
     m = {"sandbox": s.model_dump(mode="json"), "model_key": model_key(s),
-         "recipe": dataclasses.asdict(RECIPE), "model_origin": origin,
+         "recipe": dataclasses.asdict(RECIPE if origin == "from-scratch" else
+                                      PretrainRecipe(**json.loads(
+                                          (ASSET / "recipe.json").read_text())["recipe"])),
+         "model_origin": origin,
          "n_documents": len(docs), "n_probe_entities": len(probe),
          "sha256": {p.name: _sha256(p) for p in
                     [tmp / "corpus.jsonl", tmp / "probe.jsonl", tmp / "model" / "model.safetensors"]},

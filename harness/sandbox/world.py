@@ -217,7 +217,8 @@ def _record(doc_id: str, text: str, kind: str, e: Entity,
 
 
 def pretraining_texts(spec: WorldSpec, seed: int, max_before: int,
-                      drill_fraction: float = 0.0) -> Iterator[str]:
+                      drill_fraction: float = 0.0,
+                      mix: tuple[float, float] = (0.6, 0.8)) -> Iterator[str]:
     """Endless pre-training rows: one profile-reference episode each (or a reference alone).
 
     ``drill_fraction`` of the rows are copy drills (a list of values stated twice): the purest
@@ -242,9 +243,9 @@ def pretraining_texts(spec: WorldSpec, seed: int, max_before: int,
             yield "Memo: " + " ".join(words) + ". Again: " + " ".join(words) + "."
             continue
         r = (r - drill_fraction) / (1 - drill_fraction)
-        if r < 0.6:      # profile ... reference
+        if r < mix[0]:   # profile ... reference
             yield " ".join(x for x in (profile_text(rng, e), gap, ref) if x)
-        elif r < 0.8:    # look-alike and true profile, either order, then the reference
+        elif r < mix[1]:  # look-alike and true profile, either order, then the reference
             la = world.lookalike(rng, e, used)
             pair = [profile_text(rng, e), profile_text(rng, la)]
             rng.shuffle(pair)
