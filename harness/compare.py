@@ -34,6 +34,13 @@ def _probe_set(spec: Spec, tokenizer):
     return sandbox_triples(tokenizer, probe, n=100), probe
 
 
+def eval_name(spec: Spec) -> str:
+    """Evaluations are cached per evaluation settings (and seed)."""
+    from harness.config import stable_hash
+    return "eval-" + stable_hash({"eval": spec.eval.model_dump(mode="json"), "seed": spec.seed,
+                                  "model": spec.model.model_dump(mode="json")}, 10)
+
+
 def _eval_model(spec: Spec, model_path, tokenizer, probe, out: Path) -> dict:
     """Benchmarks of one checkpoint, cached in ``out/eval.json``: {bench: {length: score}}."""
     cached = out / "eval.json"
@@ -115,7 +122,7 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
             _log(f"{label} stage {k}: " + ", ".join(
                 f"{n}={v:.3g}" for n, v in metrics.items() if n in
                 ("loss_gap_probe", "loss_gap_frontier", "accept_rate", "train_loss")))
-        row["eval"] = _eval_model(spec, ckpt, tokenizer, probe, Path(ckpt).parent / "eval")
+        row["eval"] = _eval_model(spec, ckpt, tokenizer, probe, Path(ckpt).parent / eval_name(spec))
         _log_eval(child, row["eval"])
     return row
 
@@ -146,7 +153,8 @@ def compare(spec: Spec) -> Path:
         with tracking.run("base", parent=parent, tags={"method_label": "base"}) as child:
             from harness.probes import loss_gap
             from harness.pipeline import load_eval_model
-            ev = _eval_model(spec, base, tok, probe, Path(spec.output_dir) / "base" / "eval")
+            ev = _eval_model(spec, base, tok, probe,
+                             Path(spec.output_dir) / "base" / eval_name(spec))
             _log_eval(child, ev)
             st = {}
             if triples:

@@ -5,8 +5,11 @@ Layout under ``spec.output_dir``::
 
     cache/tokens/<key>/           token store of the corpus (shared by every method)
     cache/index/<key>/            chunk embeddings + FAISS index per chunking (shared)
-    <label>/stage-<k>/dataset/    stage dataset built for stage k
-    <label>/stage-<k>/checkpoint/ the model after training on stage k
+    <label>/<key>/stage-<k>/dataset/     stage dataset built for stage k
+    <label>/<key>/stage-<k>/checkpoint/  the model after training on stage k
+    base/eval/                           evaluation of the untouched base model
+
+``<key>`` hashes every setting the method's stages depend on (``method_key``).
 """
 from __future__ import annotations
 
@@ -17,8 +20,20 @@ from pathlib import Path
 from harness.config import Spec
 
 
+def method_key(spec: Spec, label: str) -> str:
+    """Hash of everything a method's stages depend on (not eval, tracking or other methods),
+    so a changed setting recomputes only what depends on it."""
+    from harness.config import stable_hash
+
+    d = spec.model_dump(mode="json")
+    entry = next(m for m in d["methods"] if (m["label"] or m["name"]) == label)
+    keep = {k: d[k] for k in ("seed", "sandbox", "model", "corpus", "retrieval", "screening",
+                              "stages", "context_extension", "train")}
+    return stable_hash({**keep, "method": entry}, 10)
+
+
 def stage_dir(spec: Spec, label: str, stage: int) -> Path:
-    return Path(spec.output_dir) / label / f"stage-{stage}"
+    return Path(spec.output_dir) / label / method_key(spec, label) / f"stage-{stage}"
 
 
 def dataset_dir(spec: Spec, label: str, stage: int) -> Path:
