@@ -14,7 +14,7 @@ setup-gpu:
 
 # README command 1: the main job on the embedded default.
 main: setup
-	.venv/bin/policylong sandbox build
+	.venv/bin/policylong compare runs/smoke.yaml
 
 # README command 2: the tests (CI runs exactly this).
 test: setup

@@ -64,7 +64,17 @@ def _eval_model(spec: Spec, model_path, tokenizer, probe, out: Path) -> dict:
         except ImportError:
             evaluate = None
         if evaluate is not None and hasattr(evaluate, "evaluate_for_compare"):
-            results.update(evaluate.evaluate_for_compare(spec, model_path, out))
+            # lengths past the model's context are not run for it (the untouched base model)
+            limit, _ = evaluate.model_limit(model_path)
+            lengths = [L for L in spec.eval.lengths if L <= limit]
+            if lengths:
+                sub = spec.model_copy(update={"eval": spec.eval.model_copy(
+                    update={"lengths": lengths})})
+                results.update(evaluate.evaluate_for_compare(sub, model_path, out))
+            skipped = [L for L in spec.eval.lengths if L > limit]
+            if skipped:
+                _log(f"{model_path}: lengths {skipped} exceed its context ({limit}); "
+                     f"generation benchmarks not run there")
     out.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=2))
