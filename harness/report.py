@@ -113,6 +113,8 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, pts in series.items():
             ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=label)
+        from matplotlib.ticker import MaxNLocator
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("stage")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{ylabel} per stage")
