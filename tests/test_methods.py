@@ -132,3 +132,29 @@ def test_determinism_same_sha_twice(tmp_path, sandbox_dir, built):
     a = json.loads((out["entropylong"] / "manifest.json").read_text())["dataset_sha256"]
     b = json.loads((again / "manifest.json").read_text())["dataset_sha256"]
     assert a == b
+
+
+@pytest.mark.slow
+def test_two_processes_build_the_same_dataset(tmp_path, sandbox_dir):
+    """Screening and verification sharded over 2 processes (torchrun, gloo) give the same
+    stage-dataset sha256 as one process."""
+    import os
+    import subprocess
+    import sys
+    shas = {}
+    for n in (1, 2):
+        spec = micro_spec(tmp_path / f"p{n}", sandbox_dir).model_dump(mode="json")
+        spec["output_dir"] = str(tmp_path / f"out{n}")
+        f = tmp_path / f"spec{n}.yaml"
+        f.write_text(yaml.safe_dump(spec))
+        env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
+                   POLICYLONG_SANDBOX_DIR=str(sandbox_dir.parent))
+        script = str(REPO / "tests" / "helpers" / "construct_cli.py")
+        cmd = ([sys.executable, script] if n == 1 else
+               [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", "29547", script])
+        r = subprocess.run(cmd + [str(f), "entropylong"], capture_output=True, text=True,
+                           env=env, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        shas[n] = [l for l in r.stdout.splitlines() if l.startswith("SHA ")][0]
+    assert shas[1] == shas[2]
