@@ -74,6 +74,13 @@ def _report(args) -> int:
     return 0
 
 
+def _dashboard(args) -> int:
+    from harness.dashboard import run_dashboard
+    from harness.tracking import resolve_uri
+
+    return run_dashboard(resolve_uri(args.uri), args.port, args.optuna_storage, args.optuna_port)
+
+
 def _bench(args) -> int:
     from harness import bench
 
@@ -168,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override eval.backend")
     ev.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
     ev.set_defaults(func=_eval)
+
+    db = sub.add_parser("dashboard", allow_abbrev=False,
+                        help="MLflow UI (and optuna-dashboard if installed) on 127.0.0.1")
+    db.add_argument("--uri", default=None,
+                    help="tracking store (default: MLFLOW_TRACKING_URI or runs/mlflow.db)")
+    db.add_argument("--port", type=int, default=5000)
+    db.add_argument("--optuna-storage", default="sqlite:///runs/optuna.db")
+    db.add_argument("--optuna-port", type=int, default=8080)
+    db.set_defaults(func=_dashboard)
 
     be = sub.add_parser("bench", allow_abbrev=False,
                         help="benchmarks: one JSON line per setting, then a table")
