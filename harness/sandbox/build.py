@@ -43,6 +43,7 @@ class PretrainRecipe:
     intermediate: int = 384
     context: int = 512            # the base context; extension goes beyond it
     rope_theta: float = 10000.0
+    init_std: float = 0.02        # initializer_range of the weights
     steps: int = 3000
     micro_batch: int = 8
     lr: float = 2e-3
@@ -154,6 +155,7 @@ def pretrain(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe | None = None
     cfg = tiny_qwen2_config(len(tok), recipe.hidden, recipe.layers, recipe.heads,
                             recipe.kv_heads, recipe.intermediate, recipe.context,
                             recipe.rope_theta, tok.eos_token_id)
+    cfg.initializer_range = recipe.init_std
     torch.manual_seed(s.seed)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
     settings = LoopSettings(steps=recipe.steps, micro_batch=recipe.micro_batch, grad_accum=1,
