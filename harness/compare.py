@@ -83,7 +83,7 @@ def _eval_model(spec: Spec, model_path, tokenizer, probe, out: Path) -> dict:
 
 
 def _log_eval(tracker, ev: dict) -> None:
-    from harness.tracking import eval_avg_key, eval_key
+    from harness.tracking import eval_avg_key
 
     metrics = {}
     for bench, per_len in ev.items():
@@ -95,7 +95,6 @@ def _log_eval(tracker, ev: dict) -> None:
 
 def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, triples,
                probe) -> dict:
-    from harness.construct import prepare_resources  # noqa: F401  (resources come shared)
     from harness.pipeline import checkpoint_dir, construct, load_eval_model, resolve_inputs
     from harness.probes import curriculum_metrics, frontier_triples, loss_gap
     from harness.stage_data import StageDataset
@@ -147,8 +146,8 @@ def compare(spec: Spec) -> Path:
 
     uri = resolve_uri(spec.tracking.uri)
     check_reachable(uri)
-    for i, m in enumerate(spec.methods):  # fail on bad method params before any work
-        from harness.pipeline import make_method
+    from harness.pipeline import make_method
+    for m in spec.methods:  # fail on bad method params before any work
         make_method(spec, m.label or m.name)
     h = spec_hash(spec)
     t0 = time.perf_counter()

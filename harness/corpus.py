@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
+from harness.fileio import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -504,14 +505,6 @@ def _write_tokens(path: Path, texts: Sequence[str], tokenizer, batch_size: int,
     return np.asarray(offsets, dtype=np.int64), digest.hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------- the token store
 
 class TokenStore:
@@ -622,7 +615,7 @@ class TokenStore:
 
     def verify(self) -> None:
         """Check ``tokens.bin`` against the manifest's sha256 (reads the whole file)."""
-        if _sha256_file(self.folder / "tokens.bin") != self.manifest["tokens_sha256"]:
+        if sha256_file(self.folder / "tokens.bin") != self.manifest["tokens_sha256"]:
             raise CorpusError(f"{self.folder / 'tokens.bin'}: sha256 differs from "
                               f"manifest.json (the file was changed); delete the folder")
 

@@ -22,7 +22,6 @@ faiss, torch and sentence-transformers are imported where used (``import harness
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from harness.fileio import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -326,14 +326,6 @@ def _check_key(key: str) -> str:
     return key
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _build_folder(folder: Path, key: str, chunk_texts, chunk_doc: np.ndarray,
                   encoder_name: str, kind: str, batch_size: int, encoder, pq_m) -> None:
     """Embed, index and write into ``<key>.tmp``, then rename it to ``<key>``."""
@@ -357,7 +349,7 @@ def _build_folder(folder: Path, key: str, chunk_texts, chunk_doc: np.ndarray,
     faiss.write_index(index, str(tmp / "index.faiss"))
     manifest = {"version": MANIFEST_VERSION, "key": key, "encoder": encoder_name, "kind": kind,
                 "index_kind": built, "n": int(len(emb)), "dim": int(emb.shape[1]),
-                "embeddings_sha256": _sha256(tmp / "embeddings.npy"),
+                "embeddings_sha256": sha256_file(tmp / "embeddings.npy"),
                 "embed_seconds": round(embed_s, 3),
                 "build_seconds": round(time.perf_counter() - start, 3),
                 "faiss_version": faiss.__version__}

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+from harness.fileio import atomic_dir, sha256_file
 
 
 @dataclass
@@ -88,20 +87,15 @@ def position_ids_from_groups(group_index: np.ndarray) -> np.ndarray:
     return (idx - last_start).astype(np.int64)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_stage_dataset(out_dir: Path, input_ids: np.ndarray, group_index: np.ndarray,
                         placed: list, manifest: dict[str, Any]) -> Path:
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with atomic_dir(out_dir) as tmp:
+        _write_files(tmp, input_ids, group_index, placed, manifest)
+    return Path(out_dir)
+
+
+def _write_files(tmp: Path, input_ids: np.ndarray, group_index: np.ndarray, placed: list,
+                 manifest: dict[str, Any]) -> None:
     np.save(tmp / "input_ids.npy", np.ascontiguousarray(input_ids, dtype=np.int32))
     np.save(tmp / "group_index.npy", np.ascontiguousarray(group_index, dtype=np.int32))
     with (tmp / "groups.jsonl").open("w", encoding="utf-8") as f:
@@ -113,16 +107,12 @@ def write_stage_dataset(out_dir: Path, input_ids: np.ndarray, group_index: np.nd
     man.update({
         "rows": int(input_ids.shape[0]), "target_length": int(input_ids.shape[1]),
         "tokens": int(input_ids.size), "non_pad_tokens": n_real, "groups": len(placed),
-        "sha256": {p: _sha256(tmp / p) for p in ("input_ids.npy", "group_index.npy",
+        "sha256": {p: sha256_file(tmp / p) for p in ("input_ids.npy", "group_index.npy",
                                                  "groups.jsonl")},
     })
     digest = hashlib.sha256("".join(man["sha256"][k] for k in sorted(man["sha256"])).encode())
     man["dataset_sha256"] = digest.hexdigest()
     (tmp / "manifest.json").write_text(json.dumps(man, indent=2, sort_keys=True))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir
 
 
 class StageDataset:

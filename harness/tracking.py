@@ -12,10 +12,8 @@ Metric names (one scheme, built here and nowhere else):
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 

@@ -60,6 +60,18 @@ def contexts_then_root(contexts: list[tuple[np.ndarray, dict]], root: np.ndarray
                           "anchors": [int(a) for a in (anchors or []) if a < len(root)]})
 
 
+def positives(candidates, signal: str, epsilon: float) -> list:
+    """Candidates with ΔI > ε under ``signal``, highest gain first (ties by chunk id)."""
+    pos = [c for c in candidates if c.verdict.gain(signal) > epsilon]
+    return sorted(pos, key=lambda c: (-c.verdict.gain(signal), c.chunk_id))
+
+
+def context_items(cands, role: str, resources) -> list[tuple[np.ndarray, dict]]:
+    """(tokens, provenance) of candidate chunks, for ``contexts_then_root``."""
+    tokens = resources.chunkset().tokens
+    return [(tokens[c.chunk_id], context_provenance(c, role, resources)) for c in cands]
+
+
 def context_provenance(cand, role: str, resources) -> dict:
     chunk = resources.chunkset().chunks[cand.chunk_id]
     v = cand.verdict

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from harness.construct import RootResult
 from harness.screening import screen_and_verify
-from methods._common import Params, context_provenance, contexts_then_root, validate_params
+from methods._common import (Params, context_items, contexts_then_root, positives,
+                             validate_params)
 
 
 class EntropyLongParams(Params):
@@ -30,11 +31,8 @@ class EntropyLong:
         sc, res = ctx.spec.screening, ctx.resources
         out = []
         for rs in screen_and_verify(ctx, list(roots)):
-            pos = [c for c in rs.candidates if c.verdict.gain(sc.signal) > sc.epsilon]
-            pos.sort(key=lambda c: (-c.verdict.gain(sc.signal), c.chunk_id))
-            ctxs = [(res.chunkset().tokens[c.chunk_id], context_provenance(c, "positive", res))
-                    for c in pos]
-            g = contexts_then_root(ctxs, res.store.doc_tokens(rs.root), ctx.target_length,
+            pos = positives(rs.candidates, sc.signal, sc.epsilon)
+            g = contexts_then_root(context_items(pos, "positive", res), res.store.doc_tokens(rs.root), ctx.target_length,
                                    ctx.rng("root", rs.root), res.store.ids[rs.root],
                                    rs.screened.anchors.tolist())
             stats = rs.stats(sc.signal, sc.epsilon)

@@ -16,7 +16,8 @@ import math
 
 from harness.construct import RootResult
 from harness.screening import screen_and_verify
-from methods._common import Params, context_provenance, contexts_then_root, validate_params
+from methods._common import (Params, context_items, contexts_then_root, positives,
+                             validate_params)
 
 
 class PolicyLongParams(Params):
@@ -35,15 +36,12 @@ class PolicyLong:
         out = []
         for rs in screen_and_verify(ctx, list(roots)):
             gain = lambda c: c.verdict.gain(sc.signal)  # noqa: E731
-            pos = sorted((c for c in rs.candidates if gain(c) > sc.epsilon),
-                         key=lambda c: (-gain(c), c.chunk_id))
+            pos = positives(rs.candidates, sc.signal, sc.epsilon)
             neg = sorted((c for c in rs.candidates if gain(c) <= sc.epsilon_neg),
                          key=lambda c: (-c.similarity, c.chunk_id))
             neg = neg[:math.floor(sc.negative_ratio * len(pos) + 1e-9)]
-            ctxs = [(res.chunkset().tokens[c.chunk_id], context_provenance(c, "positive", res))
-                    for c in pos]
-            ctxs += [(res.chunkset().tokens[c.chunk_id],
-                      context_provenance(c, "hard_negative", res)) for c in neg]
+            # negatives last: they are dropped first when the group would exceed T
+            ctxs = context_items(pos, "positive", res) + context_items(neg, "hard_negative", res)
             g = contexts_then_root(ctxs, res.store.doc_tokens(rs.root), ctx.target_length,
                                    ctx.rng("root", rs.root), res.store.ids[rs.root],
                                    rs.screened.anchors.tolist())

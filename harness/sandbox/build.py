@@ -16,7 +16,6 @@ corpus sizes, so the trained model for seed 0 ships with the package
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from harness.config import SandboxSpec, load_spec, stable_hash
 from harness.sandbox import world as W
+from harness.fileio import atomic_dir, sha256_file
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "sandbox-model"
 
@@ -82,14 +82,6 @@ def sandbox_spec_from(spec_path: str | None, overrides: list[str]) -> SandboxSpe
 
 def default_root() -> Path:
     return Path(os.environ.get("POLICYLONG_SANDBOX_DIR", "runs/sandbox"))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _log(msg: str) -> None:
@@ -194,36 +186,31 @@ def build_sandbox(s: SandboxSpec | None = None, from_scratch: bool = False,
         if m.get("model_key") == model_key(s):
             return out
     t0 = time.perf_counter()
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    docs, probe = W.generate_corpus(world_spec(s))
-    W.write_jsonl(tmp / "corpus.jsonl", docs)
-    W.write_jsonl(tmp / "probe.jsonl", probe)
-    if from_scratch or not shipped_ok:
-        if not from_scratch:
-            _log(f"no shipped base model for sandbox seed {s.seed}: pre-training from scratch "
-                 f"(about 10-15 minutes on 2 cores)")
-        pretrain(s, tmp / "model")
-        origin = "from-scratch"
-    else:
-        shutil.copytree(ASSET / "model", tmp / "model")
-        origin = "shipped"
-    props = measure_properties(tmp / "model", probe)
-    (tmp / "properties.json").write_text(json.dumps(props, indent=2))
-    m = {"sandbox": s.model_dump(mode="json"), "model_key": model_key(s),
-         "recipe": dataclasses.asdict(RECIPE if origin == "from-scratch" else
-                                      PretrainRecipe(**json.loads(
-                                          (ASSET / "recipe.json").read_text())["recipe"])),
-         "model_origin": origin,
-         "n_documents": len(docs), "n_probe_entities": len(probe),
-         "sha256": {p.name: _sha256(p) for p in
-                    [tmp / "corpus.jsonl", tmp / "probe.jsonl", tmp / "model" / "model.safetensors"]},
-         "build_seconds": round(time.perf_counter() - t0, 1)}
-    (tmp / "manifest.json").write_text(json.dumps(m, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        docs, probe = W.generate_corpus(world_spec(s))
+        W.write_jsonl(tmp / "corpus.jsonl", docs)
+        W.write_jsonl(tmp / "probe.jsonl", probe)
+        if from_scratch or not shipped_ok:
+            if not from_scratch:
+                _log(f"no shipped base model for sandbox seed {s.seed}: pre-training from scratch "
+                     f"(about 10-15 minutes on 2 cores)")
+            pretrain(s, tmp / "model")
+            origin = "from-scratch"
+        else:
+            shutil.copytree(ASSET / "model", tmp / "model")
+            origin = "shipped"
+        props = measure_properties(tmp / "model", probe)
+        (tmp / "properties.json").write_text(json.dumps(props, indent=2))
+        m = {"sandbox": s.model_dump(mode="json"), "model_key": model_key(s),
+             "recipe": dataclasses.asdict(RECIPE if origin == "from-scratch" else
+                                          PretrainRecipe(**json.loads(
+                                              (ASSET / "recipe.json").read_text())["recipe"])),
+             "model_origin": origin,
+             "n_documents": len(docs), "n_probe_entities": len(probe),
+             "sha256": {p.name: sha256_file(p) for p in
+                        [tmp / "corpus.jsonl", tmp / "probe.jsonl", tmp / "model" / "model.safetensors"]},
+             "build_seconds": round(time.perf_counter() - t0, 1)}
+        (tmp / "manifest.json").write_text(json.dumps(m, indent=2))
     _log(f"built in {m['build_seconds']} s ({origin} model); properties: "
          + ", ".join(f"{k}={v:.2f}" for k, v in props.items()
                      if k.startswith(("a_", "b_", "c_"))))
@@ -233,13 +220,9 @@ def build_sandbox(s: SandboxSpec | None = None, from_scratch: bool = False,
 def export_asset(built: Path) -> None:
     """Copy a from-scratch model into the package asset (maintainers, after --from-scratch)."""
     m = json.loads((built / "manifest.json").read_text())
-    tmp = ASSET.with_name(ASSET.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(built / "model", tmp / "model")
-    (tmp / "recipe.json").write_text(json.dumps(
-        {"model_key": m["model_key"], "seed": m["sandbox"]["seed"], "recipe": m["recipe"]},
-        indent=2))
-    shutil.copy(built / "properties.json", tmp / "properties.json")
-    if ASSET.exists():
-        shutil.rmtree(ASSET)
-    os.replace(tmp, ASSET)
+    with atomic_dir(ASSET) as tmp:
+        shutil.copytree(built / "model", tmp / "model")
+        (tmp / "recipe.json").write_text(json.dumps(
+            {"model_key": m["model_key"], "seed": m["sandbox"]["seed"], "recipe": m["recipe"]},
+            indent=2))
+        shutil.copy(built / "properties.json", tmp / "properties.json")

@@ -90,7 +90,6 @@ def measure(model, cases: list[Case], pad_id: int, alpha: float = 2.0, eps: floa
     rec = {k: [] for k in ("is_anchor", "first_is_anchor", "dI_H_true", "dI_H_la", "dI_H_ctl",
                            "dI_N_true", "dI_N_la", "nll_d", "nll_true", "nll_la", "H_d",
                            "tau")}
-    anchor_idx = []
     for i, c in enumerate(cases):
         tau = anchor_threshold(torch.from_numpy(e_d[i]), alpha)
         lt, ll, lc = len(c.profile_ids), len(c.lookalike_ids), len(c.control_ids)

@@ -38,7 +38,7 @@ class LoopSettings:
 
 
 class RowSource:
-    """Rows by global index: ``rows(i, n)`` returns ``(ids[n, T], pos[n, T])``.
+    """Rows by global index: ``rows(index)`` returns ``(ids, pos, pad)``, each ``[n, T]``.
 
     Indexable so that resuming is exact and processes take disjoint rows of the same global
     batch (process p of P takes rows ``p::P``), so the global batch does not depend on P.
@@ -114,14 +114,12 @@ def train_loop(model, source: RowSource, s: LoopSettings, accelerator,
         base = step * rows_per_step
         loss_sum = torch.zeros((), dtype=torch.float64)
         count_sum = torch.zeros((), dtype=torch.float64)
-        # Global-batch token count first, so every micro-batch is weighted as in one process.
-        mine = [base + m * s.micro_batch * world + rank + j * world
-                for m in range(s.grad_accum) for j in range(s.micro_batch)]
-        all_ids, all_pos, all_pad = source.rows(range(base, base + rows_per_step))
-        n_global = max(1, int((packed_labels(all_ids, all_pos, all_pad) != -100).sum()))
+        # The global batch once: its token count weights every micro-batch as in one process.
+        batch = source.rows(range(base, base + rows_per_step))
+        n_global = max(1, int((packed_labels(*batch) != -100).sum()))
         for m in range(s.grad_accum):
-            idx = mine[m * s.micro_batch:(m + 1) * s.micro_batch]
-            ids, pos, pad = (t.to(accelerator.device) for t in source.rows(idx))
+            idx = [m * s.micro_batch * world + rank + j * world for j in range(s.micro_batch)]
+            ids, pos, pad = (t[idx].to(accelerator.device) for t in batch)
             nll, count = wrapped(ids, pos, pad)
             # Sum over processes of the gradients of (nll / n_global) · world == d(mean NLL).
             loss = nll / n_global * world

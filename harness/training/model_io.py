@@ -1,8 +1,6 @@
 """Creating, loading and saving HF checkpoints (atomic writes), and context extension."""
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 
@@ -20,16 +18,13 @@ def tiny_qwen2_config(vocab_size: int, hidden: int, layers: int, heads: int, kv_
 
 def save_checkpoint(model, tokenizer, out_dir: Path) -> Path:
     """Save an HF folder (config, safetensors, tokenizer) under a temporary name, then rename."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir
+    from harness.fileio import atomic_dir
+
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+    return Path(out_dir)
 
 
 def load_model(path: Path | str, dtype=None, device: str = "cpu"):

@@ -1,0 +1,31 @@
+"""Small file helpers shared by every writer: file digests and atomic folder writes."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+
+def sha256_file(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: Path | str) -> Iterator[Path]:
+    """Yield ``<out_dir>.tmp`` (emptied) to write into; on success replace ``out_dir`` with it.
+    An interrupted write leaves only the ``.tmp`` folder, never a complete-looking one."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
