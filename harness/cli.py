@@ -56,6 +56,27 @@ def _compare(args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    import json
+
+    from harness.config import load_spec
+    from harness import tune as T
+
+    spec = load_spec(args.spec, args.override)
+    if args.trials is not None:
+        spec = spec.model_copy(update={"tune": spec.tune.model_copy(
+            update={"trials": args.trials})})
+    if args.worker_only:
+        T.run_worker(spec, args.worker_index)
+        return 0
+    summary = T.tune(spec, workers=args.workers, spec_path=args.spec, overrides=args.override)
+    print(json.dumps(summary, indent=2))
+    if "best_spec" in summary:
+        print(f"# best spec: {summary['best_spec']}  (run: policylong compare "
+              f"{summary['best_spec']})")
+    return 0
+
+
 def _report(args) -> int:
     from harness.config import load_spec
     from harness.report import from_mlflow, write_report
@@ -100,7 +121,11 @@ def _eval(args) -> int:
     if args.backend:
         overrides.append(f"eval.backend={args.backend}")
     spec = load_spec(args.spec, overrides)
-    benches = E.load_benchmarks(spec, args.bench)      # bad names fail before any run exists
+    names = args.bench or [e.name for e in spec.eval.benchmarks]
+    want_probe = "probe" in names
+    generated = [n for n in names if n not in E.SCORED_BY_LOSS]
+    # bad names fail before any run exists
+    benches = E.load_benchmarks(spec, generated) if generated else []
     E.check_lengths(spec.eval.lengths, *E.model_limit(args.model), args.model)
     uri = resolve_uri(spec.tracking.uri)
     check_reachable(uri)
@@ -108,10 +133,13 @@ def _eval(args) -> int:
     with tracking.run(E.run_name(args.model), tags={"config_hash": spec_hash(spec)}) as tracker:
         tracker.log_config(resolved(spec))
         tracker.log_params({"eval.model": args.model,
-                            "eval.run_benchmarks": ",".join(b.name for b in benches)})
-        results = E.evaluate(spec, args.model, tracker=tracker, benches=benches)
-    print(E.format_table(results))
-    print(f"# results: {E.results_file(E.eval_dir(spec, args.model))}")
+                            "eval.run_benchmarks": ",".join(names)})
+        if benches:
+            results = E.evaluate(spec, args.model, tracker=tracker, benches=benches)
+            print(E.format_table(results))
+        if want_probe:
+            print(E.format_probe(E.run_probe_eval(spec, args.model, tracker=tracker)))
+    print(f"# results: {E.eval_dir(spec, args.model)}")
     return 0
 
 
@@ -153,6 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("spec")
     cp.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
     cp.set_defaults(func=_compare)
+
+    tu = sub.add_parser("tune", allow_abbrev=False,
+                        help="Optuna study over the verification thresholds (resumable)")
+    tu.add_argument("spec")
+    tu.add_argument("--trials", type=int, default=None, help="override tune.trials")
+    tu.add_argument("--workers", type=int, default=1,
+                    help="worker processes sharing the study storage")
+    tu.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
+    tu.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
+    tu.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    tu.set_defaults(func=_tune)
 
     rp = sub.add_parser("report", allow_abbrev=False,
                         help="rebuild a comparison report from MLflow alone")

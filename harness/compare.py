@@ -94,7 +94,11 @@ def _log_eval(tracker, ev: dict) -> None:
 
 
 def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, triples,
-               probe) -> dict:
+               probe, run_name: str | None = None, on_stage=None, evaluate: bool = True) -> dict:
+    """One method's stage loop (and its evaluation) as a nested MLflow run.
+
+    ``on_stage(k, checkpoint, metrics, tracker)`` is called after each stage (tuning reports
+    intermediate values through it and may stop the loop by raising)."""
     from harness.pipeline import checkpoint_dir, construct, load_eval_model, resolve_inputs
     from harness.probes import curriculum_metrics, frontier_triples, loss_gap
     from harness.stage_data import StageDataset
@@ -103,7 +107,7 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
 
     base, _ = resolve_inputs(spec)
     row = {"eval": {}, "stages": []}
-    with tracking.run(label, parent=parent, tags={"method_label": label}) as child:
+    with tracking.run(run_name or label, parent=parent, tags={"method_label": label}) as child:
         ckpt = base
         step_offset = 0
         for k in range(spec.stages.count):
@@ -131,6 +135,10 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
             _log(f"{label} stage {k}: " + ", ".join(
                 f"{n}={v:.3g}" for n, v in metrics.items() if n in
                 ("loss_gap_probe", "loss_gap_frontier", "accept_rate", "train_loss")))
+            if on_stage is not None:
+                on_stage(k, ckpt, metrics, child)
+        if not evaluate:
+            return row
         row["eval"] = _eval_model(spec, ckpt, tokenizer, probe, Path(ckpt).parent / eval_name(spec))
         _log_eval(child, row["eval"])
     return row

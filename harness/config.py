@@ -165,6 +165,66 @@ class TrackingSpec(Strict):
     uri: str | None = None            # default: MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db
 
 
+class SearchDim(Strict):
+    """One dimension of the tuning search space: a range (``low``/``high``) or ``choices``."""
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self):
+        if self.choices is not None:
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("give either a non-empty 'choices' list or 'low' and 'high'")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"need low < high (got low={self.low}, high={self.high})")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log-scaled range needs low > 0")
+        return self
+
+
+def _default_space() -> dict[str, SearchDim]:
+    # The verification thresholds (DESIGN §3); the ranges are ours, around the papers' defaults
+    # (α = 2.0, ε = 0.4; ε_neg, the ratio and K are not fixed by the papers).
+    return {"screening.alpha": SearchDim(low=1.0, high=3.0),
+            "screening.epsilon": SearchDim(low=0.1, high=0.8),
+            "screening.epsilon_neg": SearchDim(low=-0.5, high=0.2),
+            "screening.negative_ratio": SearchDim(low=0.0, high=2.0),
+            "retrieval.top_k": SearchDim(low=4, high=32, integer=True),
+            "screening.signal": SearchDim(choices=["entropy", "nll"])}
+
+
+class TuneSpec(Strict):
+    """``policylong tune``: an Optuna study over the verification thresholds. Defaults are ours."""
+    method: str = "policylong"        # label of the method whose stage loop a trial runs
+    # probe/<acc|gain|nll> (the sandbox probe at the longest eval length), stage/<metric> (its
+    # value after the last stage, e.g. stage/loss_gap_probe), or eval/<bench>/avg/<length>
+    objective: str = "probe/gain"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    trials: int = Field(20, gt=0)
+    storage: str = "sqlite:///runs/optuna.db"
+    study_name: str | None = None     # default: <spec name>-<hash of what a trial depends on>
+    pruner: Literal["median", "none"] = "median"
+    startup_trials: int = Field(3, ge=0)   # trials completed before the pruner may prune
+    heartbeat_s: int = Field(60, gt=0)     # a trial silent for 2x this is failed and retried
+    space: dict[str, SearchDim] = Field(default_factory=_default_space)
+
+    @field_validator("objective")
+    @classmethod
+    def _objective(cls, v: str) -> str:
+        parts = v.split("/")
+        ok = (parts[0] == "probe" and len(parts) == 2 and parts[1] in ("acc", "gain", "nll")) \
+            or (parts[0] == "stage" and len(parts) == 2 and parts[1] != "") \
+            or (parts[0] == "eval" and len(parts) == 4 and parts[2] == "avg"
+                and parts[3].isdigit())
+        if not ok:
+            raise ValueError(f"objective '{v}' is not one of probe/acc, probe/gain, probe/nll, "
+                             f"stage/<metric>, eval/<bench>/avg/<length>")
+        return v
+
+
 class Spec(Strict):
     name: str
     seed: int = 0
@@ -180,6 +240,7 @@ class Spec(Strict):
     methods: list[MethodEntry] = Field(default_factory=list)
     eval: EvalSpec = EvalSpec()
     tracking: TrackingSpec = TrackingSpec()
+    tune: TuneSpec = TuneSpec()
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -194,6 +255,20 @@ class Spec(Strict):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"methods: duplicate labels {sorted(dup)}; give each a 'label'")
+        data = self.model_dump(mode="json", exclude={"tune"})
+        for key in self.tune.space:
+            node: Any = data
+            for part in key.split("."):
+                if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                    node = node[int(part)]
+                elif isinstance(node, dict) and part in node:
+                    node = node[part]
+                else:
+                    raise ValueError(f"tune.space: '{key}' is not a key of the spec")
+        ev = self.tune.objective.split("/")
+        if ev[0] == "eval" and int(ev[3]) not in self.eval.lengths:
+            raise ValueError(f"tune.objective '{self.tune.objective}': length {ev[3]} is not "
+                             f"in eval.lengths {self.eval.lengths}")
         return self
 
 

