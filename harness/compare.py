@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from harness import faults
 from harness.config import Spec, resolved, spec_hash
 
 
@@ -43,6 +44,13 @@ def eval_name(spec: Spec) -> str:
 
 def _eval_model(spec: Spec, model_path, tokenizer, probe, out: Path) -> dict:
     """Benchmarks of one checkpoint, cached in ``out/eval.json``: {bench: {length: score}}."""
+    from harness.fileio import locked
+
+    with locked(out, f"the evaluation {out}"):
+        return _eval_model_locked(spec, model_path, tokenizer, probe, out)
+
+
+def _eval_model_locked(spec: Spec, model_path, tokenizer, probe, out: Path) -> dict:
     cached = out / "eval.json"
     if cached.exists():
         return json.loads(cached.read_text())
@@ -59,22 +67,20 @@ def _eval_model(spec: Spec, model_path, tokenizer, probe, out: Path) -> dict:
         results["probe_gain"] = {str(L): v["gain"] for L, v in r.items()}
     others = [b for b in spec.eval.benchmarks if b.name != "probe"]
     if others:
-        try:
-            from harness import evaluate
-        except ImportError:
-            evaluate = None
-        if evaluate is not None and hasattr(evaluate, "evaluate_for_compare"):
-            # lengths past the model's context are not run for it (the untouched base model)
-            limit, _ = evaluate.model_limit(model_path)
-            lengths = [L for L in spec.eval.lengths if L <= limit]
-            if lengths:
-                sub = spec.model_copy(update={"eval": spec.eval.model_copy(
-                    update={"lengths": lengths})})
-                results.update(evaluate.evaluate_for_compare(sub, model_path, out))
-            skipped = [L for L in spec.eval.lengths if L > limit]
-            if skipped:
-                _log(f"{model_path}: lengths {skipped} exceed its context ({limit}); "
-                     f"generation benchmarks not run there")
+        from harness import evaluate
+
+        # lengths past the model's context are not run for it (the untouched base model)
+        limit, _ = evaluate.model_limit(model_path)
+        lengths = [L for L in spec.eval.lengths if L <= limit]
+        if lengths:
+            sub = spec.model_copy(update={"eval": spec.eval.model_copy(
+                update={"lengths": lengths})})
+            results.update(evaluate.evaluate_for_compare(sub, model_path, out))
+        skipped = [L for L in spec.eval.lengths if L > limit]
+        if skipped:
+            _log(f"{model_path}: lengths {skipped} exceed its context ({limit}); "
+                 f"generation benchmarks not run there")
+    faults.point("eval")
     out.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=2))
@@ -105,9 +111,14 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
     from harness.tracking import stage_key
     from harness.training.stage import train_stage
 
+    from harness.fileio import locked
+    from harness.pipeline import method_key
+
     base, _ = resolve_inputs(spec)
     row = {"eval": {}, "stages": []}
-    with tracking.run(run_name or label, parent=parent, tags={"method_label": label}) as child:
+    # Another process on the same spec waits here, then reuses what this one finished.
+    with locked(Path(spec.output_dir) / label / method_key(spec, label), f"{label}'s stages"), \
+            tracking.run(run_name or label, parent=parent, tags={"method_label": label}) as child:
         ckpt = base
         step_offset = 0
         for k in range(spec.stages.count):
@@ -144,6 +155,36 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
     return row
 
 
+def close_stale_runs(tracking, config_hash: str) -> list[str]:
+    """Mark as KILLED the runs of this comparison left RUNNING by a process of this host that
+    no longer exists (``kill -9``, a lost machine): the dashboard must not show them live."""
+    import os
+    import socket
+
+    host = socket.gethostname()
+    stale = []
+    for r in tracking.client.search_runs(
+            [tracking.experiment_id],
+            filter_string=f"tags.config_hash = '{config_hash}' and attributes.status = 'RUNNING'"):
+        tags = r.data.tags
+        if tags.get("host") != host or not tags.get("pid", "").isdigit():
+            continue
+        try:
+            os.kill(int(tags["pid"]), 0)
+            continue                      # still alive: a concurrent comparison
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        for run in [r, *tracking.children(r.info.run_id)]:
+            if run.info.status == "RUNNING":
+                tracking.client.set_tag(run.info.run_id, "failure_reason",
+                                        f"process {tags['pid']} died")
+                tracking.client.set_terminated(run.info.run_id, status="KILLED")
+                stale.append(run.info.run_id)
+    return stale
+
+
 def compare(spec: Spec) -> Path:
     from transformers import AutoTokenizer
 
@@ -165,7 +206,15 @@ def compare(spec: Spec) -> Path:
     triples, probe = _probe_set(spec, tok)
     tracking = Tracking(uri, spec.tracking.experiment or spec.name)
     results = {"spec": spec.name, "config_hash": h, "rows": {}}
-    with tracking.run(f"compare-{h}", tags={"spec": spec.name, "config_hash": h}) as parent:
+    import os
+    import socket
+
+    stale = close_stale_runs(tracking, h)
+    if stale:
+        _log(f"marked {len(stale)} runs of an interrupted comparison as KILLED")
+    with tracking.run(f"compare-{h}", tags={"spec": spec.name, "config_hash": h,
+                                            "host": socket.gethostname(),
+                                            "pid": str(os.getpid())}) as parent:
         parent.log_config(resolved(spec))
         with tracking.run("base", parent=parent, tags={"method_label": "base"}) as child:
             from harness.probes import loss_gap

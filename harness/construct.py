@@ -28,6 +28,7 @@ from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from harness import faults
 from harness.config import Spec, stable_hash
 from harness.stage_data import Group, pack_groups, write_stage_dataset
 
@@ -209,6 +210,7 @@ def build_stage(method: Method, ctx: StageContext, out_dir: Path, root_start: in
             raise RuntimeError(f"{method.name}: no groups after {roots_seen} roots; the corpus "
                                f"yields no usable samples with these settings")
         results = _process_round(method, ctx, [d for _, _, d in chunk], batch)
+        faults.point("screening")
         for (pos, epoch, _doc), r in zip(chunk, results):
             roots_seen += 1
             last_pos, epochs = pos + 1, max(epochs, epoch + 1)

@@ -593,9 +593,12 @@ class TokenStore:
                      ) -> "TokenStore":
         """Open the complete store of ``key`` (checked against ``docs`` and ``tokenizer``), or
         build it; ``key`` should come from ``cache_key``."""
+        from harness.fileio import locked
+
         folder = cls.folder_for(cache_dir, key)
-        if not (folder / "manifest.json").is_file():
-            return cls.build(docs, tokenizer, cache_dir, key, batch_size, progress)
+        with locked(folder, f"the token store {folder}"):
+            if not (folder / "manifest.json").is_file():
+                return cls.build(docs, tokenizer, cache_dir, key, batch_size, progress)
         store = cls.open(folder)
         store.check_matches(docs, tokenizer, key)
         log.info("reusing token store %s", folder)

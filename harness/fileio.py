@@ -39,3 +39,33 @@ def atomic_write_text(path: Path | str, text: str) -> Path:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+@contextlib.contextmanager
+def locked(path: Path | str, what: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (``flock``: released when the holder exits,
+    even by ``kill -9``). A second process waits, saying for whom, then finds the first one's
+    finished artifacts, so two runs of one spec share work instead of corrupting it."""
+    import fcntl
+    import sys
+
+    path = Path(path)
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            print(f"[lock] waiting for process {holder}, which holds {what or path}",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from harness.fileio import sha256_file
+
+from harness import faults
+from harness.fileio import locked, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -306,12 +308,13 @@ class ChunkIndex:
             raise RetrievalError(f"{len(chunk_texts)} chunk texts but {len(chunk_doc)} "
                                  f"chunk document indices")
         manifest_path = folder / "manifest.json"
-        if manifest_path.is_file():
-            log.info("loading cached chunk index %s", folder)
-            _check_manifest(manifest_path, key, encoder_name, kind, len(chunk_doc))
-        else:
-            _build_folder(folder, key, chunk_texts, chunk_doc, encoder_name, kind, batch_size,
-                          encoder, pq_m)
+        with locked(folder, f"the chunk index {folder}"):
+            if manifest_path.is_file():
+                log.info("loading cached chunk index %s", folder)
+                _check_manifest(manifest_path, key, encoder_name, kind, len(chunk_doc))
+            else:
+                _build_folder(folder, key, chunk_texts, chunk_doc, encoder_name, kind,
+                              batch_size, encoder, pq_m)
         loaded = cls.load(folder, nprobe)
         if not np.array_equal(loaded.chunk_doc, chunk_doc):
             raise RetrievalError(f"{folder / 'chunk_doc.npy'}: chunk documents differ from "
@@ -345,6 +348,7 @@ def _build_folder(folder: Path, key: str, chunk_texts, chunk_doc: np.ndarray,
     embed_s = time.perf_counter() - t0
     np.save(tmp / "embeddings.npy", emb)
     np.save(tmp / "chunk_doc.npy", chunk_doc)
+    faults.point("index")
     index, built = build_faiss_index(emb, kind, pq_m)
     faiss.write_index(index, str(tmp / "index.faiss"))
     manifest = {"version": MANIFEST_VERSION, "key": key, "encoder": encoder_name, "kind": kind,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+from harness import faults
 from harness.fileio import atomic_dir, sha256_file
 
 
@@ -102,6 +103,7 @@ def _write_files(tmp: Path, input_ids: np.ndarray, group_index: np.ndarray, plac
         for gid, (g, row, start, end) in enumerate(placed):
             rec = {"group": gid, "row": row, "start": start, "end": end, **g.provenance}
             f.write(json.dumps(rec, sort_keys=True) + "\n")
+    faults.point("dataset-write")
     n_real = int((group_index >= 0).sum())
     man = dict(manifest)
     man.update({
@@ -133,6 +135,14 @@ class StageDataset:
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
+
+    def verify(self) -> None:
+        """Re-hash every data file against the manifest (a corrupted copy fails here)."""
+        for name, want in self.manifest["sha256"].items():
+            got = sha256_file(self.path / name)
+            if got != want:
+                raise ValueError(f"{self.path / name}: sha256 {got[:12]}… does not match the "
+                                 f"manifest's {want[:12]}…; delete {self.path} to rebuild it")
 
     def groups(self) -> list[dict]:
         with (self.path / "groups.jsonl").open(encoding="utf-8") as f:

@@ -98,6 +98,11 @@ class Tracker:
 NULL_TRACKER = Tracker(None, None)
 
 
+# MLflow 3's UI opens an experiment in its model-training views (runs table, metric charts)
+# rather than the GenAI ones when the experiment carries this tag.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 class Tracking:
     """Experiment-level access: create runs, nest them, read them back."""
 
@@ -116,13 +121,16 @@ class Tracking:
         if exp is not None:
             if exp.lifecycle_stage == "deleted":  # deleted in the UI: its name is still taken
                 self.client.restore_experiment(exp.experiment_id)
+            if EXPERIMENT_KIND[0] not in exp.tags:
+                self.client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:///"):
             root = Path(artifact_root) if artifact_root else \
                 Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts"
             location = root.resolve().as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        return self.client.create_experiment(name, artifact_location=location,
+                                             tags=dict([EXPERIMENT_KIND]))
 
     def start_run(self, name: str, parent: Tracker | None = None,
                   tags: dict[str, str] | None = None) -> Tracker:

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from harness import faults
 from harness.training.loss import packed_labels, packed_lm_loss
 from harness.training.schedule import cosine_lr
 
@@ -150,6 +151,7 @@ def train_loop(model, source: RowSource, s: LoopSettings, accelerator,
         if state_dir is not None and s.save_every and (step + 1) % s.save_every == 0 \
                 and step + 1 < s.steps and accelerator.is_main_process:
             save_state(state_dir, hf_model, opt, step + 1)
+            faults.point("train")
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"training loss became {mean_loss} at step {step + 1}")
     if bar is not None:

@@ -1,0 +1,127 @@
+"""Faults survived: a real ``kill -9`` of ``policylong compare`` at every step, two comparisons
+of one spec at once, and a killed comparison's MLflow runs closed on the next start."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_compare import micro_spec_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def one_method_spec(tmp_path: Path, name: str, sandbox: Path) -> Path:
+    """The micro spec with PolicyLong only (the method with every step: screening with the
+    current checkpoint, so stage 1 depends on stage 0's training) and a mid-stage state."""
+    p = micro_spec_file(tmp_path, sandbox)
+    d = yaml.safe_load(p.read_text())
+    d["methods"] = [m for m in d["methods"] if m["name"] == "policylong"]
+    d["output_dir"] = str(tmp_path / name)
+    d["train"]["save_every"] = 1
+    d["tracking"] = {"uri": f"sqlite:///{tmp_path / name}.db"}
+    out = tmp_path / f"{name}.yaml"
+    out.write_text(yaml.safe_dump(d))
+    return out
+
+
+def compare(spec: Path, sandbox: Path, kill_at: str | None = None, wait: bool = True):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "POLICYLONG_KILL_AT")}
+    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", POLICYLONG_SANDBOX_DIR=str(sandbox))
+    if kill_at:
+        env["POLICYLONG_KILL_AT"] = kill_at
+    cmd = [sys.executable, "-m", "harness.cli", "compare", str(spec)]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+def outcome(out: Path) -> dict:
+    """What a comparison produced: dataset hashes, checkpoint digests, evaluation scores."""
+    from harness.fileio import sha256_file
+
+    res = {"datasets": {}, "checkpoints": {}}
+    for m in sorted(out.rglob("dataset/manifest.json")):
+        res["datasets"][m.parent.parent.name] = json.loads(m.read_text())["dataset_sha256"]
+    for c in sorted(out.rglob("checkpoint/model.safetensors")):
+        res["checkpoints"][c.parent.parent.name] = sha256_file(c)
+    res["eval"] = json.loads((out / "report" / "results.json").read_text())["rows"]
+    for row in res["eval"].values():
+        for st in row["stages"]:
+            st.pop("stage_seconds", None)
+            st.pop("build_seconds", None)
+    return res
+
+
+def nothing_looks_complete_that_is_not(out: Path) -> None:
+    """Every folder with a manifest is whole; everything half-written is a ``.tmp``."""
+    from harness.stage_data import StageDataset
+
+    for m in out.rglob("dataset/manifest.json"):
+        StageDataset(m.parent).verify()
+    for d in out.rglob("checkpoint"):
+        if d.is_dir():
+            assert (d / "model.safetensors").exists() and (d / "stage_done.json").exists(), d
+    for idx in (out / "cache").rglob("index.faiss"):
+        assert (idx.parent / "manifest.json").exists() or idx.parent.name.endswith(".tmp")
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    from harness.sandbox.build import build_sandbox
+
+    root = tmp_path_factory.mktemp("sandbox")
+    build_sandbox(out_root=root)
+    return root
+
+
+@pytest.mark.slow
+def test_kill_9_at_every_step_resumes_to_the_same_results(tmp_path, sandbox):
+    from harness.faults import POINTS
+    from harness.tracking import Tracking
+
+    ref = one_method_spec(tmp_path, "ref", sandbox)
+    r = compare(ref, sandbox)
+    assert r.returncode == 0, r.stderr[-3000:]
+    expected = outcome(tmp_path / "ref")
+    assert len(expected["datasets"]) == 2 and len(expected["checkpoints"]) == 2
+
+    chain = one_method_spec(tmp_path, "chain", sandbox)
+    # the base model's evaluation comes first, then the index, screening, writing, training
+    for point in ("eval", "index", "screening", "dataset-write", "train"):
+        assert point in POINTS
+        r = compare(chain, sandbox, kill_at=point)
+        assert r.returncode == -9, f"{point}: never reached (exit {r.returncode})\n" \
+                                   f"{r.stderr[-2000:]}"
+        nothing_looks_complete_that_is_not(tmp_path / "chain")
+        assert not (tmp_path / "chain" / "report" / "results.json").exists()
+    r = compare(chain, sandbox)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "marked" in r.stderr and "KILLED" in r.stderr
+    assert outcome(tmp_path / "chain") == expected
+    # the killed processes' MLflow runs were closed, not left running
+    tracking = Tracking(f"sqlite:///{tmp_path / 'chain'}.db", "smoke")
+    runs = tracking.client.search_runs([tracking.experiment_id])
+    assert not [x for x in runs if x.info.status == "RUNNING"]
+    assert sum(x.info.status == "KILLED" for x in runs
+               if x.info.run_name.startswith("compare-")) == 5
+
+
+@pytest.mark.slow
+def test_two_comparisons_of_one_spec_share_instead_of_colliding(tmp_path, sandbox):
+    spec = one_method_spec(tmp_path, "both", sandbox)
+    a = compare(spec, sandbox, wait=False)
+    b = compare(spec, sandbox, wait=False)
+    (_, err_a), (_, err_b) = a.communicate(timeout=900), b.communicate(timeout=900)
+    assert a.returncode == 0, err_a[-3000:]
+    assert b.returncode == 0, err_b[-3000:]
+    assert "[lock] waiting for process" in err_a + err_b
+    # each stage was built and trained once: by whoever held the lock
+    built = (err_a + err_b).count('"method": "policylong", "stage": 0')
+    assert built == 1
+    nothing_looks_complete_that_is_not(tmp_path / "both")
