@@ -77,6 +77,17 @@ def _tune(args) -> int:
     return 0
 
 
+def _sync(args) -> int:
+    from harness.tracking import resolve_uri, spool_dir, sync_spool
+
+    sent = sync_spool(resolve_uri(args.uri))
+    for run_id, n in sent.items():
+        print(f"{run_id}: {n} metrics uploaded")
+    if not sent:
+        print(f"nothing to upload ({spool_dir()} holds no spooled metrics)")
+    return 0
+
+
 def _report(args) -> int:
     from harness.config import load_spec
     from harness.report import from_mlflow, write_report
@@ -192,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
     tu.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     tu.set_defaults(func=_tune)
+
+    sy = sub.add_parser("sync", allow_abbrev=False,
+                        help="upload metrics spooled while the tracking server was away")
+    sy.add_argument("--uri", default=None,
+                    help="tracking store (default: MLFLOW_TRACKING_URI or runs/mlflow.db)")
+    sy.set_defaults(func=_sync)
 
     rp = sub.add_parser("report", allow_abbrev=False,
                         help="rebuild a comparison report from MLflow alone")

@@ -49,8 +49,47 @@ def _clean(key: str) -> str:
     return _KEY_BAD.sub("_", key)
 
 
+def spool_dir() -> Path:
+    """Where metrics wait when the tracking server cannot be reached (``policylong sync``)."""
+    return Path(os.environ.get("POLICYLONG_SPOOL_DIR", "runs/spool"))
+
+
+def _spool_file(run_id: str) -> Path:
+    return spool_dir() / f"{run_id}.jsonl"
+
+
+def _upload_spooled(client, path: Path) -> int:
+    """Send one spool file's metrics to its run; the file is removed once they are stored."""
+    import json
+
+    from mlflow.entities import Metric
+
+    run_id = path.stem
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    batch = [Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in rows]
+    for i in range(0, len(batch), 1000):
+        client.log_batch(run_id, metrics=batch[i:i + 1000])
+    path.unlink()
+    return len(batch)
+
+
+def sync_spool(uri: str | None = None) -> dict[str, int]:
+    """Upload every spooled metric (``policylong sync``): {run id: metrics sent}."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri or resolve_uri())
+    sent = {}
+    for path in sorted(spool_dir().glob("*.jsonl")):
+        sent[path.stem] = _upload_spooled(client, path)
+    return sent
+
+
 class Tracker:
-    """A handle on one MLflow run (or a no-op when ``run_id`` is None)."""
+    """A handle on one MLflow run (or a no-op when ``run_id`` is None).
+
+    Metrics never stop the work that logs them: when the store cannot be reached (after
+    MLflow's own retries) they are appended to ``runs/spool/<run id>.jsonl`` and sent before
+    the next metrics once the store answers again, or by ``policylong sync``."""
 
     def __init__(self, client, run_id: str | None):
         self.client, self.run_id = client, run_id
@@ -58,12 +97,32 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.run_id is None or not metrics:
             return
-        from mlflow.entities import Metric
+        import json
+        import sys
         import time
+
+        from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         batch = [Metric(_clean(k), float(v), ts, int(step)) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        spool = _spool_file(self.run_id)
+        try:
+            if spool.exists():
+                _upload_spooled(self.client, spool)
+            self.client.log_batch(self.run_id, metrics=batch)
+            return
+        except Exception as exc:  # noqa: BLE001 - any store failure: keep the metrics locally
+            first = not spool.exists()
+            spool.parent.mkdir(parents=True, exist_ok=True)
+            with spool.open("a", encoding="utf-8") as f:
+                for m in batch:
+                    f.write(json.dumps({"key": m.key, "value": m.value,
+                                        "timestamp": m.timestamp, "step": m.step}) + "\n")
+            if first:
+                print(f"[tracking] the store did not take metrics of run {self.run_id} "
+                      f"({type(exc).__name__}: {str(exc)[:200]}); keeping them in {spool} "
+                      f"until it answers again (or run `policylong sync`)",
+                      file=sys.stderr, flush=True)
 
     def log_params(self, params: dict[str, Any]) -> None:
         if self.run_id is None:
@@ -111,6 +170,11 @@ class Tracking:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri or resolve_uri()
+        if self.uri.startswith(("http://", "https://")):
+            # fail over to the spool within about a minute instead of MLflow's default
+            # seven retries with exponential backoff
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         if self.uri.startswith("sqlite:///"):
             Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=self.uri)

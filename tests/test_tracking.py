@@ -175,45 +175,54 @@ def test_check_reachable_refused():
 
 # --- a live server ------------------------------------------------------------------------
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
-    log = open(tmp_path / "server.log", "wb")
+def start_server(tmp_path, port: int) -> subprocess.Popen:
+    log = open(tmp_path / "server.log", "ab")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path}/srv.db",
          "--default-artifact-root", str(tmp_path / "art"), "--workers", "1"],
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited {proc.returncode}:\n"
-                            + (tmp_path / "server.log").read_text(errors="replace")[-3000:])
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("mlflow server did not answer /health within 90 s:\n"
-                            + (tmp_path / "server.log").read_text(errors="replace")[-3000:])
-            time.sleep(0.5)
-        yield url, tmp_path
-    finally:
+    deadline = time.monotonic() + 90
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited {proc.returncode}:\n"
+                        + (tmp_path / "server.log").read_text(errors="replace")[-3000:])
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
             pass
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
+        if time.monotonic() > deadline:
+            stop_server(proc)
+            pytest.fail("mlflow server did not answer /health within 90 s:\n"
+                        + (tmp_path / "server.log").read_text(errors="replace")[-3000:])
+        time.sleep(0.5)
+
+
+def stop_server(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    proc = start_server(tmp_path, port)
+    try:
+        yield f"http://127.0.0.1:{port}", tmp_path
+    finally:
+        stop_server(proc)
 
 
 def test_live_server_roundtrip(mlflow_server):
@@ -223,3 +232,40 @@ def test_live_server_roundtrip(mlflow_server):
     tracking = Tracking(uri=url, experiment="smoke-server")
     roundtrip(tracking)
     assert any((tmp_path / "art").rglob("config.json"))   # stored where the server said
+
+
+def test_metrics_survive_a_server_that_goes_away(tmp_path, monkeypatch):
+    """The server dies mid-run: logging does not raise, the metrics wait in the spool, and
+    reach the server when it is back: with the next metrics, or by ``policylong sync``."""
+    from harness.cli import main
+    from harness.tracking import spool_dir
+
+    monkeypatch.setenv("POLICYLONG_SPOOL_DIR", str(tmp_path / "spool"))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(tmp_path, port)
+    try:
+        tracking = Tracking(uri=url, experiment="flaky")
+        run = tracking.start_run("train")
+        run.log_metrics({"train/loss": 3.0}, 0)
+        stop_server(proc, signal.SIGKILL)
+        run.log_metrics({"train/loss": 2.0}, 1)            # no exception: spooled
+        run.log_metrics({"train/loss": 1.5}, 2)
+        spooled = spool_dir() / f"{run.run_id}.jsonl"
+        assert len(spooled.read_text().splitlines()) == 2
+        proc = start_server(tmp_path, port)
+        run.log_metrics({"train/loss": 1.0}, 3)            # the spool goes first
+        assert not spooled.exists()
+        assert tracking.metric_history(run.run_id, "train/loss") == \
+            [(0, 3.0), (1, 2.0), (2, 1.5), (3, 1.0)]
+        stop_server(proc, signal.SIGKILL)
+        run.log_metrics({"train/loss": 0.5}, 4)
+        assert spooled.exists()
+        proc = start_server(tmp_path, port)
+        assert main(["sync", "--uri", url]) == 0
+        assert not spooled.exists()
+        assert tracking.metric_history(run.run_id, "train/loss")[-1] == (4, 0.5)
+    finally:
+        stop_server(proc)
