@@ -127,3 +127,134 @@ def _table(rows, cols):
     print("\n" + " | ".join(cols), file=sys.stderr)
     for r in rows:
         print(" | ".join(fmt(r.get(c)) for c in cols), file=sys.stderr)
+
+
+def _timed(fn, repeats: int = 2) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_verify(root_len: int = 512, n_anchors: int = 8, n_candidates: int = 16,
+                 cand_len: int = 128, vocab: int = 6144, batch_size: int = 8,
+                 device: str = "cpu"):
+    """Verification throughput in (anchor, candidate) pairs/s: the core's batched anchor-only
+    verifier (one forward per candidate for all anchors, head at the anchors only) against the
+    naive method (one forward with full logits per pair)."""
+    import numpy as np
+    import torch
+
+    from harness.scoring import naive_scores
+    from harness.screening import Screened, verify
+
+    model = _model(vocab, 128, 2, root_len + cand_len).to(device)
+    g = torch.Generator().manual_seed(0)
+    root = torch.randint(1, vocab, (root_len,), generator=g).numpy()
+    anchors = np.sort(np.random.default_rng(0).choice(np.arange(16, root_len), n_anchors,
+                                                      replace=False))
+    e, n = (x[0].numpy() for x in naive_scores(model, torch.as_tensor(root)[None]))
+    s = Screened(root, e, n, 0.0, anchors, n_anchors)
+    cands = [torch.randint(1, vocab, (cand_len,), generator=g).numpy()
+             for _ in range(n_candidates)]
+    pairs = n_anchors * n_candidates
+
+    def naive():
+        for c in cands:
+            for a in anchors:
+                seq = torch.as_tensor(np.concatenate([c, root[:a + 1]]))[None]
+                naive_scores(model, seq)
+
+    t_b = _timed(lambda: verify(model, s, cands, root_len + cand_len, 0, batch_size, device))
+    t_n = _timed(naive, repeats=1)
+    row = {"bench": "verify", "root_len": root_len, "anchors": n_anchors,
+           "candidates": n_candidates, "cand_len": cand_len, "vocab": vocab,
+           "batched_pairs_per_s": pairs / t_b, "naive_pairs_per_s": pairs / t_n,
+           "speedup": t_n / t_b}
+    print(json.dumps(row), flush=True)
+    _table([row], ["root_len", "anchors", "candidates", "batched_pairs_per_s",
+                   "naive_pairs_per_s", "speedup"])
+    return [row]
+
+
+def bench_index(n_vectors: int = 20000, n_queries: int = 1000, k: int = 32, n_texts: int = 512):
+    """Embedding throughput (the configured encoder, batch 64 vs batch 1) and, per FAISS index
+    type (with the harness's settings, e.g. nprobe 16), build time, queries/s and how often a
+    query's source vector (the query is a noisy copy of it) is among the top k."""
+    import numpy as np
+
+    from harness.retrieval import INDEX_KINDS, _configure, build_faiss_index, embed, \
+        l2_normalise, load_encoder
+    from harness.sandbox import world as W
+
+    rows = []
+    enc = load_encoder()
+    import random
+    rng = random.Random(0)
+    texts = [W.filler(rng, 6) for _ in range(n_texts)]
+    t64 = _timed(lambda: embed(enc, texts, 64, progress=False), 1)
+    t1 = _timed(lambda: embed(enc, texts[:64], 1, progress=False), 1)
+    rows.append({"bench": "embed", "texts": n_texts, "batch64_texts_per_s": n_texts / t64,
+                 "batch1_texts_per_s": 64 / t1, "speedup": (n_texts / t64) / (64 / t1)})
+    print(json.dumps(rows[-1]), flush=True)
+    d = embed(enc, texts[:2], 2, progress=False).shape[1]
+    data = l2_normalise(np.random.default_rng(0).standard_normal((n_vectors, d))
+                        .astype(np.float32))
+    queries = data[np.random.default_rng(1).choice(n_vectors, n_queries)] + \
+        (0.5 / np.sqrt(d)) * np.random.default_rng(2).standard_normal((n_queries, d))
+    queries = l2_normalise(queries.astype(np.float32))
+    source = np.random.default_rng(1).choice(n_vectors, n_queries)
+    for kind in INDEX_KINDS:
+        t0 = time.perf_counter()
+        index, built = build_faiss_index(data, kind)
+        _configure(index, built, None)
+        build_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _, ids = index.search(queries, k)
+        search_s = time.perf_counter() - t0
+        recall = float(np.mean([src in row for src, row in zip(source, ids)]))
+        rows.append({"bench": "index", "kind": kind, "index": built, "n": n_vectors, "dim": d,
+                     "build_s": build_s, "queries_per_s": n_queries / search_s,
+                     f"recall_at_{k}": recall})
+        print(json.dumps(rows[-1]), flush=True)
+    _table(rows[1:], ["kind", "n", "build_s", "queries_per_s", f"recall_at_{k}"])
+    return rows
+
+
+def bench_train(lengths=(512, 2048), steps: int = 4, vocab: int = 6144):
+    """Training tokens/s of the harness loop (packed rows, blockwise loss, Accelerate) against
+    a plain ``model(input_ids, labels=…)`` step with full logits, same model and optimizer."""
+    import numpy as np
+    import torch
+    from accelerate import Accelerator
+
+    from harness.training.loop import LoopSettings, RowSource, train_loop
+
+    rows = []
+    for T in lengths:
+        ids = np.random.default_rng(0).integers(1, vocab, (steps * 2, T))
+        pos = np.tile(np.arange(T), (steps * 2, 1))
+        model = _model(vocab, 128, 2, T).train()
+        s = LoopSettings(steps=steps, micro_batch=2, grad_accum=1, lr=1e-3, warmup_steps=0,
+                         min_lr_ratio=0.1, log_every=steps)
+        t0 = time.perf_counter()
+        train_loop(model, RowSource(ids, pos), s, Accelerator(cpu=True), progress=False)
+        t_ours = time.perf_counter() - t0
+        model = _model(vocab, 128, 2, T).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            x = torch.as_tensor(ids[2 * i:2 * i + 2])
+            model(input_ids=x, labels=x).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        t_plain = time.perf_counter() - t0
+        tok = steps * 2 * T
+        rows.append({"bench": "train", "seq_len": T, "tokens": tok,
+                     "harness_tokens_per_s": tok / t_ours, "plain_tokens_per_s": tok / t_plain,
+                     "ratio": t_plain / t_ours})
+        print(json.dumps(rows[-1]), flush=True)
+    _table(rows, ["seq_len", "harness_tokens_per_s", "plain_tokens_per_s", "ratio"])
+    return rows

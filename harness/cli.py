@@ -115,9 +115,18 @@ def _dashboard(args) -> int:
 def _bench(args) -> int:
     from harness import bench
 
-    if args.what == "scoring":
-        bench.bench_scoring(lengths=tuple(args.lengths), vocabs=tuple(args.vocabs),
-                            device=args.device)
+    what = ["scoring", "verify", "index", "train"] if args.what == "all" else [args.what]
+    for w in what:
+        print(f"# bench {w}", file=sys.stderr, flush=True)
+        if w == "scoring":
+            bench.bench_scoring(lengths=tuple(args.lengths), vocabs=tuple(args.vocabs),
+                                device=args.device)
+        elif w == "verify":
+            bench.bench_verify(device=args.device)
+        elif w == "index":
+            bench.bench_index()
+        elif w == "train":
+            bench.bench_train()
     return 0
 
 
@@ -242,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser("bench", allow_abbrev=False,
                         help="benchmarks: one JSON line per setting, then a table")
-    be.add_argument("what", choices=["scoring"])
+    be.add_argument("what", nargs="?", default="all",
+                    choices=["all", "scoring", "verify", "index", "train"])
     be.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768])
     be.add_argument("--vocabs", type=int, nargs="+", default=[6144, 151936])
     be.add_argument("--device", default="cpu")
