@@ -86,9 +86,13 @@ class ScreeningSpec(Strict):
     query_window: int = Field(16, gt=0)      # w = 16 tokens each side (EntropyLong)
     epsilon: float = Field(0.4, gt=0, lt=1)  # ΔI > ε = 0.4 (EntropyLong)
     epsilon_neg: float = Field(0.0, gt=-1, lt=1)  # hard negatives ΔI ≤ ε_neg, ours
-    signal: Literal["entropy", "nll"] = "entropy"  # entropy = the papers'; nll = ours
+    # entropy: max ΔI_H over anchors, the papers'; nll: mean ΔI_N over anchors, ours
+    signal: Literal["entropy", "nll"] = "entropy"
     negative_ratio: float = Field(1.0, ge=0)       # hard negatives per positive, ours
     max_anchors: int = Field(8, gt=0)              # anchors verified per root, ours
+    # No anchors among a root's first tokens (ours): their entropy is high for want of any
+    # context, so any prepended text "helps" there (the length effect); w = 16 by default.
+    skip_start: int = Field(16, ge=0)
     batch_size: int = Field(8, gt=0)
 
     @model_validator(mode="after")

@@ -60,9 +60,13 @@ class Verdict:
         self.mean_nll = float(self.dI_nll.mean()) if self.dI_nll.size else 0.0
 
     def gain(self, signal: str) -> float:
-        """The deciding value: max over anchors of the chosen signal (positive if > ε for at
-        least one anchor, EntropyLong)."""
-        return self.max_entropy if signal == "entropy" else self.max_nll
+        """The deciding value. ``entropy``: the max of ΔI_H over anchors (EntropyLong: a
+        context is kept when it informs at least one anchor). ``nll`` (ours): the mean of
+        ΔI_N over anchors, the context's net effect on the root's loss at its anchors: a
+        look-alike that makes one anchor (a shared first name) likelier and the others (its
+        own last name and values instead of the root's) unlikelier does not pass, where the
+        max would let it (measured in ``docs/sandbox.md``)."""
+        return self.max_entropy if signal == "entropy" else self.mean_nll
 
 
 def _pad(seqs: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,8 +80,11 @@ def _pad(seqs: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def screen_roots(model, roots: list[np.ndarray], window: int, alpha: float, max_anchors: int,
-                 pad_id: int, batch_size: int = 8, device: str = "cpu") -> list[Screened]:
-    """Screen a batch of roots (token arrays) with the screening model."""
+                 pad_id: int, batch_size: int = 8, device: str = "cpu",
+                 skip_start: int = 0) -> list[Screened]:
+    """Screen a batch of roots (token arrays) with the screening model: τ = μ_H + α·σ_H over
+    the window, anchors = tokens above τ (the highest ``max_anchors``), never among the first
+    ``skip_start`` tokens."""
     out: list[Screened] = []
     for i in range(0, len(roots), batch_size):
         chunk = [np.asarray(r[:window]) for r in roots[i:i + batch_size]]
@@ -91,6 +98,7 @@ def screen_roots(model, roots: list[np.ndarray], window: int, alpha: float, max_
                 continue
             tau = anchor_threshold(torch.from_numpy(e), alpha)
             cand = np.nonzero(np.nan_to_num(e, nan=-np.inf) > tau)[0]
+            cand = cand[cand >= skip_start]
             keep = cand[np.argsort(-e[cand], kind="stable")[:max_anchors]]
             out.append(Screened(toks, e, n, tau, np.sort(keep), int(cand.size)))
     return out
@@ -161,7 +169,7 @@ def screen_and_verify(ctx, roots: list[int]) -> list[RootScreening]:
     cs = res.chunkset()
     tokens = [np.asarray(res.store.doc_tokens(r), dtype=np.int64) for r in roots]
     screened = screen_roots(model, tokens, sc.window, sc.alpha, sc.max_anchors, pad,
-                            sc.batch_size, ctx.device)
+                            sc.batch_size, ctx.device, sc.skip_start)
     queries, owner = [], []
     for i, s in enumerate(screened):
         for t in s.anchors:

@@ -176,9 +176,19 @@ class Tracking:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         if self.uri.startswith("sqlite:///"):
-            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        self.experiment_id = self._experiment(experiment, artifact_root)
+            from harness.fileio import locked
+
+            db = Path(self.uri[len("sqlite:///"):])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            # Two processes that open a new store at once would both create its tables, and
+            # two that create one experiment both insert it: one at a time.
+            with locked(db, f"the MLflow store {db}"):
+                self.client = MlflowClient(tracking_uri=self.uri)
+                self.client.search_experiments(max_results=1)
+                self.experiment_id = self._experiment(experiment, artifact_root)
+        else:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.experiment_id = self._experiment(experiment, artifact_root)
 
     def _experiment(self, name: str, artifact_root) -> str:
         exp = self.client.get_experiment_by_name(name)

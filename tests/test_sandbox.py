@@ -84,16 +84,25 @@ def test_corpus_reads_as_a_user_corpus(sandbox):
 
 
 def test_properties_on_held_out_entities(sandbox):
-    """(a) anchors find the planted values (threshold from the config default α). The measured
-    (b)/(c) figures are recorded with the build and must match a fresh measurement; the shipped
-    model does not reach them yet (docs/sandbox.md)."""
+    """On the 200 held-out probe entities (600 planted values), with the config defaults:
+    (a) the planted values are anchors; (b) the true profile lowers their entropy by ΔI > ε for
+    a large share (0.47 measured; the 0.6 aimed at is not reached: docs/sandbox.md), while an
+    equally long filler control almost never does; (c) a look-alike profile lowers the entropy
+    nearly as often (confident wrong copies), so entropy cannot tell them apart, but the NLL of
+    the true value falls with the true profile and rises with the look-alike for most anchors.
+    The figures recorded with the build match a fresh measurement."""
     from harness.config import ScreeningSpec
     from harness.sandbox.build import measure_properties
     s = ScreeningSpec()
     probe = [json.loads(l) for l in (sandbox / "probe.jsonl").read_text().splitlines()]
     p = measure_properties(sandbox / "model", probe, alpha=s.alpha, epsilon=s.epsilon)
-    assert p["a_value_tokens_anchor_frac"] > 0.5, p
-    assert p["planted_anchors"] > 100, p
+    assert p["a_value_tokens_anchor_frac"] > 0.9, p
+    assert p["planted_anchors"] > 500, p
+    assert p["b_true_dI_H_gt_eps_frac"] > 0.4, p
+    assert p["control_dI_H_gt_eps_frac"] < 0.05, p
+    assert p["c_lookalike_dI_H_gt_eps_frac"] > 0.6 * p["b_true_dI_H_gt_eps_frac"], p
+    assert p["c_nll_separates_frac"] > 0.75, p
+    assert p["lookalike_dI_N_gt_eps_frac"] < 0.05 < 0.5 < p["true_dI_N_gt_eps_frac"], p
     recorded = json.loads((sandbox / "properties.json").read_text())
     for k in ("a_value_tokens_anchor_frac", "b_true_dI_H_gt_eps_frac", "c_nll_separates_frac"):
         assert abs(p[k] - recorded[k]) < 1e-6, k
@@ -105,7 +114,8 @@ def test_from_scratch_recipe_runs_end_to_end(tmp_path, monkeypatch):
     import dataclasses
     from harness.sandbox import build as B
     tiny = dataclasses.replace(B.RECIPE, steps=3, micro_batch=2, layers=1, hidden=32,
-                               intermediate=64, heads=2, kv_heads=1, tokenizer_texts=200)
+                               intermediate=64, heads=2, kv_heads=1, tokenizer_texts=200,
+                               drill_warmup_steps=1)
     monkeypatch.setattr(B, "RECIPE", tiny)
     spec = SandboxSpec(n_entities=10, n_probe_entities=4, n_filler_docs=2)
     out = B.build_sandbox(spec, from_scratch=True, out_root=tmp_path)

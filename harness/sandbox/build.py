@@ -34,7 +34,7 @@ ASSET = Path(__file__).resolve().parents[1] / "assets" / "sandbox-model"
 @dataclasses.dataclass(frozen=True)
 class PretrainRecipe:
     """How the sandbox base model is made. All values are ours (DESIGN §5)."""
-    version: int = 1
+    version: int = 2
     vocab_size: int = 6144        # BPE target; names and values end up single tokens
     layers: int = 2
     hidden: int = 128
@@ -43,7 +43,7 @@ class PretrainRecipe:
     intermediate: int = 384
     context: int = 512            # the base context; extension goes beyond it
     rope_theta: float = 10000.0
-    init_std: float = 0.02        # initializer_range of the weights
+    init_std: float = 0.1         # initializer_range (Qwen2's 0.02 left copying unlearned)
     steps: int = 3000
     micro_batch: int = 8
     lr: float = 2e-3
@@ -51,7 +51,8 @@ class PretrainRecipe:
     min_lr_ratio: float = 0.1
     max_gap_sentences: int = 12   # distance curriculum: filler between profile and reference
     curriculum_fraction: float = 0.6  # share of steps over which the gap grows to its max
-    drill_fraction: float = 0.15  # copy drills among pre-training episodes
+    drill_fraction: float = 0.3   # fact drills among pre-training rows after the warm-up
+    drill_warmup_steps: int = 400  # the first steps train on fact drills only
     # cumulative shares of episode kinds: profile+reference, look-alike pair+reference; the
     # rest are references alone
     episode_mix: tuple[float, float] = (0.6, 0.8)
@@ -107,6 +108,17 @@ def pretraining_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = 
     from harness.training.packing import pack_stream
 
     recipe = recipe or RECIPE
+    if not 0 <= recipe.drill_warmup_steps < recipe.steps:
+        raise ValueError(f"recipe: drill_warmup_steps ({recipe.drill_warmup_steps}) must be "
+                         f"below steps ({recipe.steps})")
+    if recipe.drill_warmup_steps:
+        # drills only first (copying forms there), then the mix, with its own curriculum
+        w = recipe.drill_warmup_steps
+        head = pretraining_rows(s, tokenizer, dataclasses.replace(
+            recipe, steps=w, drill_fraction=1.0, drill_warmup_steps=0))
+        tail = pretraining_rows(s, tokenizer, dataclasses.replace(
+            recipe, steps=recipe.steps - w, drill_warmup_steps=0))
+        return np.concatenate([head[0], tail[0]]), np.concatenate([head[1], tail[1]])
     ws = world_spec(s)
     n_rows = recipe.steps * recipe.micro_batch
     ramp = max(1, int(recipe.curriculum_fraction * n_rows))

@@ -221,8 +221,11 @@ def pretraining_texts(spec: WorldSpec, seed: int, max_before: int,
                       mix: tuple[float, float] = (0.6, 0.8)) -> Iterator[str]:
     """Endless pre-training rows: one profile-reference episode each (or a reference alone).
 
-    ``drill_fraction`` of the rows are copy drills (a list of values stated twice): the purest
-    induction signal, which makes a tiny model learn to copy from its context much sooner.
+    ``drill_fraction`` of the rows are fact drills: a dense profile (6-12 facts), then every
+    fact again in shuffled order. They are the densest copy signal in the very wording of
+    profiles and references, so the copying a tiny model learns from them is the copying the
+    episodes need (drills in another wording, lists of values stated twice, taught a tiny
+    model to copy those lists perfectly and nothing else: ``docs/sandbox.md``).
 
     Entities are drawn from their own seed stream, so they almost never coincide with corpus or
     probe entities; ``max_before`` sets how much filler separates profile and reference (the
@@ -238,9 +241,14 @@ def pretraining_texts(spec: WorldSpec, seed: int, max_before: int,
         r = rng.random()
         gap = filler(rng, rng.randint(0, max_before))
         ref, _ = reference_text(rng, e, n_before=rng.randint(0, 2), n_after=1)
-        if r < drill_fraction:   # a copy drill: a list of values, then the same list again
-            words = [world.value(rng) for _ in range(rng.randint(8, 24))]
-            yield "Memo: " + " ".join(words) + ". Again: " + " ".join(words) + "."
+        if r < drill_fraction:   # a fact drill: a dense profile, then its facts again, shuffled
+            facts = [(a, world.value(rng))
+                     for a in rng.sample(ATTRIBUTES, rng.randint(6, len(ATTRIBUTES)))]
+            first = [fact(a, e.first, e.last, v) for a, v in facts]
+            rng.shuffle(facts)
+            again = [fact(a, e.first, e.last, v) for a, v in facts]
+            yield " ".join([f"Record of {e.name}."] + first
+                           + [filler(rng, rng.randint(0, 2))] + again)
             continue
         r = (r - drill_fraction) / (1 - drill_fraction)
         if r < mix[0]:   # profile ... reference
