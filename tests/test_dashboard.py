@@ -44,7 +44,7 @@ def test_dashboard_serves_runs_and_stops_on_interrupt(tmp_path):
         assert metrics["stage/loss_gap_probe"] == 0.25
     finally:
         os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)    # the UI gets 10 s to stop gracefully, then SIGKILL
     # the UI went down with it
     time.sleep(1)
     try:
