@@ -65,7 +65,7 @@ class HFGreedy:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForCausalLM.from_pretrained(
             str(model_path), dtype=_torch_dtype(dtype, self.device == "cuda"),
-            attn_implementation="sdpa").to(self.device).eval()
+            attn_implementation="sdpa", use_safetensors=True).to(self.device).eval()
         self.stop_ids = list(stop_ids)
 
     def generate(self, prompts, max_new_tokens, progress=None):

@@ -57,10 +57,24 @@ def resolve_inputs(spec: Spec) -> tuple[Path | str, str]:
     model = sandbox / "model" if spec.model.path == "sandbox" else spec.model.path
     corpus = str(sandbox / "corpus.jsonl") if spec.corpus.path == "sandbox" else spec.corpus.path
     if isinstance(model, Path) or Path(str(model)).exists():
-        if not (Path(model) / "config.json").exists():
-            raise FileNotFoundError(f"model.path {model}: no config.json (expected an HF "
-                                    f"model folder or a hub id)")
+        check_model_folder(Path(model))
     return model, corpus
+
+
+def check_model_folder(path: Path) -> None:
+    """Before any work: an HF folder with safetensors weights. Pickle checkpoints
+    (``pytorch_model.bin``, ``*.pt``) can run code when loaded and are refused; every load in
+    the harness passes ``use_safetensors=True`` and never ``trust_remote_code``."""
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"model.path {path}: no config.json (expected an HF model "
+                                f"folder or a hub id)")
+    if not any(path.glob("*.safetensors")):
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+        raise ValueError(f"model.path {path}: no *.safetensors weights"
+                         + (f" (only pickle files: {', '.join(pickles)}, which can run code "
+                            f"when loaded; convert them with `save_pretrained(..., "
+                            f"safe_serialization=True)` in a trusted environment)"
+                            if pickles else ""))
 
 
 def make_method(spec: Spec, label: str):
@@ -80,7 +94,8 @@ def load_eval_model(path, device: str = "cpu"):
 
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype,
-                                                 attn_implementation="sdpa").to(device)
+                                                 attn_implementation="sdpa",
+                                                 use_safetensors=True).to(device)
     return model.eval()
 
 

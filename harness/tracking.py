@@ -49,6 +49,31 @@ def _clean(key: str) -> str:
     return _KEY_BAD.sub("_", key)
 
 
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL", re.I)
+
+
+def _secrets() -> list[str]:
+    """Values of environment variables named like secrets (8+ characters)."""
+    return [v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 8]
+
+
+def redact(obj: Any, secrets: list[str] | None = None) -> Any:
+    """``obj`` with every occurrence of a secret from the environment replaced by ``***``:
+    nothing logged to a tracking store (params, tags, config artifacts) carries one."""
+    secrets = _secrets() if secrets is None else secrets
+    if not secrets:
+        return obj
+    if isinstance(obj, str):
+        for s in secrets:
+            obj = obj.replace(s, "***")
+        return obj
+    if isinstance(obj, dict):
+        return {k: redact(v, secrets) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(redact(v, secrets) for v in obj)
+    return obj
+
+
 def spool_dir() -> Path:
     """Where metrics wait when the tracking server cannot be reached (``policylong sync``)."""
     return Path(os.environ.get("POLICYLONG_SPOOL_DIR", "runs/spool"))
@@ -129,13 +154,13 @@ class Tracker:
             return
         from mlflow.entities import Param
 
-        items = [Param(_clean(k)[:250], str(v)[:6000]) for k, v in params.items()]
+        items = [Param(_clean(k)[:250], redact(str(v))[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         if self.run_id is not None:
-            self.client.log_dict(self.run_id, obj, artifact_file)
+            self.client.log_dict(self.run_id, redact(obj), artifact_file)
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         if self.run_id is not None:
@@ -144,7 +169,7 @@ class Tracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.run_id is not None:
             for k, v in tags.items():
-                self.client.set_tag(self.run_id, k, str(v))
+                self.client.set_tag(self.run_id, k, redact(str(v)))
 
     def log_config(self, config: dict) -> None:
         """The resolved config, as flattened params and as ``config.json``."""

@@ -125,3 +125,30 @@ def test_two_comparisons_of_one_spec_share_instead_of_colliding(tmp_path, sandbo
     built = (err_a + err_b).count('"method": "policylong", "stage": 0')
     assert built == 1
     nothing_looks_complete_that_is_not(tmp_path / "both")
+
+
+def test_pickle_checkpoints_are_refused_before_any_work(tmp_path, tiny_model_dir):
+    """A model folder holding only ``pytorch_model.bin`` is named and refused by the pre-flight
+    check and by every loader (``use_safetensors=True``); nothing enables remote code."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from harness.pipeline import check_model_folder, load_eval_model
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    bad = tmp_path / "pickled"
+    bad.mkdir()
+    torch.save(model.state_dict(), bad / "pytorch_model.bin")   # the old pickle format
+    for f in list(tiny_model_dir.glob("tokenizer*")) + [tiny_model_dir / "config.json"]:
+        shutil.copy(f, bad)
+    assert (bad / "pytorch_model.bin").exists() and not list(bad.glob("*.safetensors"))
+    with pytest.raises(ValueError, match=r"pickled: no \*\.safetensors weights \(only pickle "
+                                         r"files: pytorch_model\.bin"):
+        check_model_folder(bad)
+    with pytest.raises(OSError):
+        load_eval_model(bad)
+    check_model_folder(tiny_model_dir)          # the safetensors folder passes
+    src = "\n".join(p.read_text() for p in (REPO / "harness").rglob("*.py"))
+    assert "trust_remote_code=True" not in src

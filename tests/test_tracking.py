@@ -269,3 +269,20 @@ def test_metrics_survive_a_server_that_goes_away(tmp_path, monkeypatch):
         assert tracking.metric_history(run.run_id, "train/loss")[-1] == (4, 0.5)
     finally:
         stop_server(proc)
+
+
+def test_secrets_from_the_environment_never_reach_the_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_aVeryPrivateToken123")
+    monkeypatch.setenv("MY_SERVICE_PASSWORD", "hunter2hunter2")
+    tracking = Tracking(f"sqlite:///{tmp_path}/m.db", "secrets")
+    with tracking.run("r") as run:
+        run.log_config({"corpus": {"path": "hf:org/data?token=hf_aVeryPrivateToken123"},
+                        "note": "pw hunter2hunter2", "lr": 0.1})
+        run.set_tags({"cmd": "--password hunter2hunter2"})
+    r = tracking.client.get_run(run.run_id)
+    assert r.data.params["corpus.path"] == "hf:org/data?token=***"
+    assert r.data.params["note"] == "pw ***" and r.data.params["lr"] == "0.1"
+    assert r.data.tags["cmd"] == "--password ***"
+    art = Path(r.info.artifact_uri.replace("file://", "")) / "config.json"
+    assert "hf_aVeryPrivateToken123" not in art.read_text()
+    assert "hunter2hunter2" not in art.read_text()

@@ -32,5 +32,6 @@ def load_model(path: Path | str, dtype=None, device: str = "cpu"):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32,
-                                                 attn_implementation="sdpa")
+                                                 attn_implementation="sdpa",
+                                                 use_safetensors=True)
     return model.to(device)

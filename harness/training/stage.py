@@ -63,7 +63,8 @@ def load_for_training(checkpoint: Path, extension: ContextExtensionSpec | None,
                          f"{config.max_position_embeddings} < target length {target_length}; "
                          f"set context_extension in the spec")
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint), config=config, dtype=dtype,
-                                                 attn_implementation=attn_implementation)
+                                                 attn_implementation=attn_implementation,
+                                                 use_safetensors=True)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False})
