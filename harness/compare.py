@@ -198,6 +198,8 @@ def compare(spec: Spec) -> Path:
     from harness.pipeline import make_method
     for m in spec.methods:  # fail on bad method params before any work
         make_method(spec, m.label or m.name)
+    from harness.pipeline import preflight
+    preflight(spec)
     h = spec_hash(spec)
     t0 = time.perf_counter()
     base, corpus = resolve_inputs(spec)

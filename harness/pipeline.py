@@ -77,6 +77,25 @@ def check_model_folder(path: Path) -> None:
                             if pickles else ""))
 
 
+def preflight(spec: Spec) -> None:
+    """Checks that need the model, before any expensive work: a training length past the
+    model's positions needs a RoPE change in ``context_extension``."""
+    from transformers import AutoConfig
+
+    from harness.config import SpecError
+
+    base, _ = resolve_inputs(spec)
+    cfg = AutoConfig.from_pretrained(str(base))
+    limit = int(getattr(cfg, "max_position_embeddings", 0) or 0)
+    ext = spec.context_extension
+    T = spec.stages.target_length
+    if limit and T > limit and ext.rope_theta is None and ext.rope_scaling == "none":
+        raise SpecError(f"stages.target_length {T} exceeds the model's "
+                        f"max_position_embeddings {limit} ({base}) and context_extension "
+                        f"changes no RoPE setting: set context_extension.rope_theta or "
+                        f"context_extension.rope_scaling (linear/yarn with scaling_factor)")
+
+
 def make_method(spec: Spec, label: str):
     from harness.registry import resolve
 

@@ -291,8 +291,9 @@ def tune(spec: Spec, trials: int | None = None, workers: int = 1,
     _check(spec)
     uri = resolve_uri(spec.tracking.uri)
     check_reachable(uri)
-    from harness.pipeline import make_method
+    from harness.pipeline import make_method, preflight
     make_method(spec, spec.tune.method)
+    preflight(spec)
     study = open_study(spec)
     name = study.study_name
     if ATTR_PARENT not in study.user_attrs:

@@ -152,3 +152,15 @@ def test_pickle_checkpoints_are_refused_before_any_work(tmp_path, tiny_model_dir
     check_model_folder(tiny_model_dir)          # the safetensors folder passes
     src = "\n".join(p.read_text() for p in (REPO / "harness").rglob("*.py"))
     assert "trust_remote_code=True" not in src
+
+
+def test_a_length_past_the_model_without_a_rope_change_is_refused(tmp_path, sandbox):
+    spec = one_method_spec(tmp_path, "norope", sandbox)
+    d = yaml.safe_load(spec.read_text())
+    d["context_extension"] = {"max_position_embeddings": 1024}   # positions, but no RoPE change
+    spec.write_text(yaml.safe_dump(d))
+    r = compare(spec, sandbox)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "stages.target_length 1024 exceeds the model's max_position_embeddings 512" in r.stderr
+    assert "context_extension.rope_theta" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "norope").exists() and not (tmp_path / "norope.db").exists()
