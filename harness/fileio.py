@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -25,7 +26,19 @@ def atomic_dir(out_dir: Path | str) -> Iterator[Path]:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    yield tmp
+    try:
+        yield tmp
+    except (OSError, ValueError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # disk full, file too large, read-only (numpy reports a short write as ValueError)
+        if isinstance(exc, OSError) or "requested and" in str(exc):
+            raise OSError(getattr(exc, "errno", None) or errno.ENOSPC,
+                          f"could not write {out_dir} ({getattr(exc, 'strerror', None) or exc}"
+                          f"); nothing was left behind") from exc
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)

@@ -164,3 +164,31 @@ def test_a_length_past_the_model_without_a_rope_change_is_refused(tmp_path, sand
     assert "stages.target_length 1024 exceeds the model's max_position_embeddings 512" in r.stderr
     assert "context_extension.rope_theta" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "norope").exists() and not (tmp_path / "norope.db").exists()
+
+
+def test_a_full_disk_during_a_dataset_write_leaves_nothing_that_looks_complete(tmp_path,
+                                                                              sandbox):
+    """The file-size limit (RLIMIT_FSIZE) stands in for a full disk: the shared caches are
+    built first without it, then the stage dataset's write fails. Clear error, no dataset."""
+    import resource
+
+    spec = one_method_spec(tmp_path, "full", sandbox)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", POLICYLONG_SANDBOX_DIR=str(sandbox))
+    base = [sys.executable, "-m", "harness.cli", "construct", str(spec), "--stage", "0"]
+    d = yaml.safe_load(spec.read_text())
+    d["methods"].append({"name": "entropylong"})
+    spec.write_text(yaml.safe_dump(d))
+    r = subprocess.run(base + ["--method", "entropylong"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]       # token store and index are now cached
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    r = subprocess.run(base + ["--method", "policylong"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600, preexec_fn=limit)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "could not write" in r.stderr and "stage-0/dataset" in r.stderr
+    assert "nothing was left behind" in r.stderr and "Traceback" not in r.stderr
+    assert not list((tmp_path / "full" / "policylong").rglob("dataset*"))
