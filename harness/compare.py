@@ -131,15 +131,21 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
                                extension=spec.context_extension, step_offset=step_offset)
             done = json.loads((Path(ckpt) / "stage_done.json").read_text())
             step_offset += done["steps"]
-            metrics = curriculum_metrics(ds.manifest)
-            metrics["train_loss"] = done.get("final_loss") or float("nan")
-            model = load_eval_model(ckpt)
-            if triples:
-                metrics["loss_gap_probe"] = loss_gap(model, triples)["loss_gap"]
-            front = frontier_triples(ds)
-            if front:
-                metrics["loss_gap_frontier"] = loss_gap(model, front)["loss_gap"]
-            metrics["stage_seconds"] = time.perf_counter() - t0
+            cached = Path(ckpt).parent / "stage_metrics.json"
+            if cached.exists():          # a finished stage: its probes are not rerun
+                metrics = json.loads(cached.read_text())
+            else:
+                metrics = curriculum_metrics(ds.manifest)
+                metrics["train_loss"] = done.get("final_loss") or float("nan")
+                model = load_eval_model(ckpt)
+                if triples:
+                    metrics["loss_gap_probe"] = loss_gap(model, triples)["loss_gap"]
+                front = frontier_triples(ds)
+                if front:
+                    metrics["loss_gap_frontier"] = loss_gap(model, front)["loss_gap"]
+                metrics["stage_seconds"] = time.perf_counter() - t0
+                from harness.fileio import atomic_write_text
+                atomic_write_text(cached, json.dumps(metrics, indent=2))
             child.log_metrics({stage_key(n): v for n, v in metrics.items()
                                if isinstance(v, (int, float)) and not math.isnan(v)}, k)
             row["stages"].append(metrics)
