@@ -46,7 +46,15 @@ def stop(proc: subprocess.Popen) -> None:
             pass
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run_dashboard(uri: str, port: int, optuna_storage: str | None, optuna_port: int) -> int:
+    # Ctrl-C and SIGTERM stop both UIs even when the shell started us with SIGINT ignored
+    # (a background job of a non-interactive shell inherits SIGINT and SIGQUIT ignored).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     procs = [start_mlflow_ui(uri, port)]
     wait_healthy(port)
     print(f"MLflow UI: http://127.0.0.1:{port}  (store {uri})", flush=True)
