@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import sys
 import time
 from pathlib import Path
 
 from harness import faults
 from harness.config import Spec, resolved, spec_hash
+from harness.fileio import atomic_write_text, locked
 
 
 def _log(msg: str) -> None:
@@ -44,8 +47,6 @@ def eval_name(spec: Spec) -> str:
 
 def _eval_model(spec: Spec, model_path, tokenizer, probe, out: Path) -> dict:
     """Benchmarks of one checkpoint, cached in ``out/eval.json``: {bench: {length: score}}."""
-    from harness.fileio import locked
-
     with locked(out, f"the evaluation {out}"):
         return _eval_model_locked(spec, model_path, tokenizer, probe, out)
 
@@ -81,10 +82,7 @@ def _eval_model_locked(spec: Spec, model_path, tokenizer, probe, out: Path) -> d
             _log(f"{model_path}: lengths {skipped} exceed its context ({limit}); "
                  f"generation benchmarks not run there")
     faults.point("eval")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(cached)
+    atomic_write_text(cached, json.dumps(results, indent=2))
     return results
 
 
@@ -105,14 +103,12 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
 
     ``on_stage(k, checkpoint, metrics, tracker)`` is called after each stage (tuning reports
     intermediate values through it and may stop the loop by raising)."""
-    from harness.pipeline import checkpoint_dir, construct, load_eval_model, resolve_inputs
+    from harness.pipeline import (checkpoint_dir, construct, load_eval_model, method_key,
+                                  resolve_inputs)
     from harness.probes import curriculum_metrics, frontier_triples, loss_gap
     from harness.stage_data import StageDataset
     from harness.tracking import stage_key
     from harness.training.stage import train_stage
-
-    from harness.fileio import locked
-    from harness.pipeline import method_key
 
     base, _ = resolve_inputs(spec)
     row = {"eval": {}, "stages": []}
@@ -144,7 +140,6 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
                 if front:
                     metrics["loss_gap_frontier"] = loss_gap(model, front)["loss_gap"]
                 metrics["stage_seconds"] = time.perf_counter() - t0
-                from harness.fileio import atomic_write_text
                 atomic_write_text(cached, json.dumps(metrics, indent=2))
             child.log_metrics({stage_key(n): v for n, v in metrics.items()
                                if isinstance(v, (int, float)) and not math.isnan(v)}, k)
@@ -164,9 +159,6 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
 def close_stale_runs(tracking, config_hash: str) -> list[str]:
     """Mark as KILLED the runs of this comparison left RUNNING by a process of this host that
     no longer exists (``kill -9``, a lost machine): the dashboard must not show them live."""
-    import os
-    import socket
-
     host = socket.gethostname()
     stale = []
     for r in tracking.client.search_runs(
@@ -201,10 +193,9 @@ def compare(spec: Spec) -> Path:
 
     uri = resolve_uri(spec.tracking.uri)
     check_reachable(uri)
-    from harness.pipeline import make_method
+    from harness.pipeline import make_method, preflight
     for m in spec.methods:  # fail on bad method params before any work
         make_method(spec, m.label or m.name)
-    from harness.pipeline import preflight
     preflight(spec)
     h = spec_hash(spec)
     t0 = time.perf_counter()
@@ -214,9 +205,6 @@ def compare(spec: Spec) -> Path:
     triples, probe = _probe_set(spec, tok)
     tracking = Tracking(uri, spec.tracking.experiment or spec.name)
     results = {"spec": spec.name, "config_hash": h, "rows": {}}
-    import os
-    import socket
-
     stale = close_stale_runs(tracking, h)
     if stale:
         _log(f"marked {len(stale)} runs of an interrupted comparison as KILLED")

@@ -213,26 +213,23 @@ class Objective:
         _log(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in params.items()))
         tags = {"tune_study": study_name(self.spec), "tune_trial": str(trial.number)}
-        try:
-            with self.tracking.run(name, parent=self.parent, tags=tags) as run:
-                run.log_params({f"tune.{k}": v for k, v in params.items()})
-                row = run_method(spec, label, self.tracking, run, self.resources, self.tok,
-                                 self.triples, self.probe, run_name=label, on_stage=on_stage,
-                                 evaluate=False)
-                if self.kind == "eval":
-                    ev = _eval_model(spec, last["ckpt"], self.tok, self.probe,
-                                     Path(last["ckpt"]).parent / eval_name(spec))
-                    value = ev.get(self.rest[0], {}).get(self.rest[2])
-                    if value is None:
-                        raise RuntimeError(f"{self.spec.tune.objective}: not measured "
-                                           f"(have {sorted(ev)})")
-                    value = float(value)
-                else:
-                    value = float(last["value"])
-                run.log_metrics({"tune/value": value}, len(row["stages"]))
-                run.set_tags({"tune_state": "COMPLETE"})
-        except optuna.TrialPruned:
-            raise
+        with self.tracking.run(name, parent=self.parent, tags=tags) as run:
+            run.log_params({f"tune.{k}": v for k, v in params.items()})
+            row = run_method(spec, label, self.tracking, run, self.resources, self.tok,
+                             self.triples, self.probe, run_name=label, on_stage=on_stage,
+                             evaluate=False)
+            if self.kind == "eval":
+                ev = _eval_model(spec, last["ckpt"], self.tok, self.probe,
+                                 Path(last["ckpt"]).parent / eval_name(spec))
+                value = ev.get(self.rest[0], {}).get(self.rest[2])
+                if value is None:
+                    raise RuntimeError(f"{self.spec.tune.objective}: not measured "
+                                       f"(have {sorted(ev)})")
+                value = float(value)
+            else:
+                value = float(last["value"])
+            run.log_metrics({"tune/value": value}, len(row["stages"]))
+            run.set_tags({"tune_state": "COMPLETE"})
         if not math.isfinite(value):
             raise RuntimeError(f"{name}: objective is {value}")
         _log(f"{name}: {self.spec.tune.objective} = {value:.4g}")
@@ -279,15 +276,13 @@ def write_best(spec: Spec, study) -> Path:
     return out
 
 
-def tune(spec: Spec, trials: int | None = None, workers: int = 1,
-         spec_path: str | None = None, overrides: list[str] | None = None) -> dict:
+def tune(spec: Spec, workers: int = 1, spec_path: str | None = None,
+         overrides: list[str] | None = None) -> dict:
     """Create or resume the study, run the trials (in ``workers`` processes), report the best."""
     from optuna.trial import TrialState
 
     from harness.tracking import Tracking, check_reachable, resolve_uri
 
-    if trials is not None:
-        spec = spec.model_copy(update={"tune": spec.tune.model_copy(update={"trials": trials})})
     _check(spec)
     uri = resolve_uri(spec.tracking.uri)
     check_reachable(uri)
