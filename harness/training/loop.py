@@ -90,16 +90,16 @@ def train_loop(model, source: RowSource, s: LoopSettings, accelerator,
     ``log(metrics, step)`` receives ``train/loss``, ``train/lr``, ``train/grad_norm`` and
     ``train/tokens_per_s`` every ``log_every`` steps (step = ``step_offset`` + local step).
     """
-    from harness.training.state import load_state, save_state
+    from harness.training.state import full_state_dict, load_state, save_state
 
     torch.manual_seed(s.seed)
     hf_model = model
     opt = _optimizer(hf_model, s)
+    # Forward through the (DDP-/FSDP-)wrapped module so that gradients are synchronised.
+    wrapped, opt = accelerator.prepare(PackedLoss(hf_model, s.loss_block), opt)
     start = 0
     if state_dir is not None and (state_dir / "state.json").exists():
-        start = load_state(state_dir, hf_model, opt)
-    # Forward through the (DDP-)wrapped module so that gradients are synchronised.
-    wrapped, opt = accelerator.prepare(PackedLoss(hf_model, s.loss_block), opt)
+        start = load_state(state_dir, accelerator, hf_model, opt)
     world, rank = accelerator.num_processes, accelerator.process_index
     rows_per_step = s.micro_batch * s.grad_accum * world
     bar = None
@@ -149,11 +149,13 @@ def train_loop(model, source: RowSource, s: LoopSettings, accelerator,
                      "train/grad_norm": float(grad_norm), "train/tokens_per_s": tps},
                     step_offset + step + 1)
         if state_dir is not None and s.save_every and (step + 1) % s.save_every == 0 \
-                and step + 1 < s.steps and accelerator.is_main_process:
-            save_state(state_dir, hf_model, opt, step + 1)
+                and step + 1 < s.steps:
+            save_state(state_dir, accelerator, wrapped, hf_model, opt, step + 1)
             faults.point("train")
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"training loss became {mean_loss} at step {step + 1}")
     if bar is not None:
         bar.close()
-    return {"losses": history, "steps": s.steps, "start_step": start}
+    # Gathered on every process (FSDP shards); the caller saves it from the main process.
+    return {"losses": history, "steps": s.steps, "start_step": start,
+            "state_dict": full_state_dict(accelerator, wrapped)}

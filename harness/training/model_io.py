@@ -16,12 +16,16 @@ def tiny_qwen2_config(vocab_size: int, hidden: int, layers: int, heads: int, kv_
                        use_sliding_window=False)
 
 
-def save_checkpoint(model, tokenizer, out_dir: Path) -> Path:
-    """Save an HF folder (config, safetensors, tokenizer) under a temporary name, then rename."""
+def save_checkpoint(model, tokenizer, out_dir: Path, state_dict: dict | None = None) -> Path:
+    """Save an HF folder (config, safetensors, tokenizer) under a temporary name, then rename.
+
+    ``state_dict``: the weights to write when ``model``'s own parameters are shards (FSDP; see
+    ``harness.training.state.full_state_dict``).
+    """
     from harness.fileio import atomic_dir
 
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
     return Path(out_dir)

@@ -112,7 +112,7 @@ def train_stage(checkpoint: Path | str, dataset: StageDataset | Path | str, trai
                          state_dir=state_dir, step_offset=step_offset, progress=progress)
     if acc.is_main_process:
         tok = AutoTokenizer.from_pretrained(str(checkpoint))
-        save_checkpoint(acc.unwrap_model(model), tok, out_dir)
+        save_checkpoint(model, tok, out_dir, state_dict=summary["state_dict"])
         (out_dir / "stage_done.json").write_text(json.dumps(
             {"steps": steps, "final_loss": summary["losses"][-1] if summary["losses"] else None,
              "resumed_from_step": summary["start_step"],
