@@ -10,7 +10,15 @@ def _check(args) -> int:
     from harness.config import resolved, spec_hash, load_spec
     import yaml
 
-    spec = load_spec(args.spec, args.override)
+    from pathlib import Path
+    text = Path(args.spec).read_text(encoding="utf-8") if Path(args.spec).is_file() else ""
+    if "\nstudy:" in "\n" + text:
+        from harness.study import load_study
+        settings, spec = load_study(args.spec, args.override)
+        print(yaml.safe_dump({"study": settings.model_dump(mode="json")}, sort_keys=False),
+              end="")
+    else:
+        spec = load_spec(args.spec, args.override)
     print(yaml.safe_dump(resolved(spec), sort_keys=False), end="")
     print(f"# config hash: {spec_hash(spec)}")
     return 0
@@ -53,6 +61,13 @@ def _compare(args) -> int:
     from harness.config import load_spec
 
     compare(load_spec(args.spec, args.override))
+    return 0
+
+
+def _study(args) -> int:
+    from harness.study import study
+
+    study(args.study, args.override, seeds=args.seeds, report_only=args.report_only)
     return 0
 
 
@@ -201,6 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("spec")
     cp.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
     cp.set_defaults(func=_compare)
+
+    st = sub.add_parser("study", allow_abbrev=False,
+                        help="a comparison over several seeds, its report and the claims' "
+                             "verdicts (runs/study/sandbox.yaml)")
+    st.add_argument("study")
+    st.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="run these seeds instead of study.seeds (e.g. a one-seed check)")
+    st.add_argument("--report-only", action="store_true",
+                    help="only regenerate the report from MLflow")
+    st.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
+    st.set_defaults(func=_study)
 
     tu = sub.add_parser("tune", allow_abbrev=False,
                         help="Optuna study over the verification thresholds (resumable)")

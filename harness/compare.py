@@ -38,6 +38,14 @@ def _probe_set(spec: Spec, tokenizer):
     return sandbox_triples(tokenizer, probe, n=100), probe
 
 
+def short_set(spec: Spec, tokenizer, probe):
+    """Held-out short sequences for the short-context loss (sandbox only; None otherwise)."""
+    if probe is None:
+        return None
+    from harness.probes import sandbox_short_set
+    return sandbox_short_set(tokenizer, probe) or None
+
+
 def eval_name(spec: Spec) -> str:
     """Evaluations are cached per evaluation settings (and seed)."""
     from harness.config import stable_hash
@@ -98,14 +106,17 @@ def _log_eval(tracker, ev: dict) -> None:
 
 
 def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, triples,
-               probe, run_name: str | None = None, on_stage=None, evaluate: bool = True) -> dict:
+               probe, run_name: str | None = None, on_stage=None, evaluate: bool = True,
+               short=None) -> dict:
     """One method's stage loop (and its evaluation) as a nested MLflow run.
 
     ``on_stage(k, checkpoint, metrics, tracker)`` is called after each stage (tuning reports
-    intermediate values through it and may stop the loop by raising)."""
+    intermediate values through it and may stop the loop by raising). ``short``: held-out short
+    sequences whose mean NLL is logged as ``stage/short_loss``."""
     from harness.pipeline import (checkpoint_dir, construct, load_eval_model, method_key,
                                   resolve_inputs)
-    from harness.probes import curriculum_metrics, frontier_triples, loss_gap
+    from harness.probes import (curriculum_metrics, frontier_triples, loss_gap,
+                                short_context_loss)
     from harness.stage_data import StageDataset
     from harness.tracking import stage_key
     from harness.training.stage import train_stage
@@ -139,6 +150,8 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
                 front = frontier_triples(ds)
                 if front:
                     metrics["loss_gap_frontier"] = loss_gap(model, front)["loss_gap"]
+                if short:
+                    metrics["short_loss"] = short_context_loss(model, short)
                 metrics["stage_seconds"] = time.perf_counter() - t0
                 atomic_write_text(cached, json.dumps(metrics, indent=2))
             child.log_metrics({stage_key(n): v for n, v in metrics.items()
@@ -203,6 +216,7 @@ def compare(spec: Spec) -> Path:
     tok = AutoTokenizer.from_pretrained(str(base))
     resources = prepare_resources(spec, tok, corpus, cache_dir(spec))
     triples, probe = _probe_set(spec, tok)
+    short = short_set(spec, tok, probe)
     tracking = Tracking(uri, spec.tracking.experiment or spec.name)
     results = {"spec": spec.name, "config_hash": h, "rows": {}}
     stale = close_stale_runs(tracking, h)
@@ -213,19 +227,23 @@ def compare(spec: Spec) -> Path:
                                             "pid": str(os.getpid())}) as parent:
         parent.log_config(resolved(spec))
         with tracking.run("base", parent=parent, tags={"method_label": "base"}) as child:
-            from harness.probes import loss_gap
             from harness.pipeline import load_eval_model
+            from harness.probes import loss_gap, short_context_loss
             ev = _eval_model(spec, base, tok, probe,
                              Path(spec.output_dir) / "base" / eval_name(spec))
             _log_eval(child, ev)
             st = {}
             if triples:
                 st["loss_gap_probe"] = loss_gap(load_eval_model(base), triples)["loss_gap"]
+            if short:
+                st["short_loss"] = short_context_loss(load_eval_model(base), short)
+            from harness.tracking import stage_key
+            child.log_metrics({stage_key(n): v for n, v in st.items()}, 0)
             results["rows"]["base"] = {"eval": ev, "stages": [st]}
         for m in spec.methods:
             label = m.label or m.name
             results["rows"][label] = run_method(spec, label, tracking, parent, resources, tok,
-                                                triples, probe)
+                                                triples, probe, short=short)
         out = Path(spec.output_dir) / "report"
         md, html_path, text = write_report(results, out)
         print(text)

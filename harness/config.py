@@ -306,8 +306,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), _yaml_load(raw) if raw.strip() else ""
 
 
-def _fields_at(loc: tuple) -> list[str]:
-    model: Any = Spec
+def _fields_at(loc: tuple, root: Any = None) -> list[str]:
+    model: Any = root or Spec
     for part in loc[:-1]:
         if isinstance(part, int) or model is None:
             continue
@@ -320,16 +320,19 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(getattr(model, "model_fields", {}).keys()) if model else []
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid spec"]
+def _format_errors(err: ValidationError, source: str, root: Any = None, prefix: str = "",
+                   what: str = "spec") -> str:
+    """One line per error: the key path (under ``prefix``), what is wrong, a suggestion."""
+    lines = [f"{source}: invalid {what}"]
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        path = prefix + (".".join(str(p) for p in e["loc"]) or "(top level)")
         if e["type"] == "extra_forbidden":
-            known = _fields_at(e["loc"])
+            known = _fields_at(e["loc"], root)
             hint = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
             msg = "unknown key"
             if hint:
-                msg += f" (did you mean '{'.'.join(str(p) for p in e['loc'][:-1] + (hint[0],))}'?)"
+                msg += (f" (did you mean '{prefix}"
+                        f"{'.'.join(str(p) for p in e['loc'][:-1] + (hint[0],))}'?)")
             elif known:
                 msg += f" (expected one of: {', '.join(known)})"
         elif e["type"] == "missing":
@@ -350,13 +353,21 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a spec must be a mapping at the top level")
+    if "study" in data:
+        raise SpecError(f"{path} is a study file (it has a 'study:' block): run it with "
+                        f"`policylong study {path}`; `policylong check {path}` validates it")
     for ov in overrides or []:
         key, value = parse_override(ov)
         _set_dotted(data, key, value, str(path))
+    return spec_from_data(data, str(path))
+
+
+def spec_from_data(data: dict, source: str) -> Spec:
+    """Validate a spec mapping; errors name ``source`` and each offending key path."""
     try:
         return Spec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_format_errors(exc, str(path))) from None
+        raise SpecError(_format_errors(exc, source)) from None
 
 
 def resolved(spec: Spec) -> dict:

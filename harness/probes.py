@@ -45,6 +45,40 @@ def loss_gap(model, triples: list[tuple[list[int], list[int], list[int]]], batch
             "nll_with": float(b.mean()), "n": int(a.size)}
 
 
+@torch.no_grad()
+def short_context_loss(model, seqs: list[list[int]], batch: int = 16, device: str = "cpu") -> float:
+    """Mean NLL per token (nats) of short held-out sequences, each scored alone: the
+    short-context skill that context extension should keep (DESIGN §5b)."""
+    from harness.scoring import score_tokens
+
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(seqs), batch):
+        chunk = [s for s in seqs[i:i + batch] if len(s) > 1]
+        if not chunk:
+            continue
+        T = max(len(s) for s in chunk)
+        ids = torch.zeros((len(chunk), T), dtype=torch.long)
+        mask = torch.zeros((len(chunk), T), dtype=torch.long)
+        for j, s in enumerate(chunk):
+            ids[j, :len(s)] = torch.tensor(s)
+            mask[j, :len(s)] = 1
+        _, nll = score_tokens(model, ids.to(device), attention_mask=mask.to(device))
+        keep = mask[:, 1:].bool()
+        total += float(nll[:, 1:].cpu()[keep].double().sum())
+        count += int(keep.sum())
+    return total / count if count else float("nan")
+
+
+def sandbox_short_set(tokenizer, probe: list[dict], skip: int = 100, n: int = 100) -> list:
+    """Held-out short sequences: profiles and references of probe entities ``skip..skip+n``
+    (disjoint from the loss-gap probe set, never in the corpus nor in pre-training)."""
+    from harness.sandbox.properties import build_cases
+
+    cases = build_cases(tokenizer, probe[skip:skip + n])
+    return [s for c in cases for s in (c.profile_ids, c.doc_ids)]
+
+
 def sandbox_triples(tokenizer, probe: list[dict], n: int = 100) -> list:
     from harness.sandbox.properties import build_cases
 

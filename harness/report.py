@@ -69,7 +69,8 @@ def _text(header, body) -> str:
 
 
 STAGE_KEYS = ["loss_gap_probe", "loss_gap_frontier", "anchors_per_1k", "accept_rate",
-              "dI_positive_mean", "dI_negative_mean", "anchor_entropy_mean", "train_loss"]
+              "dI_positive_mean", "dI_negative_mean", "anchor_entropy_mean", "train_loss",
+              "short_loss"]
 
 
 def plots(results: dict, out_dir: Path) -> list[Path]:

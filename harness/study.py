@@ -1,0 +1,475 @@
+"""``policylong study STUDY``: a comparison repeated over seeds, read back from MLflow, with the
+paper's three claims judged by rules fixed in the study file before any result is seen.
+
+A study file is a comparison spec (every key ``compare`` takes) plus a ``study:`` block
+(``StudySettings``). Each seed runs ``compare`` with ``seed`` and ``train.seed`` set to it and its
+own output folder (``<output_dir>/seed-<s>``); finished seeds are cached like any comparison, so a
+rerun only does what is missing. The report (``study.report``, by default ``docs/study.md``, with
+its plots beside it) is generated from the MLflow runs of the seeds, never from memory.
+
+The claims (PolicyLong paper, on Qwen2.5-3B; REFERENCES.md) and how each is judged. Every
+difference is paired by seed (the methods of one seed share the probe sample and the corpus), and
+judged by its two-sided Student-t confidence interval over seeds (``study.confidence``):
+
+1. *PolicyLong beats EntropyLong and NExtLong, with gains that grow with context length.*
+   d(L) = probe gain of the treatment minus that of the best baseline at L (best by mean), at
+   every length beyond the base model's context; and the slope of d over log2 L. Supported: every
+   d(L) and the slope above 0. Not supported: some d(L) below 0. Otherwise not resolvable.
+2. *On-policy screening surfaces progressively harder dependencies: larger loss gaps than static
+   baselines.* d = loss gap on each stage's own data (``stage/loss_gap_frontier``), treatment
+   minus the static baseline, averaged over the stages after the first (stage 0 is screened by
+   the same base model in both). Supported / not supported: d's interval above / below 0.
+3. *Short-context skill is kept.* r = relative change of the held-out short-context loss
+   (``stage/short_loss``, final stage) against the base model. Supported: r's upper bound at or
+   below ``study.short_loss_tolerance``. Not supported: r's lower bound above it.
+With one seed no interval exists and every verdict is "not resolvable (one seed)".
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from harness.config import (Spec, SpecError, Strict, _format_errors, _set_dotted, _yaml_load,
+                            parse_override, spec_from_data, spec_hash)
+
+
+class StudySettings(Strict):
+    """The ``study:`` block. Defaults are ours (the papers report single runs)."""
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    report: str = "docs/study.md"
+    treatment: str = "policylong"
+    baselines: list[str] = Field(default_factory=lambda: ["entropylong", "nextlong"],
+                                 min_length=1)
+    static_baseline: str = "entropylong"   # claim 2: the same screening, done once with θ_0
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    short_loss_tolerance: float = Field(0.05, gt=0.0)   # claim 3: relative rise allowed
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("seeds must be distinct")
+        return v
+
+
+def _log(msg: str) -> None:
+    print(f"[study] {msg}", file=sys.stderr, flush=True)
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None
+               ) -> tuple[StudySettings, Spec]:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"study file not found: {path}")
+    try:
+        data = _yaml_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("study"), dict):
+        raise SpecError(f"{path}: a study file is a comparison spec with a 'study:' mapping")
+    for ov in overrides or []:
+        key, value = parse_override(ov)
+        _set_dotted(data, key, value, str(path))
+    block = data.pop("study")
+    try:
+        settings = StudySettings.model_validate(block)
+    except ValidationError as exc:
+        raise SpecError(_format_errors(exc, str(path), StudySettings, "study.",
+                                       "study settings")) from None
+    spec = spec_from_data(data, str(path))
+    labels = [m.label or m.name for m in spec.methods]
+    for role, name in [("treatment", settings.treatment),
+                       ("static_baseline", settings.static_baseline),
+                       *[("baselines", b) for b in settings.baselines]]:
+        if name not in labels:
+            import difflib
+            hint = difflib.get_close_matches(name, labels, n=1)
+            raise SpecError(f"{path}: study.{role} '{name}' is not one of the spec's methods "
+                            f"{labels}" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+    return settings, spec
+
+
+def seed_spec(spec: Spec, seed: int) -> Spec:
+    """The comparison of one seed: construction, training and probe sampling all re-seeded."""
+    data = spec.model_dump(mode="json")
+    data["seed"] = seed
+    data["train"]["seed"] = seed
+    data["output_dir"] = str(Path(spec.output_dir) / f"seed-{seed}")
+    data["tracking"]["experiment"] = spec.tracking.experiment or spec.name
+    return Spec.model_validate(data)
+
+
+def _parent_run(tracking, spec: Spec):
+    runs = tracking.client.search_runs(
+        [tracking.experiment_id],
+        filter_string=f"tags.config_hash = '{spec_hash(spec)}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"])
+    runs = [r for r in runs if r.info.run_name.startswith("compare-")]
+    return runs[0] if runs else None
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def interval(values, confidence: float) -> dict:
+    """Mean, sample std and the two-sided Student-t interval of the mean over seeds."""
+    a = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    n = int(a.size)
+    out = {"n": n, "mean": float(a.mean()) if n else float("nan"),
+           "std": float(a.std(ddof=1)) if n > 1 else float("nan"),
+           "lo": float("nan"), "hi": float("nan")}
+    if n > 1:
+        from scipy.stats import t
+        half = t.ppf((1 + confidence) / 2, n - 1) * out["std"] / math.sqrt(n)
+        out["lo"], out["hi"] = out["mean"] - half, out["mean"] + half
+    return out
+
+
+def _side(iv: dict, bound: float = 0.0) -> str:
+    if iv["n"] < 2:
+        return "unknown"
+    if iv["lo"] > bound:
+        return "above"
+    if iv["hi"] < bound:
+        return "below"
+    return "within"
+
+
+def _fmt_iv(iv: dict, digits: int = 3) -> str:
+    if iv["n"] == 0:
+        return "-"
+    if iv["n"] < 2:
+        return f"{iv['mean']:.{digits}f}"
+    return f"{iv['mean']:+.{digits}f} [{iv['lo']:+.{digits}f}, {iv['hi']:+.{digits}f}]"
+
+
+def _ms(values, digits: int = 3) -> str:
+    a = [v for v in values if v is not None and not math.isnan(v)]
+    if not a:
+        return "-"
+    if len(a) == 1:
+        return f"{a[0]:.{digits}f}"
+    return f"{np.mean(a):.{digits}f} ± {np.std(a, ddof=1):.{digits}f}"
+
+
+# ----------------------------------------------------------------------------- claims
+
+def _get(results: dict, label: str, bench: str, L: int):
+    per_len = results["rows"].get(label, {}).get("eval", {}).get(bench, {})
+    v = per_len.get(L, per_len.get(str(L)))
+    return float("nan") if v is None else v
+
+
+def _stage(results: dict, label: str, k: int, key: str):
+    st = results["rows"].get(label, {}).get("stages", [])
+    v = st[k].get(key) if k < len(st) else None
+    return float("nan") if v is None else v
+
+
+def judge(settings: StudySettings, per_seed: list[dict], lengths: list[int], base_ctx: int,
+          stages: int) -> list[dict]:
+    """The three verdicts, each with the numbers behind it."""
+    conf, T = settings.confidence, settings.treatment
+    one_seed = len(per_seed) < 2
+    verdicts = []
+
+    # Claim 1: beats the best baseline beyond the base context, more so at longer lengths.
+    beyond = [L for L in lengths if L > base_ctx]
+    d_by_len, best_by_len = {}, {}
+    for L in beyond:
+        means = {b: np.nanmean([_get(r, b, "probe_gain", L) for r in per_seed]) for b in
+                 settings.baselines}
+        best = max(means, key=lambda b: means[b])
+        best_by_len[L] = best
+        d_by_len[L] = interval([_get(r, T, "probe_gain", L) - _get(r, best, "probe_gain", L)
+                                for r in per_seed], conf)
+    slopes = []
+    for r in per_seed:
+        x = np.log2(beyond)
+        y = [_get(r, T, "probe_gain", L) - _get(r, best_by_len[L], "probe_gain", L)
+             for L in beyond]
+        slopes.append(float(np.polyfit(x, y, 1)[0]) if len(beyond) > 1 else float("nan"))
+    slope = interval(slopes, conf)
+    sides = [_side(d_by_len[L]) for L in beyond]
+    if one_seed:
+        v = "not resolvable (one seed)"
+    elif beyond and all(s == "above" for s in sides) and _side(slope) == "above":
+        v = "supported"
+    elif any(s == "below" for s in sides):
+        v = "not supported"
+    else:
+        v = "not resolvable at this scale"
+    verdicts.append({
+        "claim": f"1. {T} beats {' and '.join(settings.baselines)}, more so at longer lengths",
+        "verdict": v,
+        "numbers": "; ".join(f"{L}: {T} − {best_by_len[L]} = {_fmt_iv(d_by_len[L])} nats"
+                             for L in beyond)
+                   + f"; slope per doubling {_fmt_iv(slope)}",
+        "detail": {"d": {str(L): d_by_len[L] for L in beyond}, "slope": slope,
+                   "best_baseline": {str(L): b for L, b in best_by_len.items()}}})
+
+    # Claim 2: larger loss gaps on its own data than the static baseline, after stage 0.
+    later = list(range(1, stages))
+    diffs = []
+    for r in per_seed:
+        ds = [_stage(r, T, k, "loss_gap_frontier")
+              - _stage(r, settings.static_baseline, k, "loss_gap_frontier") for k in later]
+        diffs.append(float(np.nanmean(ds)) if ds and not np.all(np.isnan(ds)) else float("nan"))
+    d2 = interval(diffs, conf)
+    if one_seed:
+        v = "not resolvable (one seed)"
+    elif not later:
+        v = "not resolvable (a single stage)"
+    else:
+        v = {"above": "supported", "below": "not supported"}.get(_side(d2),
+                                                                "not resolvable at this scale")
+    progression = {lab: [_ms([_stage(r, lab, k, "loss_gap_frontier") for r in per_seed])
+                         for k in range(stages)] for lab in (T, settings.static_baseline)}
+    verdicts.append({
+        "claim": f"2. {T}'s data carry larger loss gaps than {settings.static_baseline}'s "
+                 f"(stages 1..{stages - 1})",
+        "verdict": v,
+        "numbers": f"{T} − {settings.static_baseline} = {_fmt_iv(d2)} nats; per stage "
+                   + "; ".join(f"{lab} " + " → ".join(p) for lab, p in progression.items()),
+        "detail": {"d": d2}})
+
+    # Claim 3: short-context loss kept (relative to the untouched base model).
+    rel = []
+    for r in per_seed:
+        b, t_ = _stage(r, "base", 0, "short_loss"), _stage(r, T, stages - 1, "short_loss")
+        rel.append((t_ - b) / b if b and not math.isnan(b) else float("nan"))
+    r3 = interval(rel, conf)
+    tol = settings.short_loss_tolerance
+    if one_seed:
+        v = "not resolvable (one seed)"
+    elif r3["n"] > 1 and r3["hi"] <= tol:
+        v = "supported"
+    elif r3["n"] > 1 and r3["lo"] > tol:
+        v = "not supported"
+    else:
+        v = "not resolvable at this scale"
+    verdicts.append({
+        "claim": f"3. short-context skill kept (held-out short loss within +{tol:.0%} of base)",
+        "verdict": v,
+        "numbers": f"relative change {_fmt_iv(r3)}",
+        "detail": {"relative_change": r3}})
+    return verdicts
+
+
+# ----------------------------------------------------------------------------- the report
+
+def _plots(per_seed: list[dict], labels: list[str], lengths: list[int], stages: int,
+           out: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+
+    def band(ax, xs, series, label):
+        a = np.asarray(series, dtype=float)          # [seeds, x]
+        m = np.nanmean(a, axis=0)
+        ax.plot(xs, m, marker="o", label=label)
+        if a.shape[0] > 1:
+            s = np.nanstd(a, axis=0, ddof=1)
+            ax.fill_between(xs, m - s, m + s, alpha=0.15)
+
+    for bench, ylabel in [("probe_gain", "probe gain: control NLL − value NLL (nats)"),
+                          ("probe", "probe accuracy (value is the argmax)")]:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for lab in labels:
+            band(ax, lengths, [[_get(r, lab, bench, L) for L in lengths] for r in per_seed], lab)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("distance: context length (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{bench} by length (mean ± std over {len(per_seed)} seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        p = out / f"{bench}.png"
+        fig.tight_layout()
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        files.append(p)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, title in [(axes[0], "loss_gap_probe", "loss gap, fixed probe set"),
+                           (axes[1], "loss_gap_frontier", "loss gap, the stage's own data")]:
+        for lab in labels:
+            if lab == "base":
+                continue
+            series = [[_stage(r, lab, k, key) for k in range(stages)] for r in per_seed]
+            if np.all(np.isnan(np.asarray(series, dtype=float))):
+                continue
+            band(ax, list(range(stages)), series, lab)
+        ax.set_xlabel("stage")
+        ax.set_ylabel("nats")
+        ax.set_title(title)
+        ax.set_xticks(list(range(stages)))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    p = out / "loss_gaps.png"
+    fig.tight_layout()
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    files.append(p)
+    return files
+
+
+def write_study_report(settings: StudySettings, spec: Spec, study_path: str, per_seed: list[dict],
+                       seeds: list[int], run_ids: list[str], base_ctx: int,
+                       wall: dict) -> Path:
+    report = Path(settings.report)
+    img = report.parent / "img" / report.stem
+    lengths = list(spec.eval.lengths)
+    stages = spec.stages.count
+    labels = ["base"] + [m.label or m.name for m in spec.methods]
+    verdicts = judge(settings, per_seed, lengths, base_ctx, stages)
+    files = _plots(per_seed, labels, lengths, stages, img)
+    rel = lambda p: Path(p).relative_to(report.parent).as_posix()  # noqa: E731
+    n = len(per_seed)
+    L = []
+    L.append(f"# The sandbox study: do the PolicyLong paper's claims reproduce at small scale?\n")
+    L.append(f"Generated by `policylong study {study_path}` from the MLflow runs of "
+             f"{n} seed{'s' if n > 1 else ''} ({', '.join(map(str, seeds))}; experiment "
+             f"`{spec.tracking.experiment or spec.name}`, parent runs "
+             f"{', '.join(f'`{r[:8]}`' for r in run_ids)}). Every number is the mean ± sample "
+             f"std over seeds; differences are paired by seed with a two-sided "
+             f"{settings.confidence:.0%} Student-t interval in brackets.\n")
+    L.append("## Protocol (fixed in the study file before any result)\n")
+    L.append(f"- Methods: {', '.join(labels)} (`base` is the untouched sandbox model); the "
+             f"papers' default hyperparameters (α {spec.screening.alpha}, ε "
+             f"{spec.screening.epsilon}, signal `{spec.screening.signal}`), none tuned.")
+    L.append(f"- Budget: {stages} stages × {spec.stages.tokens_per_stage:,} tokens at target "
+             f"length {spec.stages.target_length}, the same for every method; training: lr "
+             f"{spec.train.lr}, {spec.train.batch_tokens:,} tokens per step; RoPE θ "
+             f"{spec.context_extension.rope_theta:g}.")
+    L.append(f"- Probe: planted values of held-out entities at context lengths "
+             f"{', '.join(map(str, lengths))} (base context {base_ctx}: "
+             f"{', '.join(f'{x // base_ctx}×' for x in lengths)}), each against a control of "
+             f"equal length without the profile; gain = control NLL − NLL of the value.")
+    L.append("- Loss gap (NLL of anchor tokens without − with their context) after each stage, "
+             "on the fixed probe set and on the stage's own data; short-context loss: mean "
+             "NLL per token of 200 held-out profiles and references, each scored alone.")
+    L.append(f"- Decision rules: see `harness/study.py` (module docstring); tolerance for claim 3 "
+             f"+{settings.short_loss_tolerance:.0%}.\n")
+    L.append("## Verdicts\n")
+    L.append("| claim | verdict | numbers |")
+    L.append("|---|---|---|")
+    for v in verdicts:
+        L.append(f"| {v['claim']} | **{v['verdict']}** | {v['numbers']} |")
+    L.append("")
+    L.append("## Probe by distance\n")
+    for bench, title in [("probe_gain", "Gain (nats)"), ("probe", "Accuracy")]:
+        L.append(f"{title}:\n")
+        L.append("| method | " + " | ".join(f"{x} ({x // base_ctx}×)" for x in lengths) + " |")
+        L.append("|---|" + "---|" * len(lengths))
+        for lab in labels:
+            L.append(f"| {lab} | " + " | ".join(_ms([_get(r, lab, bench, x) for r in per_seed])
+                                                 for x in lengths) + " |")
+        L.append("")
+    L.append(f"![probe gain]({rel(files[0])})\n")
+    L.append(f"![probe accuracy]({rel(files[1])})\n")
+    L.append("## Loss gaps per stage, and what the stages are made of\n")
+    keys = [("loss_gap_probe", "loss gap, probe set"), ("loss_gap_frontier", "loss gap, own data"),
+            ("anchors_per_1k", "anchors / 1K"), ("accept_rate", "accept rate"),
+            ("train_loss", "train loss")]
+    L.append("| method | stage | " + " | ".join(t for _, t in keys) + " |")
+    L.append("|---|---|" + "---|" * len(keys))
+    for lab in labels[1:]:
+        for k in range(stages):
+            L.append(f"| {lab} | {k} | " + " | ".join(
+                _ms([_stage(r, lab, k, key) for r in per_seed]) for key, _ in keys) + " |")
+    L.append(f"\nBase model, probe-set loss gap: "
+             f"{_ms([_stage(r, 'base', 0, 'loss_gap_probe') for r in per_seed])}.\n")
+    L.append(f"![loss gaps]({rel(files[2])})\n")
+    L.append("## Short-context loss (held-out, each sequence alone)\n")
+    L.append("| method | short loss (nats/token) |")
+    L.append("|---|---|")
+    for lab in labels:
+        k = 0 if lab == "base" else stages - 1
+        L.append(f"| {lab} | {_ms([_stage(r, lab, k, 'short_loss') for r in per_seed], 4)} |")
+    L.append("")
+    L.append("## Cost on this machine\n")
+    L.append("Per seed, per method: the stage loop (construction, training, probes) and the "
+             "part of it spent constructing data (for PolicyLong's stages after the first that "
+             "is the on-policy re-screening).\n")
+    L.append("| method | stage loop (s) | construction (s) | construction after stage 0 (s) |")
+    L.append("|---|---|---|---|")
+    for lab in labels[1:]:
+        tot = [np.nansum([_stage(r, lab, k, "stage_seconds") for k in range(stages)])
+               for r in per_seed]
+        con = [np.nansum([_stage(r, lab, k, "build_seconds") for k in range(stages)])
+               for r in per_seed]
+        later = [np.nansum([_stage(r, lab, k, "build_seconds") for k in range(1, stages)])
+                 for r in per_seed]
+        L.append(f"| {lab} | {_ms(tot, 0)} | {_ms(con, 0)} | {_ms(later, 0)} |")
+    if wall:
+        L.append("\nWall time of each seed's comparison (including the shared index, the base "
+                 "evaluation and every probe): "
+                 + ", ".join(f"seed {s}: {t / 60:.1f} min" for s, t in sorted(wall.items()))
+                 + ".\n")
+    notes = Path(study_path).with_suffix(".discussion.md")
+    if notes.is_file():
+        L.append("## Discussion (written after the results)\n")
+        L.append(notes.read_text().strip() + "\n")
+    report.parent.mkdir(parents=True, exist_ok=True)
+    from harness.fileio import atomic_write_text
+    atomic_write_text(report, "\n".join(L))
+    atomic_write_text(report.with_suffix(".json"), json.dumps(
+        {"seeds": seeds, "run_ids": run_ids, "verdicts": verdicts, "wall_seconds": wall},
+        indent=2, default=float))
+    return report
+
+
+def _base_context(spec: Spec) -> int:
+    from harness.pipeline import resolve_inputs
+
+    base, _ = resolve_inputs(spec)
+    return int(json.loads((Path(base) / "config.json").read_text())["max_position_embeddings"])
+
+
+def study(path: str, overrides: list[str] | None = None, seeds: list[int] | None = None,
+          report_only: bool = False) -> Path:
+    from harness.compare import compare
+    from harness.fileio import atomic_write_text
+    from harness.report import from_mlflow
+    from harness.tracking import Tracking, check_reachable, resolve_uri
+
+    settings, spec = load_study(path, overrides)
+    if seeds:
+        settings = settings.model_copy(update={"seeds": list(seeds)})
+    uri = resolve_uri(spec.tracking.uri)
+    check_reachable(uri)
+    times_file = Path(spec.output_dir) / "study-wall-seconds.json"
+    wall = json.loads(times_file.read_text()) if times_file.exists() else {}
+    if not report_only:
+        for s in settings.seeds:
+            _log(f"seed {s}: {len(spec.methods)} methods + base")
+            t0 = time.perf_counter()
+            compare(seed_spec(spec, s))
+            dt = time.perf_counter() - t0
+            if dt > 60 or str(s) not in wall:      # a cached rerun keeps the timing of the work
+                wall[str(s)] = dt
+            Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(times_file, json.dumps(wall, indent=2))
+    tracking = Tracking(uri, spec.tracking.experiment or spec.name)
+    per_seed, run_ids, done = [], [], []
+    for s in settings.seeds:
+        run = _parent_run(tracking, seed_spec(spec, s))
+        if run is None:
+            raise SpecError(f"seed {s} of {path} has no finished comparison in {uri}; run "
+                            f"`policylong study {path}` without --report-only first")
+        per_seed.append(from_mlflow(tracking, run.info.run_id))
+        run_ids.append(run.info.run_id)
+        done.append(s)
+    report = write_study_report(settings, spec, path, per_seed, done, run_ids,
+                                _base_context(spec), {int(k): v for k, v in wall.items()
+                                                      if int(k) in done})
+    _log(f"report: {report}")
+    return report

@@ -1,0 +1,129 @@
+"""The sandbox study: decision rules on made-up seeds (each verdict reachable), and a reduced
+two-seed study end to end (compare per seed → MLflow → report with verdicts and plots)."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.study import StudySettings, interval, judge
+
+REPO = Path(__file__).resolve().parents[1]
+LENGTHS, BASE_CTX, STAGES = [512, 1024, 2048, 4096], 512, 3
+
+
+def fake_seed(gain: dict[str, list[float]], frontier: dict[str, list[float]],
+              short: dict[str, float]) -> dict:
+    rows = {}
+    for label in ("base", "standard", "nextlong", "entropylong", "policylong"):
+        g = gain.get(label, [0.0] * len(LENGTHS))
+        stages = [{"loss_gap_frontier": f} for f in frontier.get(label, [])] or \
+                 [{} for _ in range(STAGES)]
+        if label in short:
+            k = 0 if label == "base" else STAGES - 1
+            stages[k]["short_loss"] = short[label]
+        rows[label] = {"eval": {"probe_gain": dict(zip(LENGTHS, g))}, "stages": stages}
+    return {"rows": rows}
+
+
+def seeds(treat_gain, treat_frontier, treat_short, noise=(0.0, 0.01, -0.01)):
+    out = []
+    for e in noise:
+        out.append(fake_seed(
+            {"entropylong": [0.5, 0.3, 0.2, 0.1], "nextlong": [0.4, 0.2, 0.1, 0.0],
+             "policylong": [x + e for x in treat_gain]},
+            {"entropylong": [0.1, 0.1, 0.1], "policylong": [0.1 + e] + [f + e for f in treat_frontier]},
+            {"base": 1.0, "policylong": treat_short + e}))
+    return out
+
+
+def verdicts(per_seed):
+    return [v["verdict"] for v in judge(StudySettings(), per_seed, LENGTHS, BASE_CTX, STAGES)]
+
+
+def test_each_verdict_is_reachable_and_follows_the_rules():
+    # better than the best baseline everywhere beyond 512, more so at longer lengths
+    assert verdicts(seeds([0.5, 0.5, 0.6, 0.8], [0.3, 0.5], 1.01)) == ["supported"] * 3
+    # clearly worse somewhere beyond the base context; smaller loss gaps; short loss up 20 %
+    assert verdicts(seeds([0.5, 0.1, 0.2, 0.1], [0.0, 0.0], 1.2)) == ["not supported"] * 3
+    # differences inside the seed noise
+    noisy = (0.0, 0.3, -0.3)
+    assert verdicts(seeds([0.5, 0.3, 0.2, 0.1], [0.1, 0.1], 1.05, noise=noisy)) == \
+        ["not resolvable at this scale"] * 3
+    # one seed: no interval, no verdict
+    assert verdicts(seeds([0.5, 0.5, 0.6, 0.8], [0.3, 0.5], 1.0)[:1]) == \
+        ["not resolvable (one seed)"] * 3
+
+
+def test_interval_is_the_student_t_interval():
+    iv = interval([1.0, 2.0, 3.0], 0.95)
+    assert iv["mean"] == pytest.approx(2.0) and iv["std"] == pytest.approx(1.0)
+    # t_{0.975, 2} = 4.3027
+    assert iv["hi"] - iv["mean"] == pytest.approx(4.3027 / 3 ** 0.5, rel=1e-4)
+    assert interval([float("nan"), 1.0], 0.95)["n"] == 1
+
+
+def test_study_file_errors_name_the_key(tmp_path):
+    from harness.config import SpecError, load_spec
+    from harness.study import load_study
+
+    data = yaml.safe_load((REPO / "runs/study/sandbox.yaml").read_text())
+    data["study"]["seed"] = [0]
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match=r"study\.seed: unknown key \(did you mean 'study\.seeds'"):
+        load_study(p)
+    data["study"] = {"treatment": "policylon"}
+    p.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match="did you mean 'policylong'"):
+        load_study(p)
+    with pytest.raises(SpecError, match="is a study file"):
+        load_spec(REPO / "runs/study/sandbox.yaml")
+
+
+@pytest.mark.slow
+def test_two_seed_micro_study_end_to_end(tmp_path, monkeypatch):
+    from harness.study import study
+    from harness.tracking import Tracking
+
+    monkeypatch.setenv("POLICYLONG_SANDBOX_DIR", str(tmp_path / "sandbox"))
+    data = yaml.safe_load((REPO / "runs/study/sandbox.yaml").read_text())
+    data["output_dir"] = str(tmp_path / "out")
+    data["study"].update({"seeds": [0, 1], "report": str(tmp_path / "docs" / "study.md")})
+    data["stages"] = {"count": 2, "tokens_per_stage": 4 * 1024, "target_length": 1024}
+    data["retrieval"]["top_k"] = 4
+    data["train"].update({"batch_tokens": 2048, "micro_batch": 2})
+    data["context_extension"] = {"rope_theta": 20000.0, "max_position_embeddings": 1024}
+    data["eval"] = {"lengths": [512, 1024], "samples_per_task": 4,
+                    "benchmarks": [{"name": "probe"}]}
+    data["tracking"] = {"uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    data["methods"] = [m for m in data["methods"] if m["name"] != "standard"]
+    path = tmp_path / "micro-study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    (tmp_path / "micro-study.discussion.md").write_text("Written after the results.")
+
+    report = study(str(path))
+    text = report.read_text()
+    for claim in ("1. policylong beats", "2. policylong's data", "3. short-context"):
+        assert claim in text
+    for label in ("base", "nextlong", "entropylong", "policylong"):
+        assert f"| {label} |" in text
+    assert "## Discussion (written after the results)" in text
+    summary = json.loads(report.with_suffix(".json").read_text())
+    assert summary["seeds"] == [0, 1] and len(set(summary["run_ids"])) == 2
+    assert all(v["verdict"] for v in summary["verdicts"])
+    for png in ("probe_gain.png", "probe.png", "loss_gaps.png"):
+        assert (report.parent / "img" / "study" / png).stat().st_size > 1000
+    # the seeds really differ (construction and training are re-seeded) and both are in MLflow
+    tracking = Tracking(data["tracking"]["uri"], data["name"])
+    parents = [r for r in tracking.client.search_runs([tracking.experiment_id])
+               if r.info.run_name.startswith("compare-")]
+    assert len(parents) == 2
+    sha = [json.loads(p.read_text())["dataset_sha256"] for p in
+           sorted((tmp_path / "out").glob("seed-*/policylong/*/stage-0/dataset/manifest.json"))]
+    assert len(sha) == 2 and sha[0] != sha[1]
+    # the short-context loss is measured for the base model and every final checkpoint
+    assert "| base | " in text.split("## Short-context loss")[1]
+    # regenerating from MLflow alone gives the same verdicts
+    again = study(str(path), report_only=True)
+    assert json.loads(again.with_suffix(".json").read_text())["verdicts"] == summary["verdicts"]
