@@ -137,6 +137,8 @@ class LongBenchV2:
                              f"got {p['prompt']!r}")
         self.reserve = int(p.get("reserve", lb.MAX_NEW_TOKENS + 32))
         self._items: list[dict] | None = None
+        if self.path is not None:    # a given file is read and checked now, before any run
+            self.items()
 
     def tasks(self) -> list[str]:
         return ["overall"]

@@ -48,9 +48,12 @@ def _sandbox_build(args) -> int:
 
 def _construct(args) -> int:
     from harness.config import load_spec
-    from harness.pipeline import construct
+    from pathlib import Path
+
+    from harness.pipeline import check_writable, construct
 
     spec = load_spec(args.spec, args.override)
+    check_writable(Path(spec.output_dir), "output_dir")
     out = construct(spec, args.method, args.stage)
     print((out / "manifest.json").read_text())
     return 0

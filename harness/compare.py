@@ -209,6 +209,9 @@ def compare(spec: Spec) -> Path:
     from harness.pipeline import make_method, preflight
     for m in spec.methods:  # fail on bad method params before any work
         make_method(spec, m.label or m.name)
+    from harness import evaluate  # and on unknown benchmarks or missing benchmark data
+    evaluate.load_benchmarks(spec, [b.name for b in spec.eval.benchmarks
+                                    if b.name not in evaluate.SCORED_BY_LOSS])
     preflight(spec)
     h = spec_hash(spec)
     t0 = time.perf_counter()

@@ -68,6 +68,7 @@ class CorpusSpec(Strict):
     text_field: str = "text"
     id_field: str | None = "id"
     on_error: Literal["raise", "skip"] = "raise"
+    max_doc_chars: int = Field(4_000_000, gt=0)   # ours: longer documents are refused
 
 
 class RetrievalSpec(Strict):

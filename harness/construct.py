@@ -131,13 +131,31 @@ def prepare_resources(spec: Spec, tokenizer, corpus_path: str, cache_dir: Path) 
     from harness.corpus import TokenStore, cache_key, read_corpus
 
     c = spec.corpus
-    docs, report = read_corpus(corpus_path, c.text_field, c.id_field, c.on_error)
+    docs, report = read_corpus(corpus_path, c.text_field, c.id_field, c.on_error,
+                               c.max_doc_chars)
     if report.n_skipped:
         print(f"[corpus] {report.summary()}", file=sys.stderr)
     key = cache_key(report.fingerprint, tokenizer)
     store = _collective(lambda: TokenStore.get_or_build(docs, tokenizer, cache_dir / "tokens",
                                                         key))
+    check_budget(spec, corpus_path, len(docs), store.n_tokens)
     return Resources(spec, docs, store, tokenizer, cache_dir, report.fingerprint)
+
+
+MAX_EPOCHS = 50   # a stage may revisit the corpus's roots at most this many times (ours)
+
+
+def check_budget(spec: Spec, corpus_path: str, n_docs: int, n_tokens: int) -> None:
+    """Refuse, before the index is built, a corpus that cannot fill one stage's budget."""
+    from harness.corpus import CorpusError
+
+    need = spec.stages.tokens_per_stage
+    if n_docs < 2 or n_tokens * MAX_EPOCHS < need:
+        raise CorpusError(
+            f"{corpus_path}: {n_docs} documents, {n_tokens:,} tokens: too small for "
+            f"stages.tokens_per_stage {need:,} (a stage revisits the corpus at most "
+            f"{MAX_EPOCHS} times, and retrieval needs at least 2 documents): give a larger "
+            f"corpus or lower stages.tokens_per_stage")
 
 
 @dataclass
@@ -223,9 +241,13 @@ def build_stage(method: Method, ctx: StageContext, out_dir: Path, root_start: in
         bar.update(min(filled, rows_wanted * T) - bar.n)
         if filled >= rows_wanted * T * 1.02 + T:
             break
-        if roots_seen > 50 * n_docs:
-            raise RuntimeError(f"{method.name}: could not fill {rows_wanted * T} tokens from "
-                               f"{n_docs} documents after {roots_seen} roots")
+        if roots_seen > MAX_EPOCHS * n_docs:
+            from harness.corpus import CorpusError
+            raise CorpusError(f"{method.name}: could not fill stages.tokens_per_stage "
+                              f"({rows_wanted * T:,} tokens) from the corpus's {n_docs} "
+                              f"documents in {MAX_EPOCHS} passes ({roots_seen} roots, "
+                              f"{filled:,} tokens): give a larger corpus or lower "
+                              f"stages.tokens_per_stage")
     bar.close()
     pad = res.tokenizer.pad_token_id if res.tokenizer.pad_token_id is not None else 0
     ids, gidx, placed = pack_groups(groups, T, pad, rows_wanted * T)

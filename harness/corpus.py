@@ -18,7 +18,8 @@ fields of ``config.CorpusSpec``, so ``read_corpus(**spec.corpus.model_dump())`` 
 
 Bad input never passes silently: malformed JSON, a line that is not an object, a missing text
 or id field, a non-string text, an empty or whitespace-only text, non-UTF-8 bytes and duplicate
-ids are each a ``CorpusError`` naming file, line and what was expected (``on_error='raise'``),
+ids and a document over ``max_doc_chars`` characters are each a ``CorpusError`` naming file,
+line and what was expected (``on_error='raise'``),
 or are skipped and counted per reason in the report (``on_error='skip'``). Zero usable
 documents is always an error. Blank lines in a jsonl file are not records; they are counted.
 
@@ -73,6 +74,12 @@ NON_UTF8 = "non_utf8"
 MISSING_ID = "missing_id"
 BAD_ID = "bad_id"
 DUPLICATE_ID = "duplicate_id"
+TOO_LONG = "too_long"
+BINARY = "binary"
+# A document longer than this (characters) is refused: ours. A single enormous line is far more
+# often a broken export (a whole corpus on one line, a binary blob) than one real document, and
+# it would cost hours of embedding before anything failed.
+MAX_DOC_CHARS = 4_000_000
 
 
 class CorpusError(ValueError):
@@ -208,6 +215,11 @@ def _to_document(record: Mapping, where: str, default_id: str, source: str, line
 
 def _decode(raw: bytes, line_of: Callable[[int], str], problems: Problems) -> str | None:
     """``raw`` as UTF-8; ``line_of(byte offset)`` names the location of a bad byte."""
+    nul = raw.find(b"\x00")
+    if nul >= 0:        # text never holds NUL bytes: a binary file (or a UTF-16 one)
+        problems(BINARY, line_of(nul), f"binary data (a NUL byte at byte offset {nul}; "
+                 f"expected UTF-8 text)")
+        return None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -417,7 +429,7 @@ def _location(doc: Document, fmt: str) -> str:
 
 
 def read_corpus(path: str | Path, text_field: str = "text", id_field: str | None = "id",
-                on_error: Literal["raise", "skip"] = "raise"
+                on_error: Literal["raise", "skip"] = "raise", max_doc_chars: int = MAX_DOC_CHARS
                 ) -> tuple[list[Document], CorpusReport]:
     """All usable documents of ``path`` in order, and what was read and skipped."""
     path = str(path)
@@ -427,6 +439,11 @@ def read_corpus(path: str | Path, text_field: str = "text", id_field: str | None
     first_seen: dict[str, str] = {}
     for doc in _open_source(path, text_field, id_field, problems):
         where = _location(doc, report.format)
+        if len(doc.text) > max_doc_chars:
+            problems(TOO_LONG, where, f"a document of {len(doc.text):,} characters (expected at "
+                     f"most corpus.max_doc_chars = {max_doc_chars:,}: split it into documents, "
+                     f"or raise the limit)")
+            continue
         if doc.id in first_seen:
             problems(DUPLICATE_ID, where, f"duplicate id {doc.id!r} (expected unique ids; "
                      f"first seen at {first_seen[doc.id]})")

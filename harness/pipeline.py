@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from harness.config import Spec
@@ -56,8 +57,11 @@ def resolve_inputs(spec: Spec) -> tuple[Path | str, str]:
         sandbox = build_sandbox(spec.sandbox)
     model = sandbox / "model" if spec.model.path == "sandbox" else spec.model.path
     corpus = str(sandbox / "corpus.jsonl") if spec.corpus.path == "sandbox" else spec.corpus.path
-    if isinstance(model, Path) or Path(str(model)).exists():
-        check_model_folder(Path(model))
+    text = str(model)
+    # a hub id is "name" or "org/name"; anything else is a local folder, checked as one
+    if isinstance(model, Path) or Path(text).exists() or text.startswith(("/", ".", "~")) \
+            or text.count("/") > 1:
+        check_model_folder(Path(text).expanduser())
     return model, corpus
 
 
@@ -65,6 +69,9 @@ def check_model_folder(path: Path) -> None:
     """Before any work: an HF folder with safetensors weights. Pickle checkpoints
     (``pytorch_model.bin``, ``*.pt``) can run code when loaded and are refused; every load in
     the harness passes ``use_safetensors=True`` and never ``trust_remote_code``."""
+    if not path.exists():
+        raise FileNotFoundError(f"model.path {path}: no such folder (expected an HF model "
+                                f"folder with config.json, or a hub id such as org/name)")
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"model.path {path}: no config.json (expected an HF model "
                                 f"folder or a hub id)")
@@ -86,6 +93,7 @@ def preflight(spec: Spec) -> None:
 
     base, _ = resolve_inputs(spec)
     cfg = AutoConfig.from_pretrained(str(base))
+    check_causal_lm(cfg, base)
     limit = int(getattr(cfg, "max_position_embeddings", 0) or 0)
     ext = spec.context_extension
     T = spec.stages.target_length
@@ -94,6 +102,56 @@ def preflight(spec: Spec) -> None:
                         f"max_position_embeddings {limit} ({base}) and context_extension "
                         f"changes no RoPE setting: set context_extension.rope_theta or "
                         f"context_extension.rope_scaling (linear/yarn with scaling_factor)")
+    from harness.memory import check_training_fits
+    if spec.methods:
+        check_training_fits(cfg, T, spec.train.micro_batch, spec.train.loss_block,
+                            spec.train.gradient_checkpointing)
+    check_writable(Path(spec.output_dir), "output_dir")
+
+
+def check_causal_lm(cfg, base) -> None:
+    """The model must be a causal LM whose tokenizer fits its embedding table."""
+    from transformers import AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from harness.config import SpecError
+
+    archs = list(cfg.architectures or [])
+    if cfg.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (
+            archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)):
+        raise SpecError(f"model.path {base}: model_type '{cfg.model_type}' "
+                        f"({', '.join(cfg.architectures or [])}) is not a causal LM (expected "
+                        f"a model that AutoModelForCausalLM loads, e.g. qwen2 or llama)")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(base))
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"model.path {base}: no usable tokenizer ({exc})") from None
+    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+    if vocab and len(tok) > vocab:
+        raise SpecError(f"model.path {base}: the tokenizer has {len(tok):,} tokens but the "
+                        f"model's vocab_size is {vocab:,}: they do not belong together (ids "
+                        f"past {vocab - 1} would index outside the embedding table)")
+
+
+def check_writable(path: Path, key: str) -> None:
+    """A folder that cannot be written is reported before any work, not after hours of it."""
+    from harness.config import SpecError
+
+    probe_dir = path
+    try:
+        while not probe_dir.exists():   # the nearest existing ancestor must accept a new entry
+            probe_dir = probe_dir.parent
+    except OSError as exc:
+        raise SpecError(f"{key} {path}: cannot access {probe_dir} ({exc.strerror}); choose "
+                        f"a folder you can write, e.g. -o {key}=/tmp/out") from None
+    if not probe_dir.is_dir():
+        raise SpecError(f"{key} {path}: {probe_dir} is a file, not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise SpecError(f"{key} {path}: cannot write in {probe_dir} ({exc.strerror}); choose "
+                        f"a writable folder, e.g. -o {key}=/tmp/out") from None
 
 
 def make_method(spec: Spec, label: str):

@@ -34,7 +34,7 @@ ASSET = Path(__file__).resolve().parents[1] / "assets" / "sandbox-model"
 @dataclasses.dataclass(frozen=True)
 class PretrainRecipe:
     """How the sandbox base model is made. All values are ours (DESIGN §5)."""
-    version: int = 2
+    version: int = 3
     vocab_size: int = 6144        # BPE target; names and values end up single tokens
     layers: int = 2
     hidden: int = 128
@@ -57,6 +57,13 @@ class PretrainRecipe:
     # rest are references alone
     episode_mix: tuple[float, float] = (0.6, 0.8)
     tokenizer_texts: int = 5000
+    # Version 3: a second phase from the first one's weights, with a fresh optimizer and
+    # schedule and fresh rows at the full distance (their own seed streams). In version 2, (b)
+    # levelled off at 0.45-0.5 as phase 1's learning rate decayed (docs/sandbox.md).
+    continue_steps: int = 2000
+    continue_lr: float = 2e-3
+    continue_warmup_steps: int = 50
+    continue_stream_offset: int = 1000
 
 
 RECIPE = PretrainRecipe()
@@ -102,8 +109,11 @@ def train_sandbox_tokenizer(s: SandboxSpec, out_dir: Path, recipe: PretrainRecip
                            model_max_length=1 << 20)
 
 
-def pretraining_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None):
-    """All pre-training rows, in order: the filler gap grows with the row index (curriculum)."""
+def pretraining_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None,
+                     stream_offset: int = 0):
+    """All pre-training rows, in order: the filler gap grows with the row index (curriculum).
+
+    ``stream_offset`` shifts the seeds of the text streams (phase 2 draws fresh rows)."""
     import numpy as np
     from harness.training.packing import pack_stream
 
@@ -129,7 +139,7 @@ def pretraining_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = 
             # Rows hold ~3 episodes at 512 tokens, so ``made / 3`` approximates the row index.
             gap = 1 + int(recipe.max_gap_sentences * min(1.0, made / 3 / ramp))
             stream = streams.setdefault(gap, W.pretraining_texts(
-                ws, gap, gap, recipe.drill_fraction, tuple(recipe.episode_mix)))
+                ws, gap + stream_offset, gap, recipe.drill_fraction, tuple(recipe.episode_mix)))
             texts = list(itertools.islice(stream, 64))
             made += len(texts)
             yield from tokenizer(texts)["input_ids"]
@@ -137,6 +147,25 @@ def pretraining_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = 
     rows = list(itertools.islice(pack_stream(groups(), recipe.context, tokenizer.eos_token_id),
                                  n_rows))
     return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+
+
+def continue_pretraining(s: SandboxSpec, model, tokenizer, recipe: PretrainRecipe | None = None,
+                         log=None) -> None:
+    """Phase 2 of the recipe, in place on ``model`` (phase 1's weights)."""
+    from accelerate import Accelerator
+
+    from harness.training.loop import LoopSettings, RowSource, train_loop
+
+    recipe = recipe or RECIPE
+    rows = dataclasses.replace(recipe, steps=recipe.continue_steps, drill_warmup_steps=0,
+                               curriculum_fraction=1e-6)   # the full distance from the start
+    ids, pos = pretraining_rows(s, tokenizer, rows, stream_offset=recipe.continue_stream_offset)
+    _log(f"phase 2: {ids.size:,} tokens ({recipe.continue_steps} steps)")
+    settings = LoopSettings(steps=recipe.continue_steps, micro_batch=recipe.micro_batch,
+                            grad_accum=1, lr=recipe.continue_lr,
+                            warmup_steps=recipe.continue_warmup_steps,
+                            min_lr_ratio=recipe.min_lr_ratio, log_every=50, seed=s.seed + 1)
+    train_loop(model, RowSource(ids, pos), settings, Accelerator(cpu=True), log=log)
 
 
 def pretrain(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe | None = None,
@@ -166,6 +195,8 @@ def pretrain(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe | None = None
                             lr=recipe.lr, warmup_steps=recipe.warmup_steps,
                             min_lr_ratio=recipe.min_lr_ratio, log_every=50, seed=s.seed)
     train_loop(model, RowSource(ids, pos), settings, Accelerator(cpu=True), log=log)
+    if recipe.continue_steps:
+        continue_pretraining(s, model, tok, recipe, log=log)
     save_checkpoint(model, tok, out_dir)
     shutil.rmtree(tok_dir, ignore_errors=True)
     return out_dir
