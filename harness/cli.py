@@ -133,7 +133,8 @@ def _dashboard(args) -> int:
 def _bench(args) -> int:
     from harness import bench
 
-    what = ["scoring", "verify", "index", "train"] if args.what == "all" else [args.what]
+    what = ["scoring", "verify", "index", "train", "eval"] if args.what == "all" \
+        else [args.what]
     for w in what:
         print(f"# bench {w}", file=sys.stderr, flush=True)
         if w == "scoring":
@@ -145,6 +146,10 @@ def _bench(args) -> int:
             bench.bench_index()
         elif w == "train":
             bench.bench_train()
+        elif w == "eval":
+            bench.bench_eval()
+        elif w == "scaling":   # minutes: not part of "all"
+            bench.bench_scaling(plot=args.plot)
     return 0
 
 
@@ -281,10 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     be = sub.add_parser("bench", allow_abbrev=False,
                         help="benchmarks: one JSON line per setting, then a table")
     be.add_argument("what", nargs="?", default="all",
-                    choices=["all", "scoring", "verify", "index", "train"])
+                    choices=["all", "scoring", "verify", "index", "train", "eval", "scaling"])
     be.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768])
     be.add_argument("--vocabs", type=int, nargs="+", default=[6144, 151936])
     be.add_argument("--device", default="cpu")
+    be.add_argument("--plot", default=None, help="scaling: write the plot here (PNG)")
     be.set_defaults(func=_bench)
     return p
 

@@ -98,7 +98,7 @@ def test_properties_on_held_out_entities(sandbox):
     p = measure_properties(sandbox / "model", probe, alpha=s.alpha, epsilon=s.epsilon)
     assert p["a_value_tokens_anchor_frac"] > 0.9, p
     assert p["planted_anchors"] > 500, p
-    assert p["b_true_dI_H_gt_eps_frac"] > 0.4, p
+    assert p["b_true_dI_H_gt_eps_frac"] > 0.6, p
     assert p["control_dI_H_gt_eps_frac"] < 0.05, p
     assert p["c_lookalike_dI_H_gt_eps_frac"] > 0.6 * p["b_true_dI_H_gt_eps_frac"], p
     assert p["c_nll_separates_frac"] > 0.75, p
