@@ -344,22 +344,28 @@ def _format_errors(err: ValidationError, source: str, root: Any = None, prefix: 
     return "\n".join(lines)
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
-    path = Path(path)
+def read_mapping(path: Path, what: str, overrides: list[str] | None = None) -> dict:
+    """A YAML file's top-level mapping with ``-o key=value`` overrides applied."""
     if not path.is_file():
-        raise SpecError(f"spec file not found: {path}")
+        raise SpecError(f"{what} file not found: {path}")
     try:
         data = _yaml_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise SpecError(f"{path}: a spec must be a mapping at the top level")
-    if "study" in data:
-        raise SpecError(f"{path} is a study file (it has a 'study:' block): run it with "
-                        f"`policylong study {path}`; `policylong check {path}` validates it")
+        raise SpecError(f"{path}: a {what} must be a mapping at the top level")
     for ov in overrides or []:
         key, value = parse_override(ov)
         _set_dotted(data, key, value, str(path))
+    return data
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
+    path = Path(path)
+    data = read_mapping(path, "spec", overrides)
+    if "study" in data:
+        raise SpecError(f"{path} is a study file (it has a 'study:' block): run it with "
+                        f"`policylong study {path}`; `policylong check {path}` validates it")
     return spec_from_data(data, str(path))
 
 

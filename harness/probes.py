@@ -15,6 +15,17 @@ import torch
 from harness.scoring import score_positions
 
 
+def _padded(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and their attention mask."""
+    T = max(len(s) for s in seqs)
+    ids = torch.zeros((len(seqs), T), dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for j, s in enumerate(seqs):
+        ids[j, :len(s)] = torch.tensor(s)
+        mask[j, :len(s)] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def loss_gap(model, triples: list[tuple[list[int], list[int], list[int]]], batch: int = 8,
              device: str = "cpu") -> dict:
@@ -26,13 +37,7 @@ def loss_gap(model, triples: list[tuple[list[int], list[int], list[int]]], batch
         if not chunk:
             continue
         for use_ctx in (False, True):
-            seqs = [(c if use_ctx else []) + d for c, d, _ in chunk]
-            T = max(len(s) for s in seqs)
-            ids = torch.zeros((len(seqs), T), dtype=torch.long)
-            mask = torch.zeros((len(seqs), T), dtype=torch.long)
-            for j, s in enumerate(seqs):
-                ids[j, :len(s)] = torch.tensor(s)
-                mask[j, :len(s)] = 1
+            ids, mask = _padded([(c if use_ctx else []) + d for c, d, _ in chunk])
             pos = [torch.tensor(a) + (len(c) if use_ctx else 0) for c, _, a in chunk]
             scored = score_positions(model, ids.to(device), pos, attention_mask=mask.to(device))
             vals = [float(n.mean()) for _, n in scored]
@@ -57,12 +62,7 @@ def short_context_loss(model, seqs: list[list[int]], batch: int = 16, device: st
         chunk = [s for s in seqs[i:i + batch] if len(s) > 1]
         if not chunk:
             continue
-        T = max(len(s) for s in chunk)
-        ids = torch.zeros((len(chunk), T), dtype=torch.long)
-        mask = torch.zeros((len(chunk), T), dtype=torch.long)
-        for j, s in enumerate(chunk):
-            ids[j, :len(s)] = torch.tensor(s)
-            mask[j, :len(s)] = 1
+        ids, mask = _padded(chunk)
         _, nll = score_tokens(model, ids.to(device), attention_mask=mask.to(device))
         keep = mask[:, 1:].bool()
         total += float(nll[:, 1:].cpu()[keep].double().sum())

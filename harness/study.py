@@ -33,11 +33,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from harness.config import (Spec, SpecError, Strict, _format_errors, _set_dotted, _yaml_load,
-                            parse_override, spec_from_data, spec_hash)
+from harness.config import (Spec, SpecError, Strict, _format_errors, read_mapping,
+                            spec_from_data, spec_hash)
 
 
 class StudySettings(Strict):
@@ -66,17 +65,9 @@ def _log(msg: str) -> None:
 def load_study(path: str | Path, overrides: list[str] | None = None
                ) -> tuple[StudySettings, Spec]:
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"study file not found: {path}")
-    try:
-        data = _yaml_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("study"), dict):
+    data = read_mapping(path, "study", overrides)
+    if not isinstance(data.get("study"), dict):
         raise SpecError(f"{path}: a study file is a comparison spec with a 'study:' mapping")
-    for ov in overrides or []:
-        key, value = parse_override(ov)
-        _set_dotted(data, key, value, str(path))
     block = data.pop("study")
     try:
         settings = StudySettings.model_validate(block)

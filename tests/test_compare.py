@@ -10,8 +10,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def micro_spec_file(tmp_path, sandbox_root) -> Path:
-    data = yaml.safe_load((REPO / "runs" / "smoke.yaml").read_text())
+def micro(data: dict, tmp_path) -> dict:
+    """A spec (or study) mapping shrunk to the micro comparison: 2 stages of 4K tokens at 1K."""
     data["output_dir"] = str(tmp_path / "out")
     data["stages"] = {"count": 2, "tokens_per_stage": 4 * 1024, "target_length": 1024}
     data["screening"]["window"] = 512
@@ -21,6 +21,11 @@ def micro_spec_file(tmp_path, sandbox_root) -> Path:
     data["eval"] = {"lengths": [512, 1024], "samples_per_task": 4,
                     "benchmarks": [{"name": "probe"}]}
     data["tracking"] = {"uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    return data
+
+
+def micro_spec_file(tmp_path, sandbox_root) -> Path:
+    data = micro(yaml.safe_load((REPO / "runs" / "smoke.yaml").read_text()), tmp_path)
     p = tmp_path / "micro.yaml"
     p.write_text(yaml.safe_dump(data))
     return p

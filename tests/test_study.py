@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from harness.study import StudySettings, interval, judge
+from test_compare import micro
 
 REPO = Path(__file__).resolve().parents[1]
 LENGTHS, BASE_CTX, STAGES = [512, 1024, 2048, 4096], 512, 3
@@ -87,16 +88,8 @@ def test_two_seed_micro_study_end_to_end(tmp_path, monkeypatch):
     from harness.tracking import Tracking
 
     monkeypatch.setenv("POLICYLONG_SANDBOX_DIR", str(tmp_path / "sandbox"))
-    data = yaml.safe_load((REPO / "runs/study/sandbox.yaml").read_text())
-    data["output_dir"] = str(tmp_path / "out")
+    data = micro(yaml.safe_load((REPO / "runs/study/sandbox.yaml").read_text()), tmp_path)
     data["study"].update({"seeds": [0, 1], "report": str(tmp_path / "docs" / "study.md")})
-    data["stages"] = {"count": 2, "tokens_per_stage": 4 * 1024, "target_length": 1024}
-    data["retrieval"]["top_k"] = 4
-    data["train"].update({"batch_tokens": 2048, "micro_batch": 2})
-    data["context_extension"] = {"rope_theta": 20000.0, "max_position_embeddings": 1024}
-    data["eval"] = {"lengths": [512, 1024], "samples_per_task": 4,
-                    "benchmarks": [{"name": "probe"}]}
-    data["tracking"] = {"uri": f"sqlite:///{tmp_path}/mlflow.db"}
     data["methods"] = [m for m in data["methods"] if m["name"] != "standard"]
     path = tmp_path / "micro-study.yaml"
     path.write_text(yaml.safe_dump(data))
