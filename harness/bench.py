@@ -450,6 +450,7 @@ def _scaling_plot(rows, path) -> None:
     axes[1].plot([r["target_length"] for r in length], [r["construct_seconds"] for r in length],
                  marker="o", label="construct, 64K-token budget")
     axes[1].set_xscale("log", base=2)
+    axes[1].set_ylim(bottom=0)
     axes[1].set_xlabel("target length (tokens)")
     axes[1].set_ylabel("seconds")
     axes[1].set_title("time vs target length")
