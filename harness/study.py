@@ -263,14 +263,15 @@ def _plots(per_seed: list[dict], labels: list[str], lengths: list[int], stages: 
 
     out.mkdir(parents=True, exist_ok=True)
     files = []
+    colour = {lab: f"C{i}" for i, lab in enumerate(labels)}   # one colour per method everywhere
 
     def band(ax, xs, series, label):
         a = np.asarray(series, dtype=float)          # [seeds, x]
         m = np.nanmean(a, axis=0)
-        ax.plot(xs, m, marker="o", label=label)
+        ax.plot(xs, m, marker="o", label=label, color=colour[label])
         if a.shape[0] > 1:
             s = np.nanstd(a, axis=0, ddof=1)
-            ax.fill_between(xs, m - s, m + s, alpha=0.15)
+            ax.fill_between(xs, m - s, m + s, alpha=0.15, color=colour[label])
 
     for bench, ylabel in [("probe_gain", "probe gain: control NLL − value NLL (nats)"),
                           ("probe", "probe accuracy (value is the argmax)")]:
