@@ -7,12 +7,13 @@ from pathlib import Path
 
 
 def _check(args) -> int:
-    from harness.config import resolved, spec_hash, load_spec
+    from pathlib import Path
+
     import yaml
 
-    from pathlib import Path
-    text = Path(args.spec).read_text(encoding="utf-8") if Path(args.spec).is_file() else ""
-    if "\nstudy:" in "\n" + text:
+    from harness.config import load_spec, read_mapping, resolved, spec_hash
+
+    if "study" in read_mapping(Path(args.spec), "spec"):
         from harness.study import load_study
         settings, spec = load_study(args.spec, args.override)
         print(yaml.safe_dump({"study": settings.model_dump(mode="json")}, sort_keys=False),

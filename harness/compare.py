@@ -236,10 +236,12 @@ def compare(spec: Spec) -> Path:
                              Path(spec.output_dir) / "base" / eval_name(spec))
             _log_eval(child, ev)
             st = {}
-            if triples:
-                st["loss_gap_probe"] = loss_gap(load_eval_model(base), triples)["loss_gap"]
-            if short:
-                st["short_loss"] = short_context_loss(load_eval_model(base), short)
+            if triples or short:
+                model = load_eval_model(base)
+                if triples:
+                    st["loss_gap_probe"] = loss_gap(model, triples)["loss_gap"]
+                if short:
+                    st["short_loss"] = short_context_loss(model, short)
             from harness.tracking import stage_key
             child.log_metrics({stage_key(n): v for n, v in st.items()}, 0)
             results["rows"]["base"] = {"eval": ev, "stages": [st]}

@@ -150,7 +150,7 @@ def train_loop(model, source: RowSource, s: LoopSettings, accelerator,
                     step_offset + step + 1)
         if state_dir is not None and s.save_every and (step + 1) % s.save_every == 0 \
                 and step + 1 < s.steps:
-            save_state(state_dir, accelerator, wrapped, hf_model, opt, step + 1)
+            save_state(state_dir, accelerator, hf_model, opt, step + 1)
             faults.point("train")
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"training loss became {mean_loss} at step {step + 1}")

@@ -23,8 +23,8 @@ def _sharded(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
-def save_state(state_dir: Path, accelerator, wrapped, model, opt, step: int) -> None:
-    """Called on every process; ``wrapped`` is what ``accelerator.prepare`` returned."""
+def save_state(state_dir: Path, accelerator, model, opt, step: int) -> None:
+    """Called on every process (under FSDP each writes its shard)."""
     from safetensors.torch import save_model
 
     tmp = state_dir.with_name(state_dir.name + ".tmp")
