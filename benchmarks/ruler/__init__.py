@@ -22,7 +22,12 @@ tokens_to_generate, the default seed (42) and the size searches follow NVIDIA's 
   where needles may be inserted; the text is unchanged.
 - Lengths below what RULER was written for: where the reference would loop forever (its
   smallest haystack overflows), we search below the increment and shrink by 1; a task that
-  cannot fit at all raises ``TooShort`` (cwe and vt need roughly 1.5-2K tokens). Above that,
+  cannot fit at all raises ``TooShort`` (cwe and vt need roughly 1.5-2K tokens). cwe switches
+  to the reference's full construction at 4,096 (a 40-word example at 10x/3x, the task at
+  ``freq_cw`` 30 / ``freq_ucw`` 3): at least 490 numbered words, which fit 4,096 only for a
+  tokenizer spending under ~8 tokens a word. The sandbox tokenizer spends 9.4 (~4.6K tokens), so
+  there cwe runs at 2,048 (the smaller construction) and is reported too short at 4,096, as the
+  reference's own sizing implies. Above that,
   sizing is the reference's, including its coarse shrink steps (500 essay words, 25 noise
   lines, budget/32 fwe words), so sample lengths vary below ``max_seq_length`` as RULER's do.
 - vt draws distinct variable names by rejection (the reference appends a name on a collision,
