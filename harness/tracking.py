@@ -245,10 +245,17 @@ class Tracking:
 
     @contextlib.contextmanager
     def run(self, name: str, parent: Tracker | None = None,
-            tags: dict[str, str] | None = None) -> Iterator[Tracker]:
+            tags: dict[str, str] | None = None,
+            finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[Tracker]:
+        """A run that ends FINISHED, or FAILED (KILLED on Ctrl-C) with the exception as its
+        ``failure_reason`` tag. Exceptions in ``finished_on`` are planned stops (a pruned trial):
+        the run ends FINISHED and the exception propagates."""
         t = self.start_run(name, parent, tags)
         try:
             yield t
+        except finished_on:
+            self.end_run(t)
+            raise
         except BaseException as exc:
             t.set_tags({"failure_reason": f"{type(exc).__name__}: {exc}"[:5000]})
             self.end_run(t, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

@@ -213,7 +213,10 @@ class Objective:
         _log(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in params.items()))
         tags = {"tune_study": study_name(self.spec), "tune_trial": str(trial.number)}
-        with self.tracking.run(name, parent=self.parent, tags=tags) as run:
+        # A pruned trial ends FINISHED with tune_state=PRUNED, as Optuna's own MLflow callback
+        # records it (a state tag on a finished run), not as a failure.
+        with self.tracking.run(name, parent=self.parent, tags=tags,
+                               finished_on=(optuna.TrialPruned,)) as run:
             run.log_params({f"tune.{k}": v for k, v in params.items()})
             row = run_method(spec, label, self.tracking, run, self.resources, self.tok,
                              self.triples, self.probe, run_name=label, on_stage=on_stage,

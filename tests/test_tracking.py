@@ -124,6 +124,23 @@ def test_failed_run_is_marked(store):
     assert client.get_metric_history(child.run_id, "train/loss")[0].value == 1.0
 
 
+def test_planned_stop_ends_the_run_finished(store):
+    """A pruned trial (a planned stop) is not a failure: its run ends FINISHED, the exception
+    still reaches the caller, and an enclosing run that does not expect it still fails."""
+    import optuna
+
+    tracking = Tracking(uri=f"sqlite:///{store}/mlflow.db", experiment="pruned")
+    with pytest.raises(optuna.TrialPruned):
+        with tracking.run("study") as parent:
+            with tracking.run("trial-0", parent=parent,
+                              finished_on=(optuna.TrialPruned,)) as child:
+                raise optuna.TrialPruned("stage 1")
+    client = MlflowClient(tracking_uri=tracking.uri)
+    assert client.get_run(child.run_id).info.status == "FINISHED"
+    assert "failure_reason" not in client.get_run(child.run_id).data.tags
+    assert client.get_run(parent.run_id).info.status == "FAILED"
+
+
 def test_deleted_experiment_is_restored(store):
     uri = f"sqlite:///{store}/mlflow.db"
     first = Tracking(uri=uri, experiment="deleted-once")
