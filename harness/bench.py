@@ -338,8 +338,8 @@ if phase == "index":
            "index_seconds": time.perf_counter() - t0 - t_sandbox - t_tok}
 else:
     from harness.pipeline import construct
-    m = json.loads((construct(spec, "entropylong", 0, progress=False) / "manifest.json")
-                   .read_text())
+    label = sys.argv[3] if len(sys.argv) > 3 else "entropylong"
+    m = json.loads((construct(spec, label, 0, progress=False) / "manifest.json").read_text())
     st = m.get("stats", {})
     out = {"construct_seconds": m["build_seconds"], "roots": st.get("roots"),
            "candidates": st.get("candidates"), "dataset_tokens": m.get("tokens")}
@@ -347,12 +347,14 @@ print("RESULT " + json.dumps(out))
 '''
 
 
-def _run_phase(phase: str, spec_path, env) -> dict:
-    """One phase in a fresh process: its wall time and peak RSS (``wait4``'s ``ru_maxrss``)."""
+def _run_phase(phase: str, spec_path, env, method: str = "entropylong") -> dict:
+    """One phase in a fresh process: its wall time and peak RSS (``wait4``'s ``ru_maxrss``).
+    ``construct`` builds stage 0 of ``method``."""
     import subprocess
 
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-c", _SCALE_WORKER, phase, str(spec_path)], env=env,
+    p = subprocess.Popen([sys.executable, "-c", _SCALE_WORKER, phase, str(spec_path), method],
+                         env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     out = p.stdout.read()
     _, status, usage = os.wait4(p.pid, 0)      # this child's own peak, not all children's
@@ -365,6 +367,46 @@ def _run_phase(phase: str, spec_path, env) -> dict:
     r[f"{phase}_wall_seconds"] = wall
     r[f"{phase}_peak_rss_mib"] = usage.ru_maxrss / 1024
     return r
+
+
+def bench_construct(tokens_per_stage: int = 32768, out_dir: str | None = None):
+    """Stage-0 construction time of every method on the smoke spec's sandbox at one budget, each
+    method in a fresh process after the shared index is built (once, timed apart). Stage 0 of
+    PolicyLong screens with the base model, as EntropyLong does; its later stages, screened by
+    each new checkpoint, need training and are timed by the comparison and the study
+    (``stage/construct_seconds``)."""
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    smoke = yaml.safe_load((Path(__file__).resolve().parents[1] / "runs" / "smoke.yaml")
+                           .read_text())
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-construct-", dir=out_dir) as tmp:
+        d = json.loads(json.dumps(smoke))
+        d.update(name="bench-construct", output_dir=str(Path(tmp) / "out"),
+                 tracking={"uri": f"sqlite:///{tmp}/mlflow.db"})
+        d["stages"] = dict(d["stages"], count=1, tokens_per_stage=tokens_per_stage)
+        p = Path(tmp) / "spec.yaml"
+        p.write_text(yaml.safe_dump(d))
+        r = _run_phase("index", p, env)
+        print(json.dumps({"bench": "construct", "phase": "index", **r}), flush=True)
+        for m in d["methods"]:
+            r = _run_phase("construct", p, env, m["name"])
+            row = {"bench": "construct", "method": m["name"], "tokens_per_stage": tokens_per_stage,
+                   "seconds": r["construct_seconds"], "wall_seconds": r["construct_wall_seconds"],
+                   "tokens_per_s": tokens_per_stage / r["construct_seconds"],
+                   "roots": r["roots"], "candidates": r["candidates"],
+                   "peak_rss_mib": r["construct_peak_rss_mib"]}
+            rows.append(row)
+        for row in rows:
+            row["vs_standard"] = row["seconds"] / rows[0]["seconds"]
+            print(json.dumps(row), flush=True)
+    _table(rows, ["method", "tokens_per_stage", "seconds", "tokens_per_s", "roots", "candidates",
+                  "peak_rss_mib", "vs_standard"])
+    return rows
 
 
 def bench_scaling(doc_counts=(1000, 3000, 10000), lengths=(1024, 2048, 4096, 8192),

@@ -134,7 +134,7 @@ def _dashboard(args) -> int:
 def _bench(args) -> int:
     from harness import bench
 
-    what = ["scoring", "verify", "index", "train", "eval"] if args.what == "all" \
+    what = ["scoring", "verify", "index", "construct", "train", "eval"] if args.what == "all" \
         else [args.what]
     for w in what:
         print(f"# bench {w}", file=sys.stderr, flush=True)
@@ -145,6 +145,8 @@ def _bench(args) -> int:
             bench.bench_verify(device=args.device)
         elif w == "index":
             bench.bench_index()
+        elif w == "construct":
+            bench.bench_construct()
         elif w == "train":
             bench.bench_train()
         elif w == "eval":
@@ -287,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     be = sub.add_parser("bench", allow_abbrev=False,
                         help="benchmarks: one JSON line per setting, then a table")
     be.add_argument("what", nargs="?", default="all",
-                    choices=["all", "scoring", "verify", "index", "train", "eval", "scaling"])
+                    choices=["all", "scoring", "verify", "index", "construct", "train", "eval",
+                             "scaling"])
     be.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768])
     be.add_argument("--vocabs", type=int, nargs="+", default=[6144, 151936])
     be.add_argument("--device", default="cpu")
