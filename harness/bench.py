@@ -421,6 +421,73 @@ def bench_construct(tokens_per_stage: int | None = None, out_dir: str | None = N
     return rows
 
 
+def bench_overhead(stages: int | None = None, out_dir: str | None = None):
+    """PolicyLong's stage loop against EntropyLong's on the smoke spec at equal budgets (the
+    smoke spec's stage count unless ``stages`` is given): ``policylong compare`` in a fresh
+    process with those two methods and probe-only evaluation, the chunk index built beforehand
+    so that neither method pays for it; per-stage times are read back from MLflow
+    (``stage/build_seconds`` = construction, ``stage/stage_seconds`` = construction, training
+    and the per-stage probes)."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    from harness.tracking import Tracking
+
+    smoke = yaml.safe_load((Path(__file__).resolve().parents[1] / "runs" / "smoke.yaml")
+                           .read_text())
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-", dir=out_dir) as tmp:
+        d = json.loads(json.dumps(smoke))
+        d.update(name="bench-overhead", output_dir=str(Path(tmp) / "out"),
+                 tracking={"uri": f"sqlite:///{tmp}/mlflow.db"},
+                 methods=[{"name": "entropylong"}, {"name": "policylong"}],
+                 eval={"lengths": [d["eval"]["lengths"][0]], "samples_per_task": 5,
+                       "benchmarks": [{"name": "probe"}]})
+        if stages:
+            d["stages"] = dict(d["stages"], count=stages)
+        p = Path(tmp) / "spec.yaml"
+        p.write_text(yaml.safe_dump(d))
+        _run_phase("index", p, env)
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "harness.cli", "compare", str(p)], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if r.returncode:
+            raise RuntimeError(f"compare failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+        wall = time.perf_counter() - t0
+        tracking = Tracking(d["tracking"]["uri"], d["name"])
+        total = {}
+        for run in tracking.client.search_runs([tracking.experiment_id]):
+            label = run.info.run_name
+            if label not in ("entropylong", "policylong"):
+                continue
+            build = dict(tracking.metric_history(run.info.run_id, "stage/build_seconds"))
+            stage = dict(tracking.metric_history(run.info.run_id, "stage/stage_seconds"))
+            accept = dict(tracking.metric_history(run.info.run_id, "stage/accept_rate"))
+            roots = dict(tracking.metric_history(run.info.run_id, "stage/roots"))
+            for k in sorted(stage):
+                rows.append({"bench": "overhead", "method": label, "stage": k,
+                             "construct_seconds": build.get(k), "stage_seconds": stage[k],
+                             "roots": roots.get(k), "accept_rate": accept.get(k)})
+            total[label] = sum(stage.values())
+    rows.sort(key=lambda x: (x["method"], x["stage"]))
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    summary = {"bench": "overhead", "stages": d["stages"]["count"],
+               "entropylong_seconds": total.get("entropylong"),
+               "policylong_seconds": total.get("policylong"),
+               "ratio": total["policylong"] / total["entropylong"], "compare_wall_seconds": wall}
+    print(json.dumps(summary), flush=True)
+    _table(rows, ["method", "stage", "construct_seconds", "stage_seconds", "roots",
+                  "accept_rate"])
+    print(f"PolicyLong / EntropyLong stage loop over {summary['stages']} stages: "
+          f"{summary['ratio']:.2f}x", flush=True)
+    return rows + [summary]
+
+
 def bench_scaling(doc_counts=(1000, 3000, 10000), lengths=(1024, 2048, 4096, 8192),
                   out_dir: str = "runs/out/bench-scaling", plot: str | None = None):
     """Indexing and construction (EntropyLong stage 0, screening included) for sandbox corpora

@@ -134,8 +134,8 @@ def _dashboard(args) -> int:
 def _bench(args) -> int:
     from harness import bench
 
-    what = ["scoring", "verify", "index", "construct", "train", "eval"] if args.what == "all" \
-        else [args.what]
+    everything = ["scoring", "verify", "index", "construct", "train", "eval", "overhead"]
+    what = everything if args.what == "all" else [args.what]
     for w in what:
         print(f"# bench {w}", file=sys.stderr, flush=True)
         if w == "scoring":
@@ -149,6 +149,8 @@ def _bench(args) -> int:
             bench.bench_construct()
         elif w == "train":
             bench.bench_train()
+        elif w == "overhead":
+            bench.bench_overhead(stages=args.stages)
         elif w == "eval":
             bench.bench_eval()
         elif w == "scaling":   # minutes: not part of "all"
@@ -290,11 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="benchmarks: one JSON line per setting, then a table")
     be.add_argument("what", nargs="?", default="all",
                     choices=["all", "scoring", "verify", "index", "construct", "train", "eval",
-                             "scaling"])
+                             "overhead", "scaling"])
     be.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768])
     be.add_argument("--vocabs", type=int, nargs="+", default=[6144, 151936])
     be.add_argument("--device", default="cpu")
     be.add_argument("--plot", default=None, help="scaling: write the plot here (PNG)")
+    be.add_argument("--stages", type=int, default=None,
+                    help="overhead: the number of stages (default: the smoke spec's)")
     be.set_defaults(func=_bench)
     return p
 
