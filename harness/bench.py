@@ -376,6 +376,19 @@ def _run_phase(phase: str, spec_path, env, method: str = "entropylong") -> dict:
     return r
 
 
+def _smoke_data(name: str | None = None, folder=None) -> dict:
+    """The smoke spec as a mapping; with ``name``, its outputs and MLflow store in ``folder``."""
+    from pathlib import Path
+
+    import yaml
+
+    d = yaml.safe_load((Path(__file__).resolve().parents[1] / "runs" / "smoke.yaml").read_text())
+    if name:
+        d.update(name=name, output_dir=str(Path(folder) / "out"),
+                 tracking={"uri": f"sqlite:///{folder}/mlflow.db"})
+    return d
+
+
 def bench_construct(tokens_per_stage: int | None = None, out_dir: str | None = None):
     """Stage-0 construction time of every method on the smoke spec's sandbox at one budget (the
     smoke spec's stage budget unless given), each method in a fresh process after the shared
@@ -389,14 +402,10 @@ def bench_construct(tokens_per_stage: int | None = None, out_dir: str | None = N
 
     import yaml
 
-    smoke = yaml.safe_load((Path(__file__).resolve().parents[1] / "runs" / "smoke.yaml")
-                           .read_text())
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-construct-", dir=out_dir) as tmp:
-        d = json.loads(json.dumps(smoke))
-        d.update(name="bench-construct", output_dir=str(Path(tmp) / "out"),
-                 tracking={"uri": f"sqlite:///{tmp}/mlflow.db"})
+        d = _smoke_data("bench-construct", tmp)
         tokens_per_stage = tokens_per_stage or d["stages"]["tokens_per_stage"]
         d["stages"] = dict(d["stages"], count=1, tokens_per_stage=tokens_per_stage)
         p = Path(tmp) / "spec.yaml"
@@ -436,15 +445,11 @@ def bench_overhead(stages: int | None = None, out_dir: str | None = None):
 
     from harness.tracking import Tracking
 
-    smoke = yaml.safe_load((Path(__file__).resolve().parents[1] / "runs" / "smoke.yaml")
-                           .read_text())
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-overhead-", dir=out_dir) as tmp:
-        d = json.loads(json.dumps(smoke))
-        d.update(name="bench-overhead", output_dir=str(Path(tmp) / "out"),
-                 tracking={"uri": f"sqlite:///{tmp}/mlflow.db"},
-                 methods=[{"name": "entropylong"}, {"name": "policylong"}],
+        d = _smoke_data("bench-overhead", tmp)
+        d.update(methods=[{"name": "entropylong"}, {"name": "policylong"}],
                  eval={"lengths": [d["eval"]["lengths"][0]], "samples_per_task": 5,
                        "benchmarks": [{"name": "probe"}]})
         if stages:
@@ -500,8 +505,7 @@ def bench_scaling(doc_counts=(1000, 3000, 10000), lengths=(1024, 2048, 4096, 819
 
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    smoke = yaml.safe_load((Path(__file__).resolve().parents[1] / "runs" / "smoke.yaml")
-                           .read_text())
+    smoke = _smoke_data()
     env = dict(os.environ, HF_HUB_OFFLINE="1",
                POLICYLONG_SANDBOX_DIR=str(root / "sandbox"))
     rows = []
