@@ -46,10 +46,12 @@ def outcome(out: Path) -> dict:
     from harness.fileio import sha256_file
 
     res = {"datasets": {}, "checkpoints": {}}
+    # keyed by the path below the output folder: <method>/<hash>/stage-<k>
     for m in sorted(out.rglob("dataset/manifest.json")):
-        res["datasets"][m.parent.parent.name] = json.loads(m.read_text())["dataset_sha256"]
+        key = str(m.parent.parent.relative_to(out))
+        res["datasets"][key] = json.loads(m.read_text())["dataset_sha256"]
     for c in sorted(out.rglob("checkpoint/model.safetensors")):
-        res["checkpoints"][c.parent.parent.name] = sha256_file(c)
+        res["checkpoints"][str(c.parent.parent.relative_to(out))] = sha256_file(c)
     res["eval"] = json.loads((out / "report" / "results.json").read_text())["rows"]
     for row in res["eval"].values():
         for st in row["stages"]:
