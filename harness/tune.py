@@ -110,13 +110,24 @@ def _storage(spec: Spec):
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     hb = spec.tune.heartbeat_s
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # heartbeats are flagged experimental in Optuna 5
-        return RDBStorage(url, heartbeat_interval=hb, grace_period=2 * hb,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                              max_retry=2),
-                          engine_kwargs={"connect_args": {"timeout": 60}}
-                          if url.startswith("sqlite") else None)
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    # Opening a new storage creates its tables; two processes opening it at once (workers, a
+    # dashboard, a script reading the study) can race on that ("table ... already exists"):
+    # the loser retries, by which time the tables are there.
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # heartbeats are experimental in Optuna 5
+                return RDBStorage(url, heartbeat_interval=hb, grace_period=2 * hb,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                      max_retry=2),
+                                  engine_kwargs={"connect_args": {"timeout": 60}}
+                                  if url.startswith("sqlite") else None)
+        except (OperationalError, IntegrityError):
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def _pruner(spec: Spec):

@@ -65,9 +65,27 @@ def _trials(storage: str, name: str):
     return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
 
 
+def test_processes_opening_a_new_storage_at_once_all_succeed(tmp_path):
+    """Opening a new sqlite storage creates its tables; without the retry in ``_storage`` one
+    of two processes starting together failed with "table ... already exists" (6 of 8 pairs
+    here), which killed a tuning run whose study was being read at its start."""
+    script = ("import sys, types, warnings; warnings.simplefilter('ignore');"
+              "from harness.tune import _storage;"
+              "t = types.SimpleNamespace(storage=sys.argv[1], heartbeat_s=1);"
+              "_storage(types.SimpleNamespace(tune=t))")
+    for i in range(4):
+        url = f"sqlite:///{tmp_path}/s{i}.db"
+        procs = [subprocess.Popen([sys.executable, "-c", script, url], cwd=REPO,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err[-2000:]
+
+
 @pytest.mark.slow
 def test_tune_completes_and_resumes_after_a_kill(tmp_path):
     from optuna.trial import TrialState
+    from sqlalchemy.exc import OperationalError
 
     from harness.config import load_spec
     from harness.tracking import Tracking
@@ -78,26 +96,28 @@ def test_tune_completes_and_resumes_after_a_kill(tmp_path):
     storage, name = spec.tune.storage, study_name(spec)
     env = dict(os.environ, POLICYLONG_SANDBOX_DIR=str(tmp_path / "sandbox"), HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "harness.cli", "tune", str(p)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    log = open(tmp_path / "tune.log", "w")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.time() + 600
     try:
         while time.time() < deadline:
             if (tmp_path / "optuna.db").exists():
                 try:
                     ts = _trials(storage, name)
-                except KeyError:       # the study is not created yet
+                except (KeyError, OperationalError):   # the study or its tables not made yet
                     ts = []
                 if any(t.state == TrialState.COMPLETE for t in ts) and \
                         any(t.state == TrialState.RUNNING for t in ts):
                     break
-            assert proc.poll() is None, "tune finished before it could be interrupted"
+            assert proc.poll() is None, "tune finished before it could be interrupted:\n" + \
+                (tmp_path / "tune.log").read_text()[-3000:]
             time.sleep(0.5)
         else:
             pytest.fail("no trial completed in time")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        log.close()
     before = _trials(storage, name)
     first = next(t for t in before if t.state == TrialState.COMPLETE)
     killed = next(t for t in before if t.state == TrialState.RUNNING)
