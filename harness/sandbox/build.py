@@ -236,7 +236,7 @@ def build_sandbox(s: SandboxSpec | None = None, from_scratch: bool = False,
         if from_scratch or not shipped_ok:
             if not from_scratch:
                 _log(f"no shipped base model for sandbox seed {s.seed}: pre-training from scratch "
-                     f"(about 35 minutes on 2 cores)")
+                     f"(about 25 minutes on 2 cores)")
             pretrain(s, tmp / "model")
             origin = "from-scratch"
         else:
