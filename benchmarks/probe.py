@@ -9,6 +9,13 @@ grows with the length. The control replaces the profile by filler of the same to
 Per length: ``acc`` (the value is the argmax next token), ``nll`` of the value's first token
 with the profile, ``control_nll`` without it, and ``gain = control_nll - nll``. Scoring runs in
 torch with the anchor-only head (no generation), so it is cheap enough for tuning.
+
+Which entities and which seed: the caller passes ONE split of the sandbox's probe entities
+(``harness.probes.PROBE_SPLITS``; ``harness.compare._probe_set`` returns a split's entities
+only) and that split's seed (``harness.probes.split_seed``): the final evaluation gives the
+``test`` entities with ``spec.seed``, tuning the ``validation`` entities with
+``spec.seed + VALIDATION_SEED_OFFSET``. ``probe_items`` takes the first ``n`` entities of what
+it is given, so it never reaches past the split.
 """
 from __future__ import annotations
 
@@ -28,7 +35,9 @@ def _filler_ids(tokenizer, rng: random.Random, n: int) -> list[int]:
 
 
 def probe_items(tokenizer, probe: list[dict], length: int, n: int, seed: int) -> list[dict]:
-    """``n`` probe inputs of exactly ``length`` tokens (with and without the profile)."""
+    """``n`` probe inputs of exactly ``length`` tokens (with and without the profile), from
+    the first ``n`` entities of ``probe`` (one split's entities, module doc); ``seed`` picks
+    each entity's asked fact and the filler."""
     rng = random.Random(f"probe-{seed}-{length}")
     items = []
     for p in probe[:n]:

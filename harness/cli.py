@@ -6,6 +6,37 @@ import sys
 from pathlib import Path
 
 
+def _tracking_uri(spec_uri: str | None, source: str, flag: str = "tracking.uri") -> str:
+    """The URI a command will use, refused (exit 2) when MLflow cannot open its scheme."""
+    from harness.tracking import check_uri, resolve_uri, uri_origin
+
+    uri = resolve_uri(spec_uri)
+    check_uri(uri, uri_origin(uri, f"{source}: {flag}" if source else flag))
+    return uri
+
+
+def _preflight(spec, source: str) -> None:
+    """What a spec names outside itself, checked before any work: its tracking URI, and that
+    its methods and benchmarks are registered (suggesting close names, ignoring case)."""
+    from harness.registry import check_known
+
+    _tracking_uri(spec.tracking.uri, source)
+    for i, m in enumerate(spec.methods):
+        check_known("method", m.name, f"{source}: methods.{i}.name")
+    for i, b in enumerate(spec.eval.benchmarks):
+        check_known("benchmark", b.name, f"{source}: eval.benchmarks.{i}.name")
+
+
+def _check_method_label(spec, label: str, source: str) -> None:
+    from harness.registry import UnknownName, did_you_mean
+
+    labels = [m.label or m.name for m in spec.methods]
+    if label not in labels:
+        raise UnknownName(f"--method '{label}' is not a method of {source}"
+                          f"{did_you_mean(label, labels)} (its methods: "
+                          f"{', '.join(labels) or 'none'})")
+
+
 def _check(args) -> int:
     from pathlib import Path
 
@@ -16,10 +47,12 @@ def _check(args) -> int:
     if "study" in read_mapping(Path(args.spec), "spec"):
         from harness.study import load_study
         settings, spec = load_study(args.spec, args.override)
+        _preflight(spec, args.spec)
         print(yaml.safe_dump({"study": settings.model_dump(mode="json")}, sort_keys=False),
               end="")
     else:
         spec = load_spec(args.spec, args.override)
+        _preflight(spec, args.spec)
     print(yaml.safe_dump(resolved(spec), sort_keys=False), end="")
     print(f"# config hash: {spec_hash(spec)}")
     return 0
@@ -54,6 +87,8 @@ def _construct(args) -> int:
     from harness.pipeline import check_writable, construct
 
     spec = load_spec(args.spec, args.override)
+    _preflight(spec, args.spec)
+    _check_method_label(spec, args.method, args.spec)
     check_writable(Path(spec.output_dir), "output_dir")
     out = construct(spec, args.method, args.stage)
     print((out / "manifest.json").read_text())
@@ -64,13 +99,16 @@ def _compare(args) -> int:
     from harness.compare import compare
     from harness.config import load_spec
 
-    compare(load_spec(args.spec, args.override))
+    spec = load_spec(args.spec, args.override)
+    _preflight(spec, args.spec)
+    compare(spec)
     return 0
 
 
 def _study(args) -> int:
-    from harness.study import study
+    from harness.study import load_study, study
 
+    _preflight(load_study(args.study, args.override)[1], args.study)
     study(args.study, args.override, seeds=args.seeds, report_only=args.report_only)
     return 0
 
@@ -82,6 +120,7 @@ def _tune(args) -> int:
     from harness import tune as T
 
     spec = load_spec(args.spec, args.override)
+    _preflight(spec, args.spec)
     if args.trials is not None:
         spec = spec.model_copy(update={"tune": spec.tune.model_copy(
             update={"trials": args.trials})})
@@ -97,9 +136,9 @@ def _tune(args) -> int:
 
 
 def _sync(args) -> int:
-    from harness.tracking import resolve_uri, spool_dir, sync_spool
+    from harness.tracking import spool_dir, sync_spool
 
-    sent = sync_spool(resolve_uri(args.uri))
+    sent = sync_spool(_tracking_uri(args.uri, "", "--uri"))
     for run_id, n in sent.items():
         print(f"{run_id}: {n} metrics uploaded")
     if not sent:
@@ -110,13 +149,11 @@ def _sync(args) -> int:
 def _report(args) -> int:
     from harness.config import load_spec
     from harness.report import from_mlflow, write_report
-    from harness.tracking import Tracking, resolve_uri
+    from harness.tracking import Tracking
 
     spec = load_spec(args.spec, []) if args.spec else None
-    uri = resolve_uri(spec.tracking.uri if spec else None)
-    tracking = Tracking(uri, "default")
-    run = tracking.client.get_run(args.run_id)
-    tracking.experiment_id = run.info.experiment_id
+    uri = _tracking_uri(spec.tracking.uri if spec else None, args.spec or "")
+    tracking = Tracking.of_run(uri, args.run_id)    # an unknown id: exit 2, nothing written
     results = from_mlflow(tracking, args.run_id)
     md, html_path, text = write_report(results, Path(args.out))
     print(text)
@@ -126,9 +163,9 @@ def _report(args) -> int:
 
 def _dashboard(args) -> int:
     from harness.dashboard import run_dashboard
-    from harness.tracking import resolve_uri
 
-    return run_dashboard(resolve_uri(args.uri), args.port, args.optuna_storage, args.optuna_port)
+    return run_dashboard(_tracking_uri(args.uri, "", "--uri"), args.port, args.optuna_storage,
+                         args.optuna_port)
 
 
 def _bench(args) -> int:
@@ -161,6 +198,7 @@ def _bench(args) -> int:
 def _eval(args) -> int:
     from harness import evaluate as E
     from harness.config import load_spec, resolved, spec_hash
+    from harness.registry import check_known
     from harness.tracking import Tracking, check_reachable, resolve_uri
 
     overrides = list(args.override)
@@ -169,6 +207,9 @@ def _eval(args) -> int:
     if args.backend:
         overrides.append(f"eval.backend={args.backend}")
     spec = load_spec(args.spec, overrides)
+    _preflight(spec, args.spec)
+    for n in args.bench or []:
+        check_known("benchmark", n, "--bench")
     names = args.bench or [e.name for e in spec.eval.benchmarks]
     want_probe = "probe" in names
     generated = [n for n in names if n not in E.SCORED_BY_LOSS]
@@ -300,13 +341,19 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--stages", type=int, default=None,
                     help="overhead: the number of stages (default: the smoke spec's)")
     be.set_defaults(func=_bench)
+    for parser in (p, *sub.choices.values(), *sbs.choices.values()):
+        parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                            help="show the INFO logs of vLLM, transformers, MLflow, FAISS and "
+                                 "sentence-transformers (silenced otherwise)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from harness.config import SpecError
+    from harness.logs import configure
 
     args = build_parser().parse_args(argv)
+    configure(getattr(args, "verbose", False))    # before any library that logs is imported
     try:
         return args.func(args)
     except SpecError as exc:
@@ -315,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:     # `policylong ls | head`: the reader has all it wanted
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:      # disk full, file size limit, permissions
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -26,24 +26,34 @@ def _log(msg: str) -> None:
     print(f"[compare] {msg}", file=sys.stderr, flush=True)
 
 
-def _probe_set(spec: Spec, tokenizer):
-    """The fixed held-out probe set: the sandbox's probe entities (None for other corpora)."""
+def _probe_entities(spec: Spec) -> list[dict]:
+    """All of the sandbox's held-out probe entities (``probe.jsonl``), in order."""
+    from harness.pipeline import resolve_inputs
+
+    _, corpus = resolve_inputs(spec)
+    return [json.loads(l) for l in (Path(corpus).parent / "probe.jsonl").read_text().splitlines()]
+
+
+def _probe_set(spec: Spec, tokenizer, split: str = "test"):
+    """(loss-gap triples, probe entities) of one split of the sandbox's probe entities
+    (``harness.probes.PROBE_SPLITS``): ``test`` for the final evaluation and the per-stage
+    ``loss_gap_probe``, ``validation`` for tuning. (None, None) for other corpora. The entities
+    returned are the split's only, so whatever takes ``probe[:n]`` stays inside it."""
     if spec.corpus.path != "sandbox":
         return None, None
-    from harness.pipeline import resolve_inputs
-    from harness.probes import sandbox_triples
+    from harness.probes import probe_split, sandbox_triples
 
-    base, corpus = resolve_inputs(spec)
-    probe = [json.loads(l) for l in (Path(corpus).parent / "probe.jsonl").read_text().splitlines()]
-    return sandbox_triples(tokenizer, probe, n=100), probe
+    probe = _probe_entities(spec)
+    return sandbox_triples(tokenizer, probe, split), probe_split(probe, split)
 
 
 def short_set(spec: Spec, tokenizer, probe):
-    """Held-out short sequences for the short-context loss (sandbox only; None otherwise)."""
+    """Held-out short sequences for the short-context loss: the ``short`` split of the probe
+    entities (sandbox only, i.e. when ``probe`` is not None; None otherwise)."""
     if probe is None:
         return None
     from harness.probes import sandbox_short_set
-    return sandbox_short_set(tokenizer, probe) or None
+    return sandbox_short_set(tokenizer, _probe_entities(spec), "short") or None
 
 
 def eval_name(spec: Spec) -> str:
@@ -119,7 +129,7 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
                                 short_context_loss)
     from harness.stage_data import StageDataset
     from harness.tracking import stage_key
-    from harness.training.stage import train_stage
+    from harness.training.stage import optimizer_dir, train_stage
 
     base, _ = resolve_inputs(spec)
     row = {"eval": {}, "stages": []}
@@ -133,15 +143,21 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
             ds_path = construct(spec, label, k, resources=resources)
             ds = StageDataset(ds_path)
             child.log_artifact(ds_path / "manifest.json", f"stage-{k}")
+            t_built = time.perf_counter()
             out = checkpoint_dir(spec, label, k)
+            entering = ckpt
             ckpt = train_stage(ckpt, ds, spec.train, out, tracker=child,
-                               extension=spec.context_extension, step_offset=step_offset)
+                               extension=spec.context_extension, step_offset=step_offset,
+                               stage=k, stages=spec.stages.count,
+                               optimizer_from=optimizer_dir(checkpoint_dir(spec, label, k - 1))
+                               if k else None)
             done = json.loads((Path(ckpt) / "stage_done.json").read_text())
             step_offset += done["steps"]
             cached = Path(ckpt).parent / "stage_metrics.json"
             if cached.exists():          # a finished stage: its probes are not rerun
                 metrics = json.loads(cached.read_text())
             else:
+                t_trained = time.perf_counter()
                 metrics = curriculum_metrics(ds.manifest)
                 metrics["train_loss"] = done.get("final_loss") or float("nan")
                 model = load_eval_model(ckpt)
@@ -149,9 +165,16 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
                     metrics["loss_gap_probe"] = loss_gap(model, triples)["loss_gap"]
                 front = frontier_triples(ds)
                 if front:
+                    # out of sample: held-out groups of this stage, by the checkpoint that
+                    # leaves the stage and by the one that entered it
                     metrics["loss_gap_frontier"] = loss_gap(model, front)["loss_gap"]
+                    metrics["loss_gap_frontier_entering"] = loss_gap(
+                        load_eval_model(entering), front)["loss_gap"]
+                    metrics["frontier_groups"] = float(len(front))
                 if short:
                     metrics["short_loss"] = short_context_loss(model, short)
+                metrics["construct_seconds"] = t_built - t0
+                metrics["train_seconds"] = t_trained - t_built
                 metrics["stage_seconds"] = time.perf_counter() - t0
                 atomic_write_text(cached, json.dumps(metrics, indent=2))
             child.log_metrics({stage_key(n): v for n, v in metrics.items()
@@ -159,7 +182,8 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
             row["stages"].append(metrics)
             _log(f"{label} stage {k}: " + ", ".join(
                 f"{n}={v:.3g}" for n, v in metrics.items() if n in
-                ("loss_gap_probe", "loss_gap_frontier", "accept_rate", "train_loss")))
+                ("loss_tokens", "loss_gap_probe", "loss_gap_frontier", "accept_rate",
+                 "verify_precision", "train_loss", "stage_seconds")))
             if on_stage is not None:
                 on_stage(k, ckpt, metrics, child)
         if not evaluate:
@@ -167,6 +191,58 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
         row["eval"] = _eval_model(spec, ckpt, tokenizer, probe, Path(ckpt).parent / eval_name(spec))
         _log_eval(child, row["eval"])
     return row
+
+
+BUDGET_TOLERANCE = 0.01   # methods whose loss tokens differ by more are not compared (ours)
+
+
+class BudgetError(ValueError):
+    """Methods of one comparison trained on different numbers of loss-carrying tokens."""
+
+
+def check_budgets(rows: dict[str, dict], tolerance: float = BUDGET_TOLERANCE) -> None:
+    """Refuse a comparison whose methods' loss tokens differ by more than ``tolerance`` at
+    any stage (DESIGN §3 "A fair comparison")."""
+    per_stage: dict[int, dict[str, float]] = {}
+    for label, r in rows.items():
+        for k, st in enumerate(r.get("stages", [])):
+            if "loss_tokens" in st:
+                per_stage.setdefault(k, {})[label] = st["loss_tokens"]
+    for k, tokens in sorted(per_stage.items()):
+        lo, hi = min(tokens.values()), max(tokens.values())
+        if hi > 0 and (hi - lo) / hi > tolerance:
+            listing = ", ".join(f"{m} {int(v):,}" for m, v in tokens.items())
+            raise BudgetError(f"stage {k}: the methods' loss-carrying tokens differ by "
+                              f"{100 * (hi - lo) / hi:.1f} % (more than "
+                              f"{100 * tolerance:.0f} %): {listing}; the comparison is not "
+                              f"reported (rebuild the stage datasets with this version)")
+
+
+def cross_score(spec: Spec, labels: list[str], tracker=None) -> dict:
+    """Frontier loss gaps of every verifying method's held-out groups at each stage under
+    every method's checkpoint leaving that stage: ``{data label: {stage: {model label:
+    gap}}}``. PolicyLong selects its contexts for a large ΔI under its own model, so its
+    own gap is large by construction; the same data under the other checkpoints is the fair
+    reading. Logged to ``tracker`` as ``cross/<data>/<model>`` with step = stage."""
+    from harness.pipeline import checkpoint_dir, dataset_dir, load_eval_model
+    from harness.probes import frontier_triples, loss_gap
+    from harness.stage_data import StageDataset
+
+    out: dict = {}
+    for k in range(spec.stages.count):
+        fronts = {lab: frontier_triples(StageDataset(dataset_dir(spec, lab, k)))
+                  for lab in labels}
+        fronts = {lab: f for lab, f in fronts.items() if f}
+        if not fronts:
+            continue
+        for model_label in labels:
+            model = load_eval_model(checkpoint_dir(spec, model_label, k))
+            for data_label, front in fronts.items():
+                gap = loss_gap(model, front)["loss_gap"]
+                out.setdefault(data_label, {}).setdefault(str(k), {})[model_label] = gap
+                if tracker is not None and not math.isnan(gap):
+                    tracker.log_metrics({f"cross/{data_label}/{model_label}": gap}, k)
+    return out
 
 
 def close_stale_runs(tracking, config_hash: str) -> list[str]:
@@ -245,10 +321,12 @@ def compare(spec: Spec) -> Path:
             from harness.tracking import stage_key
             child.log_metrics({stage_key(n): v for n, v in st.items()}, 0)
             results["rows"]["base"] = {"eval": ev, "stages": [st]}
-        for m in spec.methods:
-            label = m.label or m.name
+        labels = [m.label or m.name for m in spec.methods]
+        for label in labels:
             results["rows"][label] = run_method(spec, label, tracking, parent, resources, tok,
                                                 triples, probe, short=short)
+        check_budgets(results["rows"])
+        results["cross"] = cross_score(spec, labels, parent)
         out = Path(spec.output_dir) / "report"
         md, html_path, text = write_report(results, out)
         print(text)

@@ -38,8 +38,64 @@ _Loader.add_implicit_resolver(
     list("-+0123456789"))
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that names one key twice (YAML would silently keep the later value)."""
+
+
+def _key_path(path: tuple) -> str:
+    return f"under '{'.'.join(path)}'" if path else "at the top level"
+
+
+def _check_duplicate_keys(node: yaml.Node, path: tuple = (), seen: set | None = None) -> None:
+    """Raise ``DuplicateKeyError`` naming the key, where it is, and both line numbers."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:                     # an alias of a node checked already
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict = {}
+        for key, value in node.value:
+            if key.tag == "tag:yaml.org,2002:merge" or not isinstance(key, yaml.ScalarNode):
+                continue
+            line = key.start_mark.line + 1
+            ident = (key.tag, key.value)
+            if ident in first:
+                raise DuplicateKeyError(
+                    f"duplicate key '{key.value}' {_key_path(path)} on lines {first[ident]} "
+                    f"and {line}; each key may appear once (remove one)")
+            first[ident] = line
+            _check_duplicate_keys(value, (*path, str(key.value)), seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicate_keys(item, (*path, str(i)), seen)
+
+
 def _yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    """One YAML document, refusing duplicate keys (``DuplicateKeyError``)."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicate_keys(node)
+        return loader.construct_document(node)
+    except ValueError as exc:       # a value PyYAML cannot build: 2020-13-45, 5,000 digits
+        raise yaml.YAMLError(f"a value that cannot be read: {exc}") from None
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply; a spec is a few levels deep") from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: where, and what is wrong."""
+    if isinstance(exc, DuplicateKeyError):
+        return str(exc)
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = " ".join(p for p in (getattr(exc, "context", None), getattr(exc, "problem", None))
+                    if p) or str(exc).splitlines()[0]
+    return f"not valid YAML{where} ({what})"
 
 
 class Strict(BaseModel):
@@ -49,10 +105,13 @@ class Strict(BaseModel):
 class SandboxSpec(Strict):
     """The embedded sandbox world (DESIGN §5). All defaults are ours."""
     seed: int = 0
-    n_entities: int = Field(300, gt=0)
+    # Sized so that 4 stages of 131,072 loss tokens never reuse a root (about 560K tokens).
+    n_entities: int = Field(2400, gt=0)
     lookalike_fraction: float = Field(0.5, ge=0, le=1)
-    n_filler_docs: int = Field(100, ge=0)
-    n_probe_entities: int = Field(200, gt=0)
+    n_filler_docs: int = Field(400, ge=0)
+    # probe entities: [0, 100) final evaluation and loss-gap probe, [100, 200) short-context
+    # loss, [200, 300) tuning validation (disjoint by construction; harness.probes.PROBE_SPLITS)
+    n_probe_entities: int = Field(300, gt=0)
 
 
 class ModelSpec(Strict):
@@ -87,8 +146,17 @@ class ScreeningSpec(Strict):
     query_window: int = Field(16, gt=0)      # w = 16 tokens each side (EntropyLong)
     epsilon: float = Field(0.4, gt=0, lt=1)  # ΔI > ε = 0.4 (EntropyLong)
     epsilon_neg: float = Field(0.0, gt=-1, lt=1)  # hard negatives ΔI ≤ ε_neg, ours
-    # entropy: max ΔI_H over anchors, the papers'; nll: mean ΔI_N over anchors, ours
+    # entropy: max ΔI_H over the verified anchors, the papers'; nll: mean ΔI_N over them, ours
     signal: Literal["entropy", "nll"] = "entropy"
+    # The anchors a candidate's ΔI is measured at (DESIGN §3 "Verification"): retrieving_anchor
+    # is EntropyLong's definition (the anchor(s) whose query retrieved it); all_anchors is ours,
+    # the older behaviour (every anchor of the root: a multiple-comparison inflation), kept as
+    # a labelled option.
+    verify_against: Literal["retrieving_anchor", "all_anchors"] = "retrieving_anchor"
+    # Length control (ours; DESIGN §3 "Distance controls"): "length" also scores the same
+    # anchors after an unrelated context of the same token length and decides on the excess
+    # gain ΔI(C) − ΔI(control); "none" decides on ΔI(C) (the papers').
+    control: Literal["none", "length"] = "none"
     negative_ratio: float = Field(1.0, ge=0)       # hard negatives per positive, ours
     max_anchors: int = Field(8, gt=0)              # anchors verified per root, ours
     # No anchors among a root's first tokens (ours): their entropy is high for want of any
@@ -106,8 +174,15 @@ class ScreeningSpec(Strict):
 
 class StagesSpec(Strict):
     count: int = Field(4, gt=0)                    # PolicyLong: 4 stages [N3]
+    # Budget per stage in tokens that carry loss (padding and group-start tokens excluded);
+    # every method's stage dataset holds this many, within 0.5 % (DESIGN §3 "A fair comparison")
     tokens_per_stage: int = Field(gt=0)
     target_length: int = Field(gt=0)
+    # A root document is used at most once per run unless this is true (ours).
+    allow_root_reuse: bool = False
+    # Share of each stage's groups with contexts held out from training, for out-of-sample
+    # frontier loss gaps (ours).
+    heldout_fraction: float = Field(0.05, ge=0, lt=0.5)
 
 
 class ContextExtensionSpec(Strict):
@@ -133,6 +208,10 @@ class TrainSpec(Strict):
     loss_block: int = Field(2048, gt=0)           # LOGIT_BLOCK_SIZE=2048 in the forks
     save_every: int = Field(0, ge=0)
     seed: int = 0
+    # continuous: the stages are rounds of one run (optimizer state and one warm-up + cosine
+    # decay over the whole budget carry over, DESIGN §2); per_stage: a fresh optimizer and
+    # schedule every stage (ours, for ablations).
+    schedule: Literal["continuous", "per_stage"] = "continuous"
 
 
 class MethodEntry(Strict):
@@ -282,18 +361,18 @@ def _set_dotted(data: dict, dotted: str, value: Any, source: str) -> None:
     node: Any = data
     for i, k in enumerate(keys[:-1]):
         if isinstance(node, list):
-            if not k.isdigit() or int(k) >= len(node):
+            if not (k.isascii() and k.isdigit()) or int(k) >= len(node):
                 raise SpecError(f"{source}: override '{dotted}': '{'.'.join(keys[:i + 1])}' "
                                 f"is not an index of a list of {len(node)}")
             node = node[int(k)]
         else:
             node = node.setdefault(k, {})
-            if not isinstance(node, (dict, list)):
-                raise SpecError(f"{source}: override '{dotted}': "
-                                f"'{'.'.join(keys[:i + 1])}' is a value, not a section")
+        if not isinstance(node, (dict, list)):
+            raise SpecError(f"{source}: override '{dotted}': "
+                            f"'{'.'.join(keys[:i + 1])}' is a value, not a section")
     last = keys[-1]
     if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
+        if not (last.isascii() and last.isdigit()) or int(last) >= len(node):
             raise SpecError(f"{source}: override '{dotted}': bad list index '{last}'")
         node[int(last)] = value
     else:
@@ -304,7 +383,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise SpecError(f"override '{text}' must look like key.path=value")
     key, raw = text.split("=", 1)
-    return key.strip(), _yaml_load(raw) if raw.strip() else ""
+    try:
+        return key.strip(), _yaml_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise SpecError(f"override '{text}': its value is {_yaml_problem(exc)}") from None
 
 
 def _fields_at(loc: tuple, root: Any = None) -> list[str]:
@@ -347,11 +429,16 @@ def _format_errors(err: ValidationError, source: str, root: Any = None, prefix: 
 def read_mapping(path: Path, what: str, overrides: list[str] | None = None) -> dict:
     """A YAML file's top-level mapping with ``-o key=value`` overrides applied."""
     if not path.is_file():
-        raise SpecError(f"{what} file not found: {path}")
+        problem = ("is a folder" if path.is_dir() else "is not a regular file" if path.exists()
+                   else "not found")
+        raise SpecError(f"{what} file {problem}: {path} (expected a YAML file)")
     try:
         data = _yaml_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                        f"{exc.start}); expected a YAML {what} file") from None
     except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+        raise SpecError(f"{path}: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a {what} must be a mapping at the top level")
     for ov in overrides or []:

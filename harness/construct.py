@@ -6,8 +6,10 @@ method turns roots into groups; ``build_stage`` feeds it roots in a fixed, seede
 the groups to the stage's token budget and writes the stage dataset.
 
 Roots: a seeded permutation of the corpus; stage k starts where stage k-1 stopped, so stages do
-not repeat roots. When the corpus is exhausted the stream continues with a fresh permutation
-(a new epoch; ours) and the manifest records ``root_epochs`` > 1.
+not repeat roots. A root is never used twice in a run unless ``stages.allow_root_reuse`` is set:
+then an exhausted corpus continues with a fresh permutation (a new epoch; ours) and the manifest
+records ``root_epochs`` > 1 and ``roots_repeated``. Budgets are loss-carrying tokens
+(``loss_budget``), the same for every method.
 
 Past one machine: when ``torch.distributed`` is initialised (``accelerate launch`` or
 ``torchrun``), roots are processed in rounds of ``ROUND`` roots cut into batches of
@@ -17,7 +19,6 @@ padded inputs and the stage dataset is byte-identical to a one-process run.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import sys
@@ -30,7 +31,7 @@ import numpy as np
 
 from harness import faults
 from harness.config import Spec, stable_hash
-from harness.stage_data import Group, pack_groups, write_stage_dataset
+from harness.stage_data import Group, write_stage_dataset
 
 ROUND = 64   # roots per round (ours); fixed so results do not depend on the process count
 
@@ -42,7 +43,12 @@ class RootResult:
 
 
 class Method(Protocol):
-    """What a method plugin provides (3 members)."""
+    """What a method plugin provides (3 members, and optionally ``attention``).
+
+    ``attention`` (optional, default ``"group"``): what one attention span is in the packed
+    rows: ``"group"`` (each group: contexts + root, or one NExtLong document, isolated from the
+    other groups of its row) or ``"row"`` (the whole row, documents attending across each
+    other: the ``standard`` baseline). The README states the rule of every method."""
     name: str
     screening: str            # "none" | "base" (θ_0 at every stage) | "current" (θ_k)
 
@@ -63,11 +69,20 @@ class Resources:
     def __init__(self, spec: Spec, docs, store, tokenizer, cache_dir: Path, corpus_fp: str):
         self.spec, self.docs, self.store, self.tokenizer = spec, docs, store, tokenizer
         self.cache_dir, self.corpus_fp = Path(cache_dir), corpus_fp
+        self.corpus_path: str | None = None
+        self._truth: Any = False
         self._chunksets: dict[tuple[str, int], ChunkSet] = {}
         self._encoder = None
         lengths = store.lengths
         chars = sum(len(d.text) for d in docs)
         self.chars_per_token = chars / max(1, int(lengths.sum()))
+
+    def truth(self):
+        """The corpus's ground truth (``harness.ground_truth.load_truth``), or None."""
+        if self._truth is False:
+            from harness.ground_truth import load_truth
+            self._truth = load_truth(self.corpus_path) if self.corpus_path else None
+        return self._truth
 
     @property
     def encoder(self):
@@ -139,23 +154,43 @@ def prepare_resources(spec: Spec, tokenizer, corpus_path: str, cache_dir: Path) 
     store = _collective(lambda: TokenStore.get_or_build(docs, tokenizer, cache_dir / "tokens",
                                                         key))
     check_budget(spec, corpus_path, len(docs), store.n_tokens)
-    return Resources(spec, docs, store, tokenizer, cache_dir, report.fingerprint)
+    res = Resources(spec, docs, store, tokenizer, cache_dir, report.fingerprint)
+    res.corpus_path = str(corpus_path)
+    return res
 
 
-MAX_EPOCHS = 50   # a stage may revisit the corpus's roots at most this many times (ours)
+MAX_EPOCHS = 50   # with stages.allow_root_reuse, a run may pass over the corpus this often (ours)
+FILL = 0.98       # loss budget = FILL x rows x (T - 1): room for packing whole groups (ours)
+
+
+def loss_budget(spec: Spec) -> tuple[int, int]:
+    """``(rows, loss tokens)`` of every stage, the same for every method: ``rows`` =
+    ``tokens_per_stage // target_length``; the loss-token budget leaves 2 % of the rows'
+    loss capacity as room for packing whole groups (``FILL``, ours)."""
+    T = spec.stages.target_length
+    rows = max(1, spec.stages.tokens_per_stage // T)
+    return rows, int(FILL * rows * (T - 1))
 
 
 def check_budget(spec: Spec, corpus_path: str, n_docs: int, n_tokens: int) -> None:
-    """Refuse, before the index is built, a corpus that cannot fill one stage's budget."""
+    """Refuse, before the index is built, a corpus that cannot fill the run's budget: without
+    root reuse, the corpus must hold ``stages.count`` x ``tokens_per_stage`` tokens (what the
+    ``standard`` baseline consumes, one root token per trained token)."""
     from harness.corpus import CorpusError
 
-    need = spec.stages.tokens_per_stage
-    if n_docs < 2 or n_tokens * MAX_EPOCHS < need:
+    st = spec.stages
+    need = st.tokens_per_stage * (1 if st.allow_root_reuse else st.count)
+    have = n_tokens * (MAX_EPOCHS if st.allow_root_reuse else 1)
+    if n_docs < 2 or have < need:
+        what = (f"stages.tokens_per_stage {st.tokens_per_stage:,} (a run revisits the corpus "
+                f"at most {MAX_EPOCHS} times with stages.allow_root_reuse)"
+                if st.allow_root_reuse else
+                f"stages.count {st.count} x stages.tokens_per_stage {st.tokens_per_stage:,} = "
+                f"{need:,} tokens without reusing a root (stages.allow_root_reuse: false)")
         raise CorpusError(
-            f"{corpus_path}: {n_docs} documents, {n_tokens:,} tokens: too small for "
-            f"stages.tokens_per_stage {need:,} (a stage revisits the corpus at most "
-            f"{MAX_EPOCHS} times, and retrieval needs at least 2 documents): give a larger "
-            f"corpus or lower stages.tokens_per_stage")
+            f"{corpus_path}: {n_docs} documents, {n_tokens:,} tokens: too small for {what}; "
+            f"retrieval needs at least 2 documents: give a larger corpus, lower the budget, or "
+            f"set stages.allow_root_reuse: true")
 
 
 @dataclass
@@ -176,11 +211,15 @@ class StageContext:
         return random.Random(stable_hash([self.seed, self.stage, *parts], 16))
 
 
-def root_stream(n_docs: int, seed: int, start: int) -> Iterator[tuple[int, int, int]]:
-    """``(position, epoch, doc index)`` from ``start`` on: seeded permutations, one per epoch."""
+def root_stream(n_docs: int, seed: int, start: int, reuse: bool = False
+                ) -> Iterator[tuple[int, int, int]]:
+    """``(position, epoch, doc index)`` from ``start`` on: a seeded permutation of the corpus;
+    with ``reuse`` a fresh permutation per pass (epoch), else the stream ends with the corpus."""
     pos = start
     while True:
         epoch, off = divmod(pos, n_docs)
+        if epoch > 0 and not reuse:
+            return
         perm = np.random.default_rng([seed, epoch]).permutation(n_docs)
         for i in range(off, n_docs):
             yield pos, epoch, int(perm[i])
@@ -203,30 +242,61 @@ def _process_round(method: Method, ctx: StageContext, roots: list[int], batch: i
     return [r for i in range(len(batches)) for r in merged[i]]
 
 
+def _heldout(ctx: StageContext, g: Group, fraction: float) -> bool:
+    """Groups with contexts and anchors are held out from training with probability
+    ``fraction``, decided by a generator seeded by (seed, stage, root): out-of-sample frontier
+    loss gaps are measured on them (DESIGN §3 "Loss gap")."""
+    prov = g.provenance
+    if fraction <= 0 or not prov.get("contexts") or not prov.get("anchors"):
+        return False
+    return ctx.rng("heldout", prov.get("root_id")).random() < fraction
+
+
 def build_stage(method: Method, ctx: StageContext, out_dir: Path, root_start: int = 0,
                 progress: bool = True) -> dict:
-    """Build one stage dataset at ``out_dir``; returns its manifest."""
+    """Build one stage dataset at ``out_dir``; returns its manifest.
+
+    Groups are packed (``stage_data.Packer``) until the stage holds exactly the loss-token
+    budget (``loss_budget``): every method trains on the same number of loss-carrying tokens
+    in the same number of rows. Roots come from ``root_stream``; without
+    ``stages.allow_root_reuse`` a corpus that runs out is an error before anything is written.
+    """
     from tqdm.auto import tqdm
 
-    res = ctx.resources
+    from harness.corpus import CorpusError
+    from harness.stage_data import Packer
+
+    res, st = ctx.resources, ctx.spec.stages
     T = ctx.target_length
-    rows_wanted = max(1, ctx.token_budget // T)
+    rows, budget = loss_budget(ctx.spec)
     n_docs = len(res.store)
-    stream = root_stream(n_docs, ctx.seed, root_start)
-    groups: list[Group] = []
+    stream = root_stream(n_docs, ctx.seed, root_start, reuse=st.allow_root_reuse)
+    pad = res.tokenizer.pad_token_id if res.tokenizer.pad_token_id is not None else 0
+    packer = Packer(T, rows, budget, pad, attention=getattr(method, "attention", "group"))
     stats: list[dict] = []
-    filled, last_pos, epochs, roots_seen = 0, root_start, 0, 0
+    heldout: list[Group] = []
+    built: list[dict] = []
+    last_pos, epochs, roots_seen, n_groups = root_start, 0, 0, 0
     t0 = time.perf_counter()
     dist = _dist()
     show = progress and (dist is None or dist.get_rank() == 0)
-    bar = tqdm(total=rows_wanted * T, unit="tok", unit_scale=True, disable=not show,
+    bar = tqdm(total=budget, unit="tok", unit_scale=True, disable=not show,
                desc=f"{method.name} stage {ctx.stage}", dynamic_ncols=True)
     batch = ctx.spec.screening.batch_size
-    while filled < rows_wanted * T:
-        chunk = [next(stream) for _ in range(ROUND)]
-        if roots_seen > 4 * n_docs and not groups:
+    while not packer.done:
+        chunk = [x for _, x in zip(range(ROUND), stream)]
+        if not chunk:
+            raise CorpusError(
+                f"{method.name} stage {ctx.stage}: the corpus's {n_docs} roots are used up "
+                f"({roots_seen} screened this stage, from root {root_start}) with "
+                f"{packer.loss:,} of {budget:,} loss tokens filled; roots are not reused "
+                f"(stages.allow_root_reuse: false): give a larger corpus or lower the budget")
+        if roots_seen > 4 * n_docs and not n_groups:
             raise RuntimeError(f"{method.name}: no groups after {roots_seen} roots; the corpus "
                                f"yields no usable samples with these settings")
+        if packer.set_aside > 4 * rows + 1000:
+            raise RuntimeError(f"{method.name}: {packer.set_aside} groups did not fit the "
+                               f"{rows} rows; the loss budget cannot be packed")
         results = _process_round(method, ctx, [d for _, _, d in chunk], batch)
         faults.point("screening")
         for (pos, epoch, _doc), r in zip(chunk, results):
@@ -234,51 +304,66 @@ def build_stage(method: Method, ctx: StageContext, out_dir: Path, root_start: in
             last_pos, epochs = pos + 1, max(epochs, epoch + 1)
             stats.append(r.stats)
             for g in r.groups:
-                groups.append(g)
-                filled += len(g.tokens)
-            if filled >= rows_wanted * T * 1.02 + T:   # enough to fill rows exactly
+                n_groups += 1
+                if _heldout(ctx, g, st.heldout_fraction):
+                    heldout.append(g)
+                else:
+                    packer.add(g)
+                built.append(g.provenance)
+            if packer.done:
                 break
-        bar.update(min(filled, rows_wanted * T) - bar.n)
-        if filled >= rows_wanted * T * 1.02 + T:
-            break
+        bar.update(min(packer.loss, budget) - bar.n)
         if roots_seen > MAX_EPOCHS * n_docs:
-            from harness.corpus import CorpusError
-            raise CorpusError(f"{method.name}: could not fill stages.tokens_per_stage "
-                              f"({rows_wanted * T:,} tokens) from the corpus's {n_docs} "
-                              f"documents in {MAX_EPOCHS} passes ({roots_seen} roots, "
-                              f"{filled:,} tokens): give a larger corpus or lower "
-                              f"stages.tokens_per_stage")
+            raise CorpusError(f"{method.name}: could not fill the stage's loss budget "
+                              f"({budget:,} tokens) from the corpus's {n_docs} documents in "
+                              f"{MAX_EPOCHS} passes ({roots_seen} roots, {packer.loss:,} "
+                              f"tokens): give a larger corpus or lower stages.tokens_per_stage")
     bar.close()
-    pad = res.tokenizer.pad_token_id if res.tokenizer.pad_token_id is not None else 0
-    ids, gidx, placed = pack_groups(groups, T, pad, rows_wanted * T)
-    if len(ids) < rows_wanted:  # pack_groups stops at the budget; top up is not possible
-        raise RuntimeError(f"{method.name}: filled {len(ids)} of {rows_wanted} rows")
+    ids, gidx, placed = packer.arrays()
+    summary = summarize(stats)
+    quality = _ground_truth(res, built)
     manifest = {
         "method": method.name, "stage": ctx.stage, "seed": ctx.seed,
-        "token_budget": ctx.token_budget, "budget_rows": rows_wanted,
-        "budget_met": int(ids.size) == rows_wanted * T,
-        "config_hash": stable_hash(dataclasses.asdict(_StageKey(ctx, method))),
+        "token_budget": ctx.token_budget, "loss_budget": budget, "budget_rows": rows,
+        "budget_met": packer.loss == budget,
+        "attention": packer.attention,
+        "config_hash": stage_config_hash(ctx, method),
         "params": ctx.params, "root_start": root_start, "root_end": last_pos,
         "roots_seen": roots_seen, "root_epochs": epochs,
+        "roots_repeated": max(0, last_pos - max(root_start, n_docs)) if epochs > 1 else 0,
         "build_seconds": round(time.perf_counter() - t0, 2),
-        "stats": summarize(stats),
+        **packer.summary(),
+        "stats": summary,
     }
+    if quality:
+        manifest["ground_truth"] = quality
     if dist is None or dist.get_rank() == 0:
-        write_stage_dataset(out_dir, ids, gidx, placed, manifest)
+        write_stage_dataset(out_dir, ids, gidx, placed, manifest, heldout)
     if dist is not None:
         dist.barrier()
     return json.loads((Path(out_dir) / "manifest.json").read_text())
 
 
-@dataclass
-class _StageKey:
-    def __init__(self, ctx: StageContext, method: Method):
-        self.method = method.name
-        self.stage = ctx.stage
-        self.target_length = ctx.target_length
-        self.token_budget = ctx.token_budget
-        self.seed = ctx.seed
-        self.params = json.loads(json.dumps(ctx.params, sort_keys=True, default=str))
+def _ground_truth(res: "Resources", groups: list[dict]) -> dict | None:
+    """Verification quality against the corpus's ground truth (sandbox corpora only; methods
+    never read it): see ``harness.ground_truth``."""
+    truth = res.truth()
+    if truth is None:
+        return None
+    from harness.ground_truth import group_quality
+    return group_quality(truth, groups)
+
+
+def stage_config_hash(ctx: StageContext, method: Method) -> str:
+    """Hash of what a stage dataset depends on: method, stage, lengths, budget, seed, the
+    method's parameters and the spec's construction settings."""
+    d = ctx.spec.model_dump(mode="json")
+    key = {"method": method.name, "stage": ctx.stage, "target_length": ctx.target_length,
+           "token_budget": ctx.token_budget, "seed": ctx.seed,
+           "attention": getattr(method, "attention", "group"),
+           "params": json.loads(json.dumps(ctx.params, sort_keys=True, default=str)),
+           **{k: d[k] for k in ("corpus", "retrieval", "screening", "stages")}}
+    return stable_hash(key)
 
 
 def summarize(stats: list[dict]) -> dict:

@@ -70,35 +70,72 @@ def short_context_loss(model, seqs: list[list[int]], batch: int = 16, device: st
     return total / count if count else float("nan")
 
 
-def sandbox_short_set(tokenizer, probe: list[dict], skip: int = 100, n: int = 100) -> list:
-    """Held-out short sequences: profiles and references of probe entities ``skip..skip+n``
-    (disjoint from the loss-gap probe set, never in the corpus nor in pre-training)."""
+# The sandbox's held-out probe entities (never in the corpus nor in pre-training) are cut into
+# disjoint splits, here and nowhere else: ``test`` is the final evaluation (compare's ``probe``
+# benchmark, ``policylong eval``'s probe, the fixed loss-gap probe set ``stage/loss_gap_probe``),
+# ``short`` the short-context loss (``stage/short_loss``), ``validation`` what ``policylong tune``
+# scores trials on. [start, end) indices into the sandbox's ``probe.jsonl``.
+PROBE_SPLITS: dict[str, tuple[int, int]] = {"test": (0, 100), "short": (100, 200),
+                                            "validation": (200, 300)}
+# Tuning also draws its probe items (which fact of an entity is asked, the filler) with a seed of
+# its own: ``spec.seed + VALIDATION_SEED_OFFSET``, never the final evaluation's ``spec.seed``.
+VALIDATION_SEED_OFFSET = 10_000
+
+
+def probe_split(probe: list[dict], name: str) -> list[dict]:
+    """The entities of split ``name`` (``PROBE_SPLITS``); a clear error when the sandbox was
+    built with too few probe entities for it."""
+    if name not in PROBE_SPLITS:
+        raise ValueError(f"unknown probe split {name!r} (known: {', '.join(PROBE_SPLITS)})")
+    start, end = PROBE_SPLITS[name]
+    if len(probe) < end:
+        from harness.config import SpecError
+        need = max(e for _, e in PROBE_SPLITS.values())
+        raise SpecError(f"the sandbox has {len(probe)} probe entities, but the probe split "
+                        f"'{name}' takes entities {start}..{end - 1}: set "
+                        f"sandbox.n_probe_entities to at least {need} (the default is 300)")
+    return probe[start:end]
+
+
+def split_seed(seed: int, split: str) -> int:
+    """The probe seed of a split: the spec's seed, except for ``validation`` (tuning), which
+    is offset by ``VALIDATION_SEED_OFFSET`` so that it never equals the final evaluation's."""
+    return seed + VALIDATION_SEED_OFFSET if split == "validation" else seed
+
+
+def sandbox_short_set(tokenizer, probe: list[dict], split: str = "short") -> list:
+    """Held-out short sequences: profiles and references of the ``short`` split's probe
+    entities (``probe`` is all of the sandbox's; disjoint from the loss-gap and evaluation
+    entities, never in the corpus nor in pre-training)."""
     from harness.sandbox.properties import build_cases
 
-    cases = build_cases(tokenizer, probe[skip:skip + n])
+    cases = build_cases(tokenizer, probe_split(probe, split))
     return [s for c in cases for s in (c.profile_ids, c.doc_ids)]
 
 
-def sandbox_triples(tokenizer, probe: list[dict], n: int = 100) -> list:
+def sandbox_triples(tokenizer, probe: list[dict], split: str = "test") -> list:
+    """The fixed loss-gap probe set: (true profile, reference, value positions) of the
+    ``split`` probe entities (``probe`` is all of the sandbox's)."""
     from harness.sandbox.properties import build_cases
 
-    cases = build_cases(tokenizer, probe[:n])
+    cases = build_cases(tokenizer, probe_split(probe, split))
     return [(c.profile_ids, c.doc_ids, [p for span in c.value_pos for p in span if p > 0])
             for c in cases]
 
 
-def frontier_triples(dataset, max_groups: int = 64) -> list:
-    """(contexts, root, root anchors) from a stage dataset's groups that have contexts."""
+def frontier_triples(dataset, max_groups: int = 256) -> list:
+    """(contexts, root, root anchors) of the stage's held-out groups (never trained on): the
+    frontier loss gap is measured out of sample (DESIGN §3 "Loss gap")."""
     out = []
-    for g in dataset.groups():
+    for g in dataset.heldout():
+        toks = g["tokens"]
         if not g.get("contexts") or not g.get("anchors"):
             continue
-        row = np.asarray(dataset.input_ids[g["row"]])
-        s = g["start"]
-        ctx = row[s:s + g["root_start"]].tolist()
-        root = row[s + g["root_start"]:s + g["root_end"]].tolist()
+        end = min(g["root_end"], len(toks))
+        ctx = toks[:g["root_start"]]
+        root = toks[g["root_start"]:end]
         anchors = [a for a in g["anchors"] if 0 < a < len(root)]
-        if anchors:
+        if anchors and ctx:
             out.append((ctx, root, anchors))
         if len(out) >= max_groups:
             break
@@ -125,4 +162,18 @@ def curriculum_metrics(manifest: dict) -> dict[str, float]:
     out["roots"] = st.get("roots", 0.0)
     out["groups"] = manifest.get("groups", 0)
     out["build_seconds"] = manifest.get("build_seconds", 0.0)
+    for key in ("loss_tokens", "pad_tokens", "rows", "heldout_groups", "groups_set_aside",
+                "roots_repeated"):
+        if key in manifest:
+            out[key] = float(manifest[key])
+    for key in ("contexts_truncated", "negatives", "accepted"):
+        if key in st:
+            out[key] = float(st[key])
+    pos = st.get("dI_positive")
+    if isinstance(pos, dict) and pos.get("n") and "negatives" in st:
+        out["negatives_per_positive"] = st["negatives"] / pos["n"]
+    gt = manifest.get("ground_truth") or {}
+    for key, v in gt.items():
+        if isinstance(v, (int, float)):
+            out[key] = float(v)
     return out

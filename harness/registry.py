@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from importlib import metadata
-from typing import Any
+from typing import Any, Iterable
 
 # Built-in entries: name -> (target, one-line description). Filled as features land.
 METHODS: dict[str, tuple[str, str]] = {
@@ -55,12 +55,36 @@ def entries(kind: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-def resolve(kind: str, name: str) -> Any:
+def close_names(name: str, known: Iterable[str], n: int = 3) -> list[str]:
+    """The known names closest to ``name``, ignoring case (``PolicyLong`` -> ``policylong``)."""
+    by_lower: dict[str, list[str]] = {}
+    for k in known:
+        by_lower.setdefault(k.lower(), []).append(k)
+    if name.lower() in by_lower:
+        return by_lower[name.lower()][:n]
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=n)
+    return [k for c in close for k in by_lower[c]][:n]
+
+
+def did_you_mean(name: str, known: Iterable[str], n: int = 3) -> str:
+    """``"; did you mean 'x'?"`` for the ``n`` closest known names, or ``""``."""
+    close = close_names(name, known, n)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def check_known(kind: str, name: str, where: str = "") -> None:
+    """Fail with the closest names (and every known one) unless ``name`` is registered."""
     known = entries(kind)
     if name not in known:
-        close = difflib.get_close_matches(name, list(known), n=3)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise UnknownName(f"unknown {kind} '{name}'{hint} (known: {', '.join(sorted(known)) or 'none'})")
+        prefix = f"{where}: " if where else ""
+        raise UnknownName(f"{prefix}unknown {kind} '{name}'{did_you_mean(name, known)} "
+                          f"(known: {', '.join(sorted(known)) or 'none'}; `policylong ls` "
+                          f"lists them)")
+
+
+def resolve(kind: str, name: str) -> Any:
+    check_known(kind, name)
+    known = entries(kind)
     module, _, attr = known[name][0].partition(":")
     obj = importlib.import_module(module)
     for part in attr.split("."):

@@ -68,9 +68,52 @@ def _text(header, body) -> str:
                      + [fmt.format(*row) for row in body])
 
 
-STAGE_KEYS = ["loss_gap_probe", "loss_gap_frontier", "anchors_per_1k", "accept_rate",
-              "dI_positive_mean", "dI_negative_mean", "anchor_entropy_mean", "train_loss",
-              "short_loss"]
+# The per-stage tables of the report: (title, metric keys). A key no method has is left out.
+STAGE_SECTIONS = [
+    ("Budget: loss-carrying tokens per stage (equal for every method) and packing",
+     ["loss_tokens", "pad_tokens", "rows", "groups", "heldout_groups", "roots",
+      "roots_repeated"]),
+    ("Verification", ["candidates", "accept_rate", "verify_precision",
+                      "positive_lookalike_share", "true_profile_recall", "contexts_truncated",
+                      "negatives_per_positive", "negatives_lookalike", "dI_positive_mean",
+                      "dI_negative_mean", "dI_negative_p90"]),
+    ("Loss gaps (nats): fixed probe set, and the stage's held-out groups (out of sample) "
+     "by the checkpoint entering and the one leaving the stage",
+     ["loss_gap_probe", "loss_gap_frontier_entering", "loss_gap_frontier", "frontier_groups"]),
+    ("Curriculum and training", ["anchors_per_1k", "anchor_entropy_mean", "tau_H_mean",
+                                 "train_loss", "short_loss", "construct_seconds",
+                                 "train_seconds"]),
+]
+STAGE_KEYS = [k for _, keys in STAGE_SECTIONS for k in keys]
+
+
+def stage_sections(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The per-stage tables with the keys some method reported."""
+    have = {k for r in results["rows"].values() for st in r.get("stages", []) for k in st}
+    out = []
+    for title, keys in STAGE_SECTIONS:
+        keys = [k for k in keys if k in have]
+        if keys:
+            h, body = stage_table(results, keys)
+            body = [row for row in body if any(c != "-" for c in row[2:])]
+            if body:
+                out.append((title, h, body))
+    return out
+
+
+def cross_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
+    """Frontier loss gaps of each verifying method's held-out groups (rows: whose data, and
+    stage) under every method's checkpoint leaving that stage (columns)."""
+    cross = results.get("cross") or {}
+    if not cross:
+        return None
+    models = sorted({m for per_stage in cross.values() for d in per_stage.values() for m in d})
+    header = ["data of", "stage"] + [f"gap under {m}" for m in models]
+    body = []
+    for data_label, per_stage in cross.items():
+        for k in sorted(per_stage, key=int):
+            body.append([data_label, str(k)] + [_fmt(per_stage[k].get(m)) for m in models])
+    return header, body
 
 
 def plots(results: dict, out_dir: Path) -> list[Path]:
@@ -101,7 +144,8 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
         plt.close(fig)
         files.append(p)
     for key, ylabel in [("loss_gap_probe", "loss gap on the probe set (nats)"),
-                        ("loss_gap_frontier", "loss gap on the stage's data (nats)"),
+                        ("loss_gap_frontier", "loss gap on the stage's held-out groups (nats)"),
+                        ("verify_precision", "precision of accepted contexts"),
                         ("anchors_per_1k", "anchors per 1K tokens"),
                         ("accept_rate", "verification accept rate"),
                         ("dI_positive_mean", "mean ΔI of positives")]:
@@ -140,16 +184,26 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path, str]:
     for b, (h, body) in score_tables(results).items():
         md += [f"## {b}", "", _md(h, body), ""]
         text += [f"{b}", _text(h, body), ""]
-    h, body = stage_table(results, STAGE_KEYS)
-    md += ["## Per-stage loss gap and curriculum metrics", "", _md(h, body), ""]
-    text += ["per stage", _text(h, body)]
+    for title, h, body in stage_sections(results):
+        md += [f"## {title}", "", _md(h, body), ""]
+        text += [title, _text(h, body), ""]
+    cross = cross_table(results)
+    if cross:
+        title = ("Cross-scoring: frontier loss gap of each method's held-out groups under every "
+                 "method's checkpoint (same data, different models)")
+        md += [f"## {title}", "", _md(*cross), ""]
+        text += [title, _text(*cross), ""]
     md += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in pngs]
     md_path = out_dir / "report.md"
     md_path.write_text("\n".join(md) + "\n")
     html_parts = ["<html><head><meta charset='utf-8'><title>report</title><style>"
                   "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}"
                   "</style></head><body>", f"<h1>Comparison report: {html.escape(results.get('spec', ''))}</h1>"]
-    for b, (h, body) in list(score_tables(results).items()) + [("per stage", stage_table(results, STAGE_KEYS))]:
+    tables = list(score_tables(results).items()) + [
+        (title, (h, body)) for title, h, body in stage_sections(results)]
+    if cross:
+        tables.append(("cross-scoring", cross))
+    for b, (h, body) in tables:
         html_parts.append(f"<h2>{html.escape(b)}</h2><table><tr>"
                           + "".join(f"<th>{html.escape(x)}</th>" for x in h) + "</tr>"
                           + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r)
@@ -181,5 +235,12 @@ def from_mlflow(tracking, parent_run_id: str) -> dict:
                 for step, value in tracking.metric_history(child.info.run_id, key):
                     stages.setdefault(step, {})[key[len("stage/"):]] = value
         rows[label] = {"eval": ev, "stages": [stages[k] for k in sorted(stages)]}
+    cross: dict = {}
+    for key in parent.data.metrics:
+        if key.startswith("cross/"):
+            _, data_label, model_label = key.split("/", 2)
+            for step, value in tracking.metric_history(parent.info.run_id, key):
+                cross.setdefault(data_label, {}).setdefault(str(step), {})[model_label] = value
     return {"spec": parent.data.tags.get("spec", ""),
-            "config_hash": parent.data.tags.get("config_hash", ""), "rows": rows}
+            "config_hash": parent.data.tags.get("config_hash", ""), "rows": rows,
+            "cross": cross}

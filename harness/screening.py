@@ -8,10 +8,38 @@
 * ``verify``: for each candidate context C and each anchor t of root D, the relative information
   gain ``ΔI = (H(x_t | D_<t) − H(x_t | [C; D]_<t)) / H(x_t | D_<t)`` (EntropyLong) and its NLL
   analogue ``(NLL(x_t | D_<t) − NLL(x_t | [C; D]_<t)) / NLL(x_t | D_<t)`` (ours), computed in the
-  same forward pass, LM head only at anchor positions, candidates batched.
+  same forward pass, LM head only at anchor positions, candidates batched. Both signals are
+  recorded at every anchor, whichever one decides.
+
+Which anchors decide (``screening.verify_against``). EntropyLong measures ΔI at the anchor whose
+query retrieved C. ``retrieving_anchor`` (the default) does that: ``screen_and_verify`` records,
+for every candidate, which of the root's anchors retrieved it (a boolean mask over the anchors;
+several when several queries retrieved it), and the deciding gain is taken over those anchors
+only: entropy, the max of ΔI_H over them (C informs at least one anchor that asked for it); nll
+(ours), the mean of ΔI_N over them. ``all_anchors`` (ours, the older behaviour, kept as a
+labelled option) takes the same max / mean over every anchor of the root: with 8 anchors, a
+context gets 8 chances to lower some entropy by chance, a multiple-comparison inflation under
+which even filler passes. A ``Verdict`` without a retrieval record (``verify`` called without
+``retrieving``) treats every anchor as retrieving, so both modes coincide.
 
 Fitting ``[C; D]`` into the screening window: D is cut after its last anchor (later tokens cannot
-affect the anchors), and C keeps its first ``window − len(D_cut)`` tokens (its head; ours).
+affect the anchors), and C keeps its first ``window − len(D_cut)`` tokens (its head; ours). A C
+that had to be cut is flagged (``Verdict.truncated``) and counted per root
+(``contexts_truncated`` in ``RootScreening.stats``), not silently cut: DESIGN §3 prepends C whole.
+
+Length control (``screening.control = "length"``, ours; DESIGN §3 "Distance controls"). Length by
+itself lowers entropy: any prepended text makes the model more confident at the root's tokens
+(more context, later positions, fewer "start of a document" guesses), so part of any ΔI is a
+length effect that has nothing to do with what C says. With the control on, every candidate C's
+anchors are also scored after an unrelated context of the same token length (``len`` of the C
+actually used): chunks of documents that are neither the root nor retrieved for it, drawn by a
+generator seeded from (seed, root document index, candidate chunk id), so the control is the same
+whatever the batching, the process count or the other candidates, concatenated and cut to
+``len(C)``. The deciding gain is then the excess ``ΔI_C(t) − ΔI_control(t)`` at the same anchors,
+aggregated like the plain gain (entropy: the max over the deciding anchors of the per-anchor
+excess; nll: the mean, which equals mean ΔI_C − mean ΔI_control). The control's own gains are
+kept (per anchor, and ``Verdict.control_gain``). With ``control = "none"`` (the papers') the
+deciding gain is ΔI_C itself.
 """
 from __future__ import annotations
 
@@ -42,31 +70,103 @@ class Screened:
         return self.nll[self.anchors]
 
 
+VERIFY_AGAINST = ("retrieving_anchor", "all_anchors")
+
+
 @dataclass
 class Verdict:
-    """Per-candidate verification result; per-anchor gains plus their max and mean."""
+    """Per-candidate verification result.
+
+    Per-anchor gains over every anchor of the root (both signals; the control's too when a
+    length control ran), the mask of the anchors whose queries retrieved the candidate, and the
+    rule that turns them into the deciding gain (``gain``). ``max_*`` / ``mean_*`` are over
+    every anchor of the root whatever ``verify_against`` says (recorded as such)."""
     dI_entropy: np.ndarray        # [anchors]
     dI_nll: np.ndarray            # [anchors]
     context_tokens_used: int
+    retrieving: np.ndarray | None = None     # bool [anchors]; None: no record, all count
+    verify_against: str = "retrieving_anchor"
+    truncated: bool = False                  # C was longer than the room left in the window
+    context_tokens: int | None = None        # len(C) before any cut
+    anchors: np.ndarray | None = None        # the root's anchor positions (ascending)
+    control_dI_entropy: np.ndarray | None = None   # [anchors], the length control's gains
+    control_dI_nll: np.ndarray | None = None
     max_entropy: float = field(init=False)
     mean_entropy: float = field(init=False)
     max_nll: float = field(init=False)
     mean_nll: float = field(init=False)
 
     def __post_init__(self):
+        if self.verify_against not in VERIFY_AGAINST:
+            raise ValueError(f"verify_against must be one of {VERIFY_AGAINST}, "
+                             f"got {self.verify_against!r}")
+        if self.retrieving is not None:
+            self.retrieving = np.asarray(self.retrieving, dtype=bool)
+            if self.retrieving.shape != self.dI_entropy.shape:
+                raise ValueError(f"retrieving mask of shape {self.retrieving.shape} for "
+                                 f"{self.dI_entropy.size} anchors")
+        if self.context_tokens is None:
+            self.context_tokens = self.context_tokens_used
         self.max_entropy = float(self.dI_entropy.max()) if self.dI_entropy.size else 0.0
         self.mean_entropy = float(self.dI_entropy.mean()) if self.dI_entropy.size else 0.0
         self.max_nll = float(self.dI_nll.max()) if self.dI_nll.size else 0.0
         self.mean_nll = float(self.dI_nll.mean()) if self.dI_nll.size else 0.0
 
+    @property
+    def has_control(self) -> bool:
+        return self.control_dI_entropy is not None
+
+    @property
+    def deciding(self) -> np.ndarray:
+        """Bool mask of the anchors the decision is taken over: the retrieving anchors under
+        ``retrieving_anchor`` (EntropyLong), every anchor under ``all_anchors`` (ours)."""
+        if self.verify_against == "all_anchors" or self.retrieving is None:
+            return np.ones(self.dI_entropy.shape, dtype=bool)
+        return self.retrieving
+
+    @property
+    def retrieving_anchors(self) -> list[int]:
+        """Positions (in the root) of the anchors whose queries retrieved the candidate (every
+        anchor when there is no retrieval record); indices when positions are unknown."""
+        mask = (self.retrieving if self.retrieving is not None
+                else np.ones(self.dI_entropy.shape, dtype=bool))
+        idx = np.nonzero(mask)[0]
+        return [int(x) for x in (self.anchors[idx] if self.anchors is not None else idx)]
+
+    @staticmethod
+    def _aggregate(values: np.ndarray, signal: str) -> float:
+        if not values.size:
+            return 0.0
+        return float(values.max() if signal == "entropy" else values.mean())
+
+    def _per_anchor(self, signal: str) -> np.ndarray:
+        if signal not in ("entropy", "nll"):
+            raise ValueError(f"signal must be 'entropy' or 'nll', got {signal!r}")
+        return self.dI_entropy if signal == "entropy" else self.dI_nll
+
+    def raw_gain(self, signal: str) -> float:
+        """ΔI_C over the deciding anchors, the control not subtracted."""
+        return self._aggregate(self._per_anchor(signal)[self.deciding], signal)
+
+    def control_gain(self, signal: str) -> float | None:
+        """The length control's ΔI over the same anchors, same rule (None without control)."""
+        if not self.has_control:
+            return None
+        ctl = self.control_dI_entropy if signal == "entropy" else self.control_dI_nll
+        return self._aggregate(ctl[self.deciding], signal)
+
     def gain(self, signal: str) -> float:
-        """The deciding value. ``entropy``: the max of ΔI_H over anchors (EntropyLong: a
-        context is kept when it informs at least one anchor). ``nll`` (ours): the mean of
-        ΔI_N over anchors, the context's net effect on the root's loss at its anchors: a
-        look-alike that makes one anchor (a shared first name) likelier and the others (its
-        own last name and values instead of the root's) unlikelier does not pass, where the
-        max would let it (measured in ``docs/sandbox.md``)."""
-        return self.max_entropy if signal == "entropy" else self.mean_nll
+        """The deciding value. ``entropy``: the max of ΔI_H over the deciding anchors
+        (EntropyLong: a context is kept when it informs an anchor that retrieved it). ``nll``
+        (ours): the mean of ΔI_N over the deciding anchors, the context's net effect on the
+        root's loss there: a look-alike that makes one anchor (a shared first name) likelier
+        and the others (its own last name and values instead of the root's) unlikelier does
+        not pass, where the max would let it (measured in ``docs/sandbox.md``). With a length
+        control, the per-anchor excess ``ΔI_C(t) − ΔI_control(t)`` replaces ΔI_C(t)."""
+        per = self._per_anchor(signal)
+        if self.has_control:
+            per = per - (self.control_dI_entropy if signal == "entropy" else self.control_dI_nll)
+        return self._aggregate(per[self.deciding], signal)
 
 
 def _pad(seqs: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,37 +204,119 @@ def screen_roots(model, roots: list[np.ndarray], window: int, alpha: float, max_
     return out
 
 
+def context_room(root: Screened, window: int) -> int:
+    """Tokens left for a context in the screening window once D is cut after its last anchor."""
+    if root.anchors.size == 0:
+        return window
+    return max(0, window - (int(root.anchors.max()) + 1))
+
+
+def _mask(r, n: int) -> np.ndarray:
+    r = np.asarray(r)
+    if r.dtype == bool:
+        if r.shape != (n,):
+            raise ValueError(f"retrieving mask of shape {r.shape} for {n} anchors")
+        m = r.copy()
+    else:
+        m = np.zeros(n, dtype=bool)
+        m[r.astype(np.int64)] = True
+    if n and not m.any():
+        raise ValueError("a candidate with no retrieving anchor")
+    return m
+
+
 @torch.no_grad()
 def verify(model, root: Screened, candidates: list[np.ndarray], window: int, pad_id: int,
-           batch_size: int = 8, device: str = "cpu") -> list[Verdict]:
-    """ΔI of every candidate context for every anchor of ``root`` (both signals)."""
-    if root.anchors.size == 0 or not candidates:
-        return [Verdict(np.zeros(0), np.zeros(0), 0) for _ in candidates]
+           batch_size: int = 8, device: str = "cpu",
+           retrieving: list[np.ndarray] | None = None,
+           verify_against: str = "retrieving_anchor",
+           controls: list[np.ndarray] | None = None) -> list[Verdict]:
+    """ΔI of every candidate context at every anchor of ``root`` (both signals), one forward
+    pass per ``[C; D_cut]`` row, LM head only at the anchors, rows batched ``batch_size`` at a
+    time (right-padded).
+
+    ``retrieving[i]``: the anchors whose queries retrieved candidate i (a bool mask over
+    ``root.anchors`` or anchor indices); None: every anchor. ``controls[i]``: tokens of an
+    unrelated context for candidate i, at least as long as the part of C that is used; it is
+    cut to that length and scored as an extra row (the length control)."""
+    if verify_against not in VERIFY_AGAINST:
+        raise ValueError(f"verify_against must be one of {VERIFY_AGAINST}, got {verify_against!r}")
+    for name, extra in (("retrieving", retrieving), ("controls", controls)):
+        if extra is not None and len(extra) != len(candidates):
+            raise ValueError(f"{name}: {len(extra)} entries for {len(candidates)} candidates")
+    n_anchors = int(root.anchors.size)
+    if n_anchors == 0 or not candidates:
+        return [Verdict(np.zeros(0), np.zeros(0), 0, verify_against=verify_against,
+                        context_tokens=len(c), anchors=root.anchors) for c in candidates]
+    masks = [None if retrieving is None else _mask(r, n_anchors) for r in (retrieving or
+                                                                          [None] * len(candidates))]
     d_cut = root.tokens[:int(root.anchors.max()) + 1]
-    room = max(0, window - len(d_cut))
+    room = context_room(root, window)
     h_d = root.anchor_entropy.astype(np.float64)
     n_d = root.anchor_nll.astype(np.float64)
-    verdicts: list[Verdict] = []
-    for i in range(0, len(candidates), batch_size):
-        ctxs = [np.asarray(c[:room]) for c in candidates[i:i + batch_size]]
+    used = [np.asarray(c[:room]) for c in candidates]
+    rows = list(used)                       # rows [0, n): candidates; [n, 2n): their controls
+    if controls is not None:
+        for c, ctl in zip(used, controls):
+            if len(ctl) < len(c):
+                raise ValueError(f"length control of {len(ctl)} tokens for a context of "
+                                 f"{len(c)} tokens")
+            rows.append(np.asarray(ctl[:len(c)]))
+    gains: list[tuple[np.ndarray, np.ndarray]] = []
+    for i in range(0, len(rows), batch_size):
+        ctxs = rows[i:i + batch_size]
         seqs = [np.concatenate([c, d_cut]) for c in ctxs]
         ids, mask = _pad(seqs, pad_id)
         pos = [torch.as_tensor(root.anchors + len(c)) for c in ctxs]
         scored = score_positions(model, ids.to(device), pos, attention_mask=mask.to(device))
-        for c, (h_cd, n_cd) in zip(ctxs, scored):
+        for h_cd, n_cd in scored:
             h_cd = h_cd.double().cpu().numpy()
             n_cd = n_cd.double().cpu().numpy()
-            di_h = (h_d - h_cd) / np.maximum(h_d, 1e-8)
-            di_n = (n_d - n_cd) / np.maximum(n_d, 1e-8)
-            verdicts.append(Verdict(di_h, di_n, len(c)))
+            gains.append(((h_d - h_cd) / np.maximum(h_d, 1e-8),
+                          (n_d - n_cd) / np.maximum(n_d, 1e-8)))
+    n = len(candidates)
+    verdicts: list[Verdict] = []
+    for j, (c, u) in enumerate(zip(candidates, used)):
+        ctl = gains[n + j] if controls is not None else (None, None)
+        verdicts.append(Verdict(gains[j][0], gains[j][1], len(u), retrieving=masks[j],
+                                verify_against=verify_against, truncated=len(c) > len(u),
+                                context_tokens=len(c), anchors=root.anchors,
+                                control_dI_entropy=ctl[0], control_dI_nll=ctl[1]))
     return verdicts
+
+
+def length_control(length: int, chunk_tokens, chunk_doc, exclude_docs: set[int],
+                   rng: np.random.Generator, max_draws: int = 10_000) -> np.ndarray:
+    """An unrelated context of exactly ``length`` tokens: chunks drawn uniformly (with
+    replacement) from documents not in ``exclude_docs``, concatenated and cut to ``length``."""
+    parts, have, n = [], 0, len(chunk_tokens)
+    for _ in range(max_draws):
+        if have >= length:
+            break
+        c = int(rng.integers(n)) if n else 0
+        if not n or int(chunk_doc[c]) in exclude_docs or len(chunk_tokens[c]) == 0:
+            continue
+        parts.append(np.asarray(chunk_tokens[c], dtype=np.int64))
+        have += len(parts[-1])
+    if have < length:
+        raise ValueError(f"cannot build a length control of {length} tokens: too few chunks "
+                         f"outside the root and its retrieved documents")
+    return (np.concatenate(parts) if parts else np.zeros(0, np.int64))[:length]
+
+
+def control_rng(seed: int, root_doc: int, chunk_id: int) -> np.random.Generator:
+    """The length control's generator for one (root, candidate): seeded from (seed, root
+    document index, candidate chunk id) only, so independent of batching and process count."""
+    from harness.config import stable_hash
+    return np.random.default_rng(int(stable_hash(["length_control", int(seed), int(root_doc),
+                                                  int(chunk_id)], 16), 16))
 
 
 @dataclass
 class Candidate:
     chunk_id: int
     doc_index: int
-    similarity: float         # best cosine over the anchors' queries
+    similarity: float         # best cosine over the queries that retrieved it
     verdict: Verdict
 
 
@@ -151,6 +333,7 @@ class RootScreening:
                 "anchors_verified": int(self.screened.anchors.size),
                 "candidates": len(self.candidates),
                 "accepted": int(sum(g > epsilon for g in gains)),
+                "contexts_truncated": int(sum(c.verdict.truncated for c in self.candidates)),
                 "anchor_entropy": [float(x) for x in self.screened.anchor_entropy],
                 "tau_H": [float(self.screened.tau)] if np.isfinite(self.screened.tau) else [],
                 "root_nll": [float(np.nanmean(self.screened.nll))] if n > 1 else []}
@@ -159,7 +342,9 @@ class RootScreening:
 def screen_and_verify(ctx, roots: list[int]) -> list[RootScreening]:
     """The shared EntropyLong/PolicyLong pipeline for a batch of roots, with the stage's
     screening model: screen → anchors → ±w queries → top-K retrieval (other documents only)
-    → verification of every distinct candidate against all anchors of its root."""
+    → verification of every distinct candidate (ΔI at every anchor of its root, recorded
+    with the mask of the anchors whose queries retrieved it; ``screening.verify_against``
+    says which anchors decide; ``screening.control`` adds the length control)."""
     from harness.retrieval import embed, query_text
 
     res, sc, model = ctx.resources, ctx.spec.screening, ctx.screening_model
@@ -172,23 +357,34 @@ def screen_and_verify(ctx, roots: list[int]) -> list[RootScreening]:
                             sc.batch_size, ctx.device, sc.skip_start)
     queries, owner = [], []
     for i, s in enumerate(screened):
-        for t in s.anchors:
+        for j, t in enumerate(s.anchors):
             queries.append(query_text(res.tokenizer, s.tokens, int(t), sc.query_window))
-            owner.append(i)
+            owner.append((i, j))
     hits_per_query = []
     if queries:
         vecs = embed(res.encoder, queries, ctx.spec.retrieval.batch_size, progress=False)
         hits_per_query = cs.index.search(vecs, ctx.spec.retrieval.top_k,
-                                         exclude_docs=[roots[i] for i in owner])
+                                         exclude_docs=[roots[i] for i, _ in owner])
     best: list[dict[int, float]] = [dict() for _ in roots]
-    for i, hits in zip(owner, hits_per_query):
+    by: list[dict[int, np.ndarray]] = [dict() for _ in roots]   # chunk -> retrieving mask
+    for (i, j), hits in zip(owner, hits_per_query):
         for chunk_id, score in hits:
             best[i][chunk_id] = max(score, best[i].get(chunk_id, -1.0))
+            by[i].setdefault(chunk_id, np.zeros(screened[i].anchors.size, dtype=bool))[j] = True
     out = []
     for i, s in enumerate(screened):
         ids = sorted(best[i], key=lambda c: (-best[i][c], c))
-        verdicts = verify(model, s, [cs.tokens[c] for c in ids], sc.window, pad,
-                          sc.batch_size, ctx.device)
+        cand_tokens = [cs.tokens[c] for c in ids]
+        controls = None
+        if sc.control == "length" and ids:
+            room = context_room(s, sc.window)
+            exclude = {int(roots[i])} | {int(cs.index.chunk_doc[c]) for c in ids}
+            controls = [length_control(min(len(t), room), cs.tokens, cs.index.chunk_doc,
+                                       exclude, control_rng(ctx.seed, roots[i], c))
+                        for c, t in zip(ids, cand_tokens)]
+        verdicts = verify(model, s, cand_tokens, sc.window, pad, sc.batch_size, ctx.device,
+                          retrieving=[by[i][c] for c in ids], verify_against=sc.verify_against,
+                          controls=controls)
         cands = [Candidate(c, int(cs.index.chunk_doc[c]), best[i][c], v)
                  for c, v in zip(ids, verdicts)]
         out.append(RootScreening(roots[i], s, cands))

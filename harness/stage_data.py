@@ -78,6 +78,148 @@ def pack_groups(groups: Iterable[Group], target_length: int, pad_id: int,
     return ids, gids, placed
 
 
+def loss_tokens_of(n_tokens: int) -> int:
+    """Tokens of an attention span of ``n_tokens`` that carry loss under
+    ``harness.training.loss.packed_labels``: every token but the span's last (whose target
+    would be the next span's first token, padding, or past the row)."""
+    return max(0, n_tokens - 1)
+
+
+class Packer:
+    """Packs groups into ``rows`` rows of ``target_length`` until exactly ``loss_budget``
+    tokens carry loss (DESIGN §3 "A fair comparison": equal loss-carrying tokens per method).
+
+    ``attention="group"``: each group is one attention span, kept whole, placed by best fit
+    (the open row with the least room that still fits it; a new row while fewer than ``rows``
+    are open); a group that fits nowhere is set aside (counted, never trained on).
+    ``attention="row"``: the papers' "Standard" random concatenation: groups are concatenated
+    into rows, cut at row ends, and each row is one attention span.
+
+    The group that reaches the budget is cut to the tokens it needs, and once every row is
+    open a group that fits nowhere fills the last quarter of a row at most with its head (so
+    the budget is reachable whatever the group sizes); cut groups carry
+    ``provenance["truncated_to"]`` and are counted. So every method's stage holds exactly
+    ``loss_budget`` loss tokens.
+    Deterministic: the same groups in the same order give the same rows.
+    """
+
+    def __init__(self, target_length: int, rows: int, loss_budget: int, pad_id: int,
+                 attention: str = "group"):
+        if attention not in ("group", "row"):
+            raise ValueError(f"attention must be 'group' or 'row', got {attention!r}")
+        if loss_budget > rows * (target_length - 1):
+            raise ValueError(f"a loss budget of {loss_budget:,} tokens cannot fit {rows} rows "
+                             f"of {target_length} tokens")
+        self.T, self.rows, self.budget, self.pad = target_length, rows, loss_budget, pad_id
+        self.attention = attention
+        self.fill: list[int] = []                  # tokens used per open row
+        self.parts: list[list[tuple]] = []         # per row: (group, tokens, start, end, span)
+        self.loss = 0
+        self.set_aside = 0
+        self.truncated = 0
+        self._span = 0
+
+    @property
+    def done(self) -> bool:
+        return self.loss >= self.budget
+
+    def add(self, g: Group) -> bool:
+        """Place ``g``; returns True once the budget is met."""
+        if self.done:
+            return True
+        toks = np.asarray(g.tokens, dtype=np.int64)
+        if toks.size == 0:
+            return self.done
+        if toks.size > self.T:
+            raise ValueError(f"group of {toks.size} tokens exceeds the target length {self.T} "
+                             f"(root {g.provenance.get('root_id')!r})")
+        if self.attention == "row":
+            self._add_streamed(g, toks)
+        else:
+            self._add_whole(g, toks)
+        return self.done
+
+    def _need(self) -> int:
+        return self.budget - self.loss
+
+    def _add_whole(self, g: Group, toks: np.ndarray) -> None:
+        fits = [i for i, f in enumerate(self.fill) if f + toks.size <= self.T]
+        if fits:
+            row = min(fits, key=lambda i: (self.T - self.fill[i], i))
+        elif len(self.fill) < self.rows:
+            self.fill.append(0)
+            self.parts.append([])
+            row = len(self.fill) - 1
+        else:
+            # every row is open and none has room: a nearly full row takes the group's head
+            # (its last quarter at most, one cut group per row), else it is set aside
+            row = min(range(len(self.fill)), key=lambda i: (self.fill[i], i))
+            gap = self.T - self.fill[row]
+            if not 2 <= gap <= self.T // 4:
+                self.set_aside += 1
+                return
+            toks = toks[:gap]
+            g = Group(toks.tolist(), {**g.provenance, "truncated_to": int(gap)})
+            self.truncated += 1
+        if loss_tokens_of(toks.size) > self._need():
+            toks = toks[:self._need() + 1]
+            g = Group(toks.tolist(), {**g.provenance, "truncated_to": int(toks.size)})
+            self.truncated += 1
+        start = self.fill[row]
+        self.parts[row].append((g, toks, start, start + toks.size, self._span))
+        self._span += 1
+        self.fill[row] += toks.size
+        self.loss += loss_tokens_of(toks.size)
+
+    def _add_streamed(self, g: Group, toks: np.ndarray) -> None:
+        off = 0
+        while off < toks.size and not self.done:
+            if not self.fill or self.fill[-1] == self.T:
+                if len(self.fill) == self.rows:
+                    self.set_aside += 1
+                    return
+                self.fill.append(0)
+                self.parts.append([])
+                self._span += 1
+            row = len(self.fill) - 1
+            start = self.fill[row]
+            take = min(self.T - start, toks.size - off)
+            # loss: a row's span gains `take` tokens; its first token carries none
+            gain = take - (1 if start == 0 else 0)
+            if gain > self._need():
+                take = self._need() + (1 if start == 0 else 0)
+                gain = self._need()
+                self.truncated += 1
+            piece = toks[off:off + take]
+            prov = dict(g.provenance)
+            if off or take < toks.size:
+                prov["piece"] = [int(off), int(off + take)]
+            self.parts[row].append((Group(piece.tolist(), prov), piece, start, start + take,
+                                    self._span - 1))
+            self.fill[row] += take
+            self.loss += gain
+            off += take
+
+    def arrays(self):
+        """``(input_ids, group_index, placed)`` as ``pack_groups`` returns them; the
+        group index holds the attention span (a group, or a whole row under ``row``)."""
+        ids = np.full((self.rows, self.T), self.pad, dtype=np.int32)
+        gidx = np.full((self.rows, self.T), -1, dtype=np.int32)
+        placed = []
+        for r, parts in enumerate(self.parts):
+            for g, toks, s, e, span in sorted(parts, key=lambda p: p[2]):
+                ids[r, s:e] = toks
+                gidx[r, s:e] = span
+                placed.append((g, r, s, e))
+        return ids, gidx, placed
+
+    def summary(self) -> dict:
+        n_real = int(sum(self.fill))
+        return {"loss_tokens": int(self.loss), "pad_tokens": int(self.rows * self.T - n_real),
+                "rows": int(self.rows), "rows_used": len(self.fill),
+                "groups_set_aside": int(self.set_aside), "groups_truncated": int(self.truncated)}
+
+
 def position_ids_from_groups(group_index: np.ndarray) -> np.ndarray:
     """Position ids restarting at 0 wherever the group changes (padding restarts too)."""
     gi = np.asarray(group_index)
@@ -89,28 +231,35 @@ def position_ids_from_groups(group_index: np.ndarray) -> np.ndarray:
 
 
 def write_stage_dataset(out_dir: Path, input_ids: np.ndarray, group_index: np.ndarray,
-                        placed: list, manifest: dict[str, Any]) -> Path:
+                        placed: list, manifest: dict[str, Any],
+                        heldout: list[Group] | None = None) -> Path:
     with atomic_dir(out_dir) as tmp:
-        _write_files(tmp, input_ids, group_index, placed, manifest)
+        _write_files(tmp, input_ids, group_index, placed, manifest, heldout or [])
     return Path(out_dir)
 
 
 def _write_files(tmp: Path, input_ids: np.ndarray, group_index: np.ndarray, placed: list,
-                 manifest: dict[str, Any]) -> None:
+                 manifest: dict[str, Any], heldout: list[Group]) -> None:
     np.save(tmp / "input_ids.npy", np.ascontiguousarray(input_ids, dtype=np.int32))
     np.save(tmp / "group_index.npy", np.ascontiguousarray(group_index, dtype=np.int32))
     with (tmp / "groups.jsonl").open("w", encoding="utf-8") as f:
         for gid, (g, row, start, end) in enumerate(placed):
             rec = {"group": gid, "row": row, "start": start, "end": end, **g.provenance}
             f.write(json.dumps(rec, sort_keys=True) + "\n")
+    # groups held out from training (out-of-sample frontier loss gaps): tokens + provenance
+    with (tmp / "heldout.jsonl").open("w", encoding="utf-8") as f:
+        for g in heldout:
+            f.write(json.dumps({"tokens": [int(t) for t in g.tokens], **g.provenance},
+                               sort_keys=True) + "\n")
     faults.point("dataset-write")
     n_real = int((group_index >= 0).sum())
     man = dict(manifest)
     man.update({
         "rows": int(input_ids.shape[0]), "target_length": int(input_ids.shape[1]),
         "tokens": int(input_ids.size), "non_pad_tokens": n_real, "groups": len(placed),
+        "heldout_groups": len(heldout),
         "sha256": {p: sha256_file(tmp / p) for p in ("input_ids.npy", "group_index.npy",
-                                                 "groups.jsonl")},
+                                                 "groups.jsonl", "heldout.jsonl")},
     })
     digest = hashlib.sha256("".join(man["sha256"][k] for k in sorted(man["sha256"])).encode())
     man["dataset_sha256"] = digest.hexdigest()
@@ -146,6 +295,15 @@ class StageDataset:
 
     def groups(self) -> list[dict]:
         with (self.path / "groups.jsonl").open(encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+    def heldout(self) -> list[dict]:
+        """Groups held out from training: ``{"tokens", "root_start", "root_end",
+        "anchors", "contexts", ...}`` (empty for datasets written without them)."""
+        p = self.path / "heldout.jsonl"
+        if not p.exists():
+            return []
+        with p.open(encoding="utf-8") as f:
             return [json.loads(line) for line in f]
 
     def row_source(self):

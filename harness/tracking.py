@@ -29,6 +29,72 @@ def resolve_uri(spec_uri: str | None = None, root: Path | str = ".") -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or spec_uri or default_uri(root)
 
 
+def uri_origin(uri: str, otherwise: str = "tracking URI") -> str:
+    """Where a resolved URI came from, for messages: the environment or ``otherwise``."""
+    return "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") == uri else otherwise
+
+
+# Schemes every MLflow install takes ('' is a local folder); others are asked of MLflow itself.
+_BUILTIN_SCHEMES = {"", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql"}
+_URI_FORMS = "sqlite:///PATH.db, http(s)://HOST:PORT or a folder path"
+
+
+class UnsupportedTrackingURI(ValueError):
+    """A tracking URI MLflow cannot open (its scheme, or a malformed ``sqlite:`` URI)."""
+
+
+def _mlflow_schemes() -> set[str]:
+    """Schemes both MLflow's tracking and model-registry stores take (plugins included)."""
+    from mlflow.tracking._model_registry.utils import _get_store_registry
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    return set(_tracking_store_registry._registry) & set(_get_store_registry()._registry)
+
+
+def _file_store_allowed() -> bool:
+    """MLflow 3 refuses folder stores (``mlruns``) unless MLFLOW_ALLOW_FILE_STORE is true."""
+    try:
+        from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+    except ImportError:                   # older MLflow: folder stores open
+        return True
+    return bool(MLFLOW_ALLOW_FILE_STORE.get())
+
+
+def check_uri(uri: str, origin: str = "tracking URI") -> None:
+    """Fail, before any work, on a URI whose scheme MLflow does not support (``sqlit:///``)."""
+    from urllib.parse import urlparse
+
+    if not isinstance(uri, str) or not uri.strip():
+        raise UnsupportedTrackingURI(f"{origin}: empty tracking URI; expected {_URI_FORMS}")
+    scheme = urlparse(uri).scheme
+    if len(scheme) == 1:                 # a Windows drive letter: a local path
+        scheme = ""
+    if uri in {"databricks", "databricks-uc", "uc"}:
+        return
+    if scheme not in _BUILTIN_SCHEMES:
+        try:
+            known = _mlflow_schemes()
+        except (ImportError, AttributeError):   # MLflow moved its registries: the built-ins
+            known = set(_BUILTIN_SCHEMES)
+        if scheme not in known:
+            from harness.registry import did_you_mean
+
+            shown = sorted(s for s in known if s)
+            raise UnsupportedTrackingURI(
+                f"{origin} '{uri}': MLflow does not support the scheme '{scheme}'"
+                f"{did_you_mean(scheme, shown, 1)} (supported: {', '.join(shown)}; "
+                f"e.g. {_URI_FORMS})")
+    if scheme in ("", "file") and not _file_store_allowed():
+        raise UnsupportedTrackingURI(
+            f"{origin} '{uri}': this MLflow opens no folder store unless "
+            f"MLFLOW_ALLOW_FILE_STORE=true (`mlflow migrate-filestore` converts one); use "
+            f"sqlite:///PATH.db")
+    if scheme == "sqlite" and not uri.startswith("sqlite:///"):
+        raise UnsupportedTrackingURI(
+            f"{origin} '{uri}': a SQLite store is written sqlite:///PATH.db (three slashes, "
+            f"then a relative path; four for an absolute one)")
+
+
 def stage_key(name: str) -> str:
     return f"stage/{name}"
 
@@ -102,11 +168,20 @@ def sync_spool(uri: str | None = None) -> dict[str, int]:
     """Upload every spooled metric (``policylong sync``): {run id: metrics sent}."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri or resolve_uri())
+    uri = uri or resolve_uri()
+    check_uri(uri, uri_origin(uri))
+    client = MlflowClient(tracking_uri=uri)
     sent = {}
     for path in sorted(spool_dir().glob("*.jsonl")):
         sent[path.stem] = _upload_spooled(client, path)
     return sent
+
+
+class UnknownRun(KeyError):
+    """A run id the tracking store does not hold."""
+
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return str(self.args[0])
 
 
 class Tracker:
@@ -195,6 +270,7 @@ class Tracking:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri or resolve_uri()
+        check_uri(self.uri, uri_origin(self.uri))
         if self.uri.startswith(("http://", "https://")):
             # fail over to the spool within about a minute instead of MLflow's default
             # seven retries with exponential backoff
@@ -214,6 +290,48 @@ class Tracking:
         else:
             self.client = MlflowClient(tracking_uri=self.uri)
             self.experiment_id = self._experiment(experiment, artifact_root)
+
+    @classmethod
+    def of_run(cls, uri: str, run_id: str) -> "Tracking":
+        """The experiment that holds ``run_id``, creating nothing (``UnknownRun`` when the
+        store has no such run)."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        check_uri(uri, uri_origin(uri))
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+            raise UnknownRun(f"no run '{run_id}': the tracking store {uri} does not exist (no "
+                             f"run was recorded there); a comparison records its runs in its "
+                             f"spec's tracking.uri (pass the spec with --spec) or in "
+                             f"MLFLOW_TRACKING_URI")
+        self = cls.__new__(cls)
+        try:
+            self.uri, self.client = uri, MlflowClient(tracking_uri=uri)
+            run = self.client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                first = str(exc.message).strip().split(". ")[0].splitlines()[0][:300]
+                raise UnsupportedTrackingURI(f"the tracking store {uri} cannot be opened: "
+                                             f"{first}") from None
+            raise UnknownRun(f"no run '{run_id}' in the tracking store {uri} "
+                             f"({self._recent_comparisons()}); `policylong dashboard --uri "
+                             f"{uri}` lists every run") from None
+        self.experiment_id = run.info.experiment_id
+        return self
+
+    def _recent_comparisons(self, n: int = 5) -> str:
+        """``"recent comparisons: <id> (<spec>), ..."`` from the store."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            ids = [e.experiment_id for e in self.client.search_experiments()]
+            runs = self.client.search_runs(ids, "attributes.run_name LIKE 'compare-%'",
+                                           max_results=n,
+                                           order_by=["attributes.start_time DESC"]) if ids else []
+        except MlflowException as exc:
+            return f"its runs could not be listed: {exc.error_code}"
+        shown = [f"{r.info.run_id} ({r.data.tags.get('spec', r.info.run_name)})" for r in runs]
+        return f"recent comparisons: {', '.join(shown)}" if shown else "it holds no comparison"
 
     def _experiment(self, name: str, artifact_root) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -272,7 +390,9 @@ class Tracking:
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, before any work, when an HTTP tracking server does not answer."""
+    """Fail fast, before any work, when MLflow cannot open the URI's scheme or an HTTP
+    tracking server does not answer."""
+    check_uri(uri, uri_origin(uri))
     if not uri.startswith(("http://", "https://")):
         return
     import urllib.error

@@ -12,6 +12,19 @@ others; the final value is the objective after the last stage:
 * ``eval/<bench>/avg/<length>``: any benchmark average, run on the final checkpoint (its
   intermediate values are the probe gain when the corpus is the sandbox, none otherwise).
 
+**The objective is measured on a validation split, disjoint from the final evaluation**
+(DESIGN §3 "A fair comparison"). The sandbox's probe entities are cut once, in
+``harness.probes.PROBE_SPLITS``: ``test`` (entities 0-99) is what ``policylong compare`` and
+``policylong eval`` report and what ``stage/loss_gap_probe`` measures there, ``short``
+(100-199) the short-context loss, ``validation`` (200-299) what a trial is scored on: the probe
+objective, the intermediate values, and in a trial ``stage/loss_gap_probe`` (its triples are the
+validation entities'). Tuning also draws its probe items with its own seed,
+``spec.seed + harness.probes.VALIDATION_SEED_OFFSET`` (10,000), never the final evaluation's
+``spec.seed``; ``eval/...`` objectives run their final-checkpoint evaluation with that seed too.
+Generated benchmarks (RULER, HELMET) draw their items from their own ``seed`` parameter and
+file-based ones (LongBench-v2) have one fixed item set, so an ``eval/<bench>`` objective on them
+is not held out unless the tuning spec gives the benchmark another seed or file.
+
 The study lives in an RDB storage (``sqlite:///runs/optuna.db`` by default; a server URL lets
 workers on several machines share it). Trials send heartbeats; a trial whose worker died is
 failed after two missed beats and retried with the same parameters, so an interrupted study
@@ -63,6 +76,15 @@ def _check(spec: Spec) -> None:
         raise SpecError(f"tune.space: {', '.join(shared)} would change the shared corpus, model "
                         f"or index, which every trial reuses; tune them in separate studies")
     kind = spec.tune.objective.split("/")[0]
+    if spec.corpus.path == "sandbox":
+        from harness.probes import PROBE_SPLITS
+
+        need = PROBE_SPLITS["validation"][1]
+        if spec.sandbox.n_probe_entities < need:
+            raise SpecError(f"sandbox.n_probe_entities is {spec.sandbox.n_probe_entities}: "
+                            f"tuning scores trials on the validation probe entities "
+                            f"{PROBE_SPLITS['validation'][0]}..{need - 1}, held out from the "
+                            f"final evaluation; set it to at least {need}")
     if kind == "probe" and spec.corpus.path != "sandbox":
         raise SpecError(f"tune.objective '{spec.tune.objective}' needs the sandbox corpus "
                         f"(corpus.path: sandbox); use stage/<metric> or eval/<bench>/avg/<length>")
@@ -154,8 +176,19 @@ def _done_count(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
+VALIDATION = "validation"   # the probe split trials are scored on (harness.probes.PROBE_SPLITS)
+
+
+def validation_seed(spec: Spec) -> int:
+    """The seed of tuning's probe items: never the final evaluation's ``spec.seed``."""
+    from harness.probes import split_seed
+
+    return split_seed(spec.seed, VALIDATION)
+
+
 class Objective:
-    """One trial: the tuned method's stage loop with the sampled thresholds."""
+    """One trial: the tuned method's stage loop with the sampled thresholds, scored on the
+    validation split of the probe entities with the validation seed (module doc)."""
 
     def __init__(self, spec: Spec, parent_run_id: str):
         from transformers import AutoTokenizer
@@ -171,7 +204,10 @@ class Objective:
         self.tok = AutoTokenizer.from_pretrained(str(base))
         trial_spec = apply_params(spec, {}, spec.tune.method)
         self.resources = prepare_resources(trial_spec, self.tok, corpus, cache_dir(trial_spec))
-        self.triples, self.probe = _probe_set(spec, self.tok)
+        # validation entities only: the probe objective, the intermediate values and a
+        # trial's stage/loss_gap_probe never see the final evaluation's (test) entities
+        self.triples, self.probe = _probe_set(spec, self.tok, VALIDATION)
+        self.seed = validation_seed(spec)
         self.tracking = Tracking(resolve_uri(spec.tracking.uri),
                                  spec.tracking.experiment or spec.name)
         self.parent = Tracker(self.tracking.client, parent_run_id)
@@ -182,7 +218,7 @@ class Objective:
 
         L = max(self.spec.eval.lengths)
         r = run_probe(load_eval_model(ckpt), self.tok, self.probe, [L],
-                      n=self.spec.eval.samples_per_task * 4, seed=self.spec.seed)
+                      n=self.spec.eval.samples_per_task * 4, seed=self.seed)
         if L not in r:
             raise SpecError(f"tune.objective probe/{metric}: eval length {L} is too short "
                             f"for a probe profile and query")
@@ -233,8 +269,11 @@ class Objective:
                              self.triples, self.probe, run_name=label, on_stage=on_stage,
                              evaluate=False)
             if self.kind == "eval":
-                ev = _eval_model(spec, last["ckpt"], self.tok, self.probe,
-                                 Path(last["ckpt"]).parent / eval_name(spec))
+                # the validation seed (and so its own cache name) for the final checkpoint's
+                # evaluation; self.probe is the validation split
+                vspec = spec.model_copy(update={"seed": self.seed})
+                ev = _eval_model(vspec, last["ckpt"], self.tok, self.probe,
+                                 Path(last["ckpt"]).parent / eval_name(vspec))
                 value = ev.get(self.rest[0], {}).get(self.rest[2])
                 if value is None:
                     raise RuntimeError(f"{self.spec.tune.objective}: not measured "

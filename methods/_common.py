@@ -61,7 +61,12 @@ def contexts_then_root(contexts: list[tuple[np.ndarray, dict]], root: np.ndarray
 
 
 def positives(candidates, signal: str, epsilon: float) -> list:
-    """Candidates with ΔI > ε under ``signal``, highest gain first (ties by chunk id)."""
+    """Candidates with ΔI > ε under ``signal``, highest gain first (ties by chunk id).
+
+    The gain is ``Verdict.gain``: over the anchors that retrieved the candidate
+    (``screening.verify_against = retrieving_anchor``, EntropyLong) or over all anchors
+    (``all_anchors``), minus the length control's gain when ``screening.control = length``;
+    the same decision as ``RootScreening.stats``'s ``accepted``."""
     pos = [c for c in candidates if c.verdict.gain(signal) > epsilon]
     return sorted(pos, key=lambda c: (-c.verdict.gain(signal), c.chunk_id))
 
@@ -73,9 +78,21 @@ def context_items(cands, role: str, resources) -> list[tuple[np.ndarray, dict]]:
 
 
 def context_provenance(cand, role: str, resources) -> dict:
+    """``dI_*_max`` / ``dI_*_mean``: over every anchor of the root (recorded whatever decides);
+    ``retrieving_anchors``: positions in the root of the anchors whose queries retrieved the
+    context; ``dI``: the deciding gain under ``signal`` and ``verify_against`` (the excess over
+    the length control when ``control`` is ``length``, whose own gain is ``dI_control``)."""
     chunk = resources.chunkset().chunks[cand.chunk_id]
     v = cand.verdict
-    return {"chunk_id": int(cand.chunk_id), "doc_id": chunk.doc_id, "role": role,
-            "similarity": round(float(cand.similarity), 6),
-            "dI_entropy_max": round(v.max_entropy, 6), "dI_entropy_mean": round(v.mean_entropy, 6),
-            "dI_nll_max": round(v.max_nll, 6), "dI_nll_mean": round(v.mean_nll, 6)}
+    sc = resources.spec.screening
+    out = {"chunk_id": int(cand.chunk_id), "doc_id": chunk.doc_id, "role": role,
+           "similarity": round(float(cand.similarity), 6),
+           "dI_entropy_max": round(v.max_entropy, 6), "dI_entropy_mean": round(v.mean_entropy, 6),
+           "dI_nll_max": round(v.max_nll, 6), "dI_nll_mean": round(v.mean_nll, 6),
+           "verify_against": v.verify_against, "retrieving_anchors": v.retrieving_anchors,
+           "signal": sc.signal, "dI": round(v.gain(sc.signal), 6),
+           "truncated": bool(v.truncated)}
+    if v.has_control:
+        out.update(control="length", dI_raw=round(v.raw_gain(sc.signal), 6),
+                   dI_control=round(v.control_gain(sc.signal), 6))
+    return out

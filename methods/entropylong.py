@@ -3,8 +3,9 @@
 The base model θ_0 screens every stage's roots (the off-policy baseline): per-document adaptive
 threshold ``τ_H = μ_H + α·σ_H`` (α = 2.0, §3.1), queries of ±w = 16 tokens around each anchor,
 top-K retrieval (K is not published; ours, ``retrieval.top_k``), verification ``ΔI > ε``
-(ε = 0.4) for at least one anchor. Sample ``[C_π(1); …; C_π(m); D]``: verified contexts in
-shuffled order before the root ("Shuffle" beat "Sequence"). Roots without a verified context
+(ε = 0.4) at an anchor whose query retrieved the context (``screening.verify_against``).
+Sample ``[C_π(1); …; C_π(m); D]``: verified contexts in shuffled order before the root
+("Shuffle" beat "Sequence"). Roots without a verified context
 give no sample (ours: the paper does not say). Groups are packed to the target length.
 All thresholds live in the spec's ``screening`` section.
 """
@@ -37,5 +38,7 @@ class EntropyLong:
                                    rs.screened.anchors.tolist())
             stats = rs.stats(sc.signal, sc.epsilon)
             stats["dI_positive"] = [c.verdict.gain(sc.signal) for c in pos]
+            if sc.control == "length":
+                stats["dI_control_positive"] = [c.verdict.control_gain(sc.signal) for c in pos]
             out.append(RootResult([g] if g else [], stats))
         return out

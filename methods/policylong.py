@@ -49,5 +49,8 @@ class PolicyLong:
             stats.update(dI_positive=[gain(c) for c in pos], dI_negative=[gain(c) for c in neg],
                          sim_positive=[c.similarity for c in pos],
                          sim_negative=[c.similarity for c in neg], negatives=len(neg))
+            if sc.control == "length":
+                stats.update(dI_control_positive=[c.verdict.control_gain(sc.signal) for c in pos],
+                             dI_control_negative=[c.verdict.control_gain(sc.signal) for c in neg])
             out.append(RootResult([g] if g else [], stats))
         return out

@@ -159,3 +159,122 @@ def test_tune_completes_and_resumes_after_a_kill(tmp_path):
     done = [x for x in trials if x.data.tags.get("tune_state") == "COMPLETE"]
     assert {x.data.metrics["tune/value"] for x in done} == \
         {t.value for t in after if t.state == TrialState.COMPLETE}
+
+
+def test_tuning_and_final_evaluation_never_share_a_probe_entity_or_seed(tmp_path, monkeypatch):
+    """The entities and seeds actually handed to ``run_probe`` (and the loss-gap triples) by a
+    tuning trial, and by the final evaluation (compare's probe benchmark, ``policylong eval``'s
+    probe), come from disjoint splits with distinct seeds. Everything expensive is stubbed:
+    the sandbox is a generated probe file, the model is never run."""
+    import contextlib
+
+    import optuna
+    from transformers import AutoTokenizer
+
+    import benchmarks.probe as bp
+    import harness.compare as C
+    import harness.construct
+    import harness.pipeline
+    import harness.tracking
+    from harness import evaluate
+    from harness.config import SpecError, load_spec
+    from harness.probes import (PROBE_SPLITS, VALIDATION_SEED_OFFSET, sandbox_short_set,
+                                sandbox_triples)
+    from harness.sandbox import world as W
+    from harness.sandbox.build import ASSET
+    from harness.tune import Objective, _check
+
+    # a sandbox folder with 300 probe entities (ids probe-00000 .. probe-00299, in order)
+    sandbox = tmp_path / "sb"
+    sandbox.mkdir()
+    docs, probe = W.generate_corpus(W.WorldSpec(seed=0, n_entities=4, n_filler_docs=1,
+                                                n_probe_entities=300))
+    W.write_jsonl(sandbox / "corpus.jsonl", docs)
+    W.write_jsonl(sandbox / "probe.jsonl", probe)
+    index = {p["id"]: i for i, p in enumerate(probe)}
+    monkeypatch.setattr(harness.pipeline, "resolve_inputs",
+                        lambda spec: (ASSET / "model", str(sandbox / "corpus.jsonl")))
+    monkeypatch.setattr(harness.pipeline, "load_eval_model", lambda path: None)
+    monkeypatch.setattr(harness.construct, "prepare_resources", lambda *a, **k: None)
+
+    calls: list[dict] = []
+
+    def fake_run_probe(model, tokenizer, probe, lengths, n=64, seed=0, **kw):
+        # probe_items reads probe[:n]; record that and the whole list it was given
+        calls.append({"given": {p["id"] for p in probe},
+                      "used": {p["id"] for p in probe[:n]}, "seed": seed})
+        return {L: {"acc": 0.5, "gain": 0.1, "nll": 1.0, "control_nll": 1.1, "n": n,
+                    "distance_mean": 1.0} for L in lengths}
+
+    monkeypatch.setattr(bp, "run_probe", fake_run_probe)
+
+    class _Run:
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+    class _Tracking:
+        def __init__(self, *a, **k):
+            self.client = None
+
+        @contextlib.contextmanager
+        def run(self, *a, **k):
+            yield _Run()
+
+    monkeypatch.setattr(harness.tracking, "Tracking", _Tracking)
+    monkeypatch.setattr(harness.tracking, "Tracker", lambda *a, **k: _Run())
+    seen_triples = []
+
+    def fake_run_method(spec, label, tracking, parent, resources, tok, triples, probe_, **kw):
+        seen_triples.append(triples)
+        for k in range(spec.stages.count):
+            kw["on_stage"](k, str(tmp_path / f"ckpt-{k}" / "model"), {}, _Run())
+        return {"eval": {}, "stages": [{}] * spec.stages.count}
+
+    monkeypatch.setattr(C, "run_method", fake_run_method)
+
+    p = tune_spec(tmp_path)
+    spec = load_spec(p)
+    tok = AutoTokenizer.from_pretrained(str(ASSET / "model"))
+
+    # the final evaluation: compare's probe benchmark and `policylong eval`'s probe
+    triples, test_probe = C._probe_set(spec, tok)
+    C._eval_model(spec, "final-model", tok, test_probe, tmp_path / "eval-final")
+    evaluate.run_probe_eval(spec, ASSET / "model", tmp_path / "eval-cli")
+    final = calls[:]
+    assert len(final) == 2
+    # tuning: the probe objective's intermediate values and final value, then an eval/...
+    # objective, through Objective.__call__
+    calls.clear()
+    study = optuna.create_study(direction="maximize")
+    for objective in ("probe/gain", "eval/probe/avg/1024"):
+        s = load_spec(p, [f"tune.objective={objective}"])
+        obj = Objective(s, "parent")
+        assert obj(study.ask()) == pytest.approx(0.1 if objective == "probe/gain" else 0.5)
+    tuning = calls[:]
+    assert len(tuning) == 2 * spec.stages.count + 1     # per stage (both), + the final eval
+
+    lo, hi = PROBE_SPLITS["test"]
+    vlo, vhi = PROBE_SPLITS["validation"]
+    final_ids = set().union(*(c["given"] for c in final))
+    tune_ids = set().union(*(c["given"] for c in tuning))
+    assert all(lo <= index[i] < hi for i in final_ids)
+    assert all(vlo <= index[i] < vhi for i in tune_ids)
+    assert final_ids.isdisjoint(tune_ids) and tune_ids
+    assert all(c["used"] for c in final + tuning)
+    assert {c["seed"] for c in final} == {spec.seed}
+    assert {c["seed"] for c in tuning} == {spec.seed + VALIDATION_SEED_OFFSET}
+    # the loss-gap triples: test entities for compare, validation entities in a trial; the
+    # short-context set is the third split
+    assert triples == sandbox_triples(tok, probe, "test") and len(triples) == hi - lo
+    assert seen_triples and all(t == sandbox_triples(tok, probe, "validation")
+                                for t in seen_triples)
+    assert seen_triples[0] != triples
+    assert C.short_set(spec, tok, test_probe) == sandbox_short_set(tok, probe, "short")
+    spans = sorted(PROBE_SPLITS.values())
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    # a sandbox with too few probe entities is refused with a clear message
+    W.write_jsonl(sandbox / "probe.jsonl", probe[:250])
+    with pytest.raises(SpecError, match="probe split 'validation' takes entities 200..299"):
+        C._probe_set(spec, tok, "validation")
+    with pytest.raises(SpecError, match="n_probe_entities is 200"):
+        _check(load_spec(p, ["sandbox.n_probe_entities=200"]))

@@ -36,6 +36,11 @@ class LoopSettings:
     log_every: int = 10
     save_every: int = 0             # 0: no mid-run state
     seed: int = 0
+    # Where this loop sits in the learning-rate schedule: global steps before it and the
+    # schedule's total (one warm-up and one decay over every stage of a continuous run);
+    # None: the schedule spans this loop alone.
+    schedule_start: int = 0
+    schedule_total: int | None = None
 
 
 class RowSource:
@@ -84,13 +89,17 @@ def _optimizer(model: torch.nn.Module, s: LoopSettings) -> torch.optim.Optimizer
 
 def train_loop(model, source: RowSource, s: LoopSettings, accelerator,
                log: Callable[[dict, int], None] | None = None, state_dir: Path | None = None,
-               step_offset: int = 0, progress: bool = True) -> dict:
+               step_offset: int = 0, progress: bool = True,
+               optimizer_from: Path | None = None, optimizer_to: Path | None = None) -> dict:
     """Train ``model`` for ``s.steps`` optimizer steps; returns a summary dict.
 
     ``log(metrics, step)`` receives ``train/loss``, ``train/lr``, ``train/grad_norm`` and
     ``train/tokens_per_s`` every ``log_every`` steps (step = ``step_offset`` + local step).
+    ``optimizer_from``: the optimizer state a previous stage left (continuous schedule),
+    loaded when the loop starts at step 0; ``optimizer_to``: where this loop leaves its own.
     """
-    from harness.training.state import full_state_dict, load_state, save_state
+    from harness.training.state import (full_state_dict, load_optimizer, load_state,
+                                        save_state)
 
     torch.manual_seed(s.seed)
     hf_model = model
@@ -100,6 +109,9 @@ def train_loop(model, source: RowSource, s: LoopSettings, accelerator,
     start = 0
     if state_dir is not None and (state_dir / "state.json").exists():
         start = load_state(state_dir, accelerator, hf_model, opt)
+    elif optimizer_from is not None:
+        load_optimizer(optimizer_from, accelerator, opt)
+    total = s.schedule_total or s.steps
     world, rank = accelerator.num_processes, accelerator.process_index
     rows_per_step = s.micro_batch * s.grad_accum * world
     bar = None
@@ -109,7 +121,7 @@ def train_loop(model, source: RowSource, s: LoopSettings, accelerator,
     hf_model.train()
     history, t_last, tok_since = [], time.perf_counter(), 0
     for step in range(start, s.steps):
-        lr = cosine_lr(step, s.steps, s.lr, s.warmup_steps, s.min_lr_ratio)
+        lr = cosine_lr(s.schedule_start + step, total, s.lr, s.warmup_steps, s.min_lr_ratio)
         for g in opt.param_groups:
             g["lr"] = lr
         base = step * rows_per_step
@@ -156,6 +168,8 @@ def train_loop(model, source: RowSource, s: LoopSettings, accelerator,
             raise FloatingPointError(f"training loss became {mean_loss} at step {step + 1}")
     if bar is not None:
         bar.close()
+    if optimizer_to is not None:
+        save_state(optimizer_to, accelerator, hf_model, opt, s.steps, with_model=False)
     # Gathered on every process (FSDP shards); the caller saves it from the main process.
     return {"losses": history, "steps": s.steps, "start_step": start,
             "state_dict": full_state_dict(accelerator, wrapped)}

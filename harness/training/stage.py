@@ -71,12 +71,25 @@ def load_for_training(checkpoint: Path, extension: ContextExtensionSpec | None,
     return model
 
 
+def optimizer_dir(checkpoint_dir: Path | str) -> Path:
+    """Where a stage leaves its optimizer state for the next stage (beside its checkpoint)."""
+    p = Path(checkpoint_dir)
+    return p.with_name(p.name + ".optim")
+
+
 def train_stage(checkpoint: Path | str, dataset: StageDataset | Path | str, train: TrainSpec,
                 out_dir: Path | str, tracker: Tracker = NULL_TRACKER,
                 extension: ContextExtensionSpec | None = None, step_offset: int = 0,
                 accelerator=None, progress: bool = True,
-                attn_implementation: str = "sdpa") -> Path:
+                attn_implementation: str = "sdpa", stage: int = 0, stages: int = 1,
+                optimizer_from: Path | None = None) -> Path:
     """Train ``checkpoint`` on one stage dataset and save the result as an HF folder.
+
+    ``stage`` of ``stages``: with ``train.schedule: continuous`` (default) the stages are
+    rounds of one run: one warm-up and one cosine decay over ``stages`` x this stage's steps
+    (every stage has the same rows), and the optimizer continues from ``optimizer_from`` (the
+    state the previous stage left beside its checkpoint, ``optimizer_dir``). ``per_stage``:
+    a fresh optimizer and schedule every stage.
 
     A finished ``out_dir`` (with ``stage_done.json``) is returned as is. Mid-stage state goes
     to ``<out_dir>.state`` every ``train.save_every`` steps and is resumed from after a kill.
@@ -101,21 +114,29 @@ def train_stage(checkpoint: Path | str, dataset: StageDataset | Path | str, trai
     steps, accum = plan_steps(len(ds), T, train, acc.num_processes)
     model = load_for_training(Path(checkpoint), extension, T, dtype, train.gradient_checkpointing,
                               attn_implementation)
+    continuous = train.schedule == "continuous"
+    total = steps * (stages if continuous else 1)
     settings = LoopSettings(
         steps=steps, micro_batch=train.micro_batch, grad_accum=accum, lr=train.lr,
-        warmup_steps=int(train.warmup_ratio * steps), min_lr_ratio=train.min_lr_ratio,
+        warmup_steps=int(train.warmup_ratio * total), min_lr_ratio=train.min_lr_ratio,
+        schedule_start=steps * stage if continuous else 0, schedule_total=total,
         weight_decay=train.weight_decay, betas=(train.beta1, train.beta2),
         grad_clip=train.grad_clip, loss_block=train.loss_block, save_every=train.save_every,
         seed=train.seed, log_every=max(1, min(10, steps // 10)))
     state_dir = out_dir.with_name(out_dir.name + ".state")
     summary = train_loop(model, ds.row_source(), settings, acc, log=tracker.log_metrics,
-                         state_dir=state_dir, step_offset=step_offset, progress=progress)
+                         state_dir=state_dir, step_offset=step_offset, progress=progress,
+                         optimizer_from=optimizer_from if continuous and stage > 0 else None,
+                         optimizer_to=optimizer_dir(out_dir) if continuous else None)
     if acc.is_main_process:
         tok = AutoTokenizer.from_pretrained(str(checkpoint))
         save_checkpoint(model, tok, out_dir, state_dict=summary["state_dict"])
         (out_dir / "stage_done.json").write_text(json.dumps(
             {"steps": steps, "final_loss": summary["losses"][-1] if summary["losses"] else None,
              "resumed_from_step": summary["start_step"],
+             "schedule": train.schedule, "schedule_steps": [settings.schedule_start,
+                                                            settings.schedule_start + steps,
+                                                            total],
              "dataset_sha256": ds.manifest.get("dataset_sha256")}, indent=2))
         shutil.rmtree(state_dir, ignore_errors=True)
     acc.wait_for_everyone()

@@ -23,8 +23,11 @@ def _sharded(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
-def save_state(state_dir: Path, accelerator, model, opt, step: int) -> None:
-    """Called on every process (under FSDP each writes its shard)."""
+def save_state(state_dir: Path, accelerator, model, opt, step: int,
+               with_model: bool = True) -> None:
+    """Called on every process (under FSDP each writes its shard). ``with_model=False``: the
+    optimizer alone (what a continuous schedule carries to the next stage; the weights are
+    the stage's checkpoint). Under FSDP Accelerate writes the sharded model with it."""
     from safetensors.torch import save_model
 
     tmp = state_dir.with_name(state_dir.name + ".tmp")
@@ -36,7 +39,8 @@ def save_state(state_dir: Path, accelerator, model, opt, step: int) -> None:
     if _sharded(accelerator):
         accelerator.save_state(str(tmp / "sharded"))
     elif main:
-        save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
+        if with_model:
+            save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
         torch.save({"optimizer": opt.state_dict()}, tmp / "optim.pt")
     accelerator.wait_for_everyone()
     if main:
@@ -66,6 +70,18 @@ def load_state(state_dir: Path, accelerator, model, opt) -> int:
     np.random.set_state(rng["numpy_rng"])
     random.setstate(rng["py_rng"])
     return json.loads((state_dir / "state.json").read_text())["step"]
+
+
+def load_optimizer(state_dir: Path, accelerator, opt) -> None:
+    """The optimizer state of ``state_dir`` (written by ``save_state``) into ``opt``, after
+    ``accelerator.prepare``; the model's weights are left as loaded."""
+    if not (state_dir / "state.json").exists():
+        raise FileNotFoundError(f"{state_dir}: no optimizer state to continue from (the "
+                                f"previous stage did not finish)")
+    if _sharded(accelerator):
+        accelerator.load_state(str(state_dir / "sharded"))
+    else:
+        opt.load_state_dict(torch.load(state_dir / "optim.pt", weights_only=False)["optimizer"])
 
 
 def full_state_dict(accelerator, wrapped) -> dict:
