@@ -20,6 +20,7 @@ from pathlib import Path
 from harness import faults
 from harness.config import Spec, resolved, spec_hash
 from harness.fileio import atomic_write_text, locked
+from harness.logs import phase, timed
 
 
 def _log(msg: str) -> None:
@@ -144,6 +145,7 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
             ds = StageDataset(ds_path)
             child.log_artifact(ds_path / "manifest.json", f"stage-{k}")
             t_built = time.perf_counter()
+            phase(label, k, "construct", t_built - t0)
             out = checkpoint_dir(spec, label, k)
             entering = ckpt
             ckpt = train_stage(ckpt, ds, spec.train, out, tracker=child,
@@ -153,6 +155,7 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
                                if k else None)
             done = json.loads((Path(ckpt) / "stage_done.json").read_text())
             step_offset += done["steps"]
+            phase(label, k, "train", time.perf_counter() - t_built)
             cached = Path(ckpt).parent / "stage_metrics.json"
             if cached.exists():          # a finished stage: its probes are not rerun
                 metrics = json.loads(cached.read_text())
@@ -177,6 +180,7 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
                 metrics["train_seconds"] = t_trained - t_built
                 metrics["stage_seconds"] = time.perf_counter() - t0
                 atomic_write_text(cached, json.dumps(metrics, indent=2))
+                phase(label, k, "probe", time.perf_counter() - t_trained)
             child.log_metrics({stage_key(n): v for n, v in metrics.items()
                                if isinstance(v, (int, float)) and not math.isnan(v)}, k)
             row["stages"].append(metrics)
@@ -188,7 +192,9 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
                 on_stage(k, ckpt, metrics, child)
         if not evaluate:
             return row
-        row["eval"] = _eval_model(spec, ckpt, tokenizer, probe, Path(ckpt).parent / eval_name(spec))
+        with timed(label, None, "eval"):
+            row["eval"] = _eval_model(spec, ckpt, tokenizer, probe,
+                                      Path(ckpt).parent / eval_name(spec))
         _log_eval(child, row["eval"])
     return row
 
@@ -308,8 +314,9 @@ def compare(spec: Spec) -> Path:
         with tracking.run("base", parent=parent, tags={"method_label": "base"}) as child:
             from harness.pipeline import load_eval_model
             from harness.probes import loss_gap, short_context_loss
-            ev = _eval_model(spec, base, tok, probe,
-                             Path(spec.output_dir) / "base" / eval_name(spec))
+            with timed("base", None, "eval"):
+                ev = _eval_model(spec, base, tok, probe,
+                                 Path(spec.output_dir) / "base" / eval_name(spec))
             _log_eval(child, ev)
             st = {}
             if triples or short:

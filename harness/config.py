@@ -105,10 +105,11 @@ class Strict(BaseModel):
 class SandboxSpec(Strict):
     """The embedded sandbox world (DESIGN §5). All defaults are ours."""
     seed: int = 0
-    # Sized so that 4 stages of 131,072 loss tokens never reuse a root (about 560K tokens).
-    n_entities: int = Field(2400, gt=0)
+    # Sized so that the smoke spec (2 stages of 131,072 tokens) never reuses a root: about
+    # 300K tokens in 3,450 documents; the study spec asks for a larger world.
+    n_entities: int = Field(1300, gt=0)
     lookalike_fraction: float = Field(0.5, ge=0, le=1)
-    n_filler_docs: int = Field(400, ge=0)
+    n_filler_docs: int = Field(200, ge=0)
     # probe entities: [0, 100) final evaluation and loss-gap probe, [100, 200) short-context
     # loss, [200, 300) tuning validation (disjoint by construction; harness.probes.PROBE_SPLITS)
     n_probe_entities: int = Field(300, gt=0)

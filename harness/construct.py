@@ -351,7 +351,8 @@ def _ground_truth(res: "Resources", groups: list[dict]) -> dict | None:
     if truth is None:
         return None
     from harness.ground_truth import group_quality
-    return group_quality(truth, groups)
+    q = group_quality(truth, groups)
+    return q if q.get("groups") else None     # methods without contexts: nothing to judge
 
 
 def stage_config_hash(ctx: StageContext, method: Method) -> str:

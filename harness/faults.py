@@ -7,6 +7,8 @@ like ``kill -9`` or the OOM killer) the first time it reaches that point:
 * ``screening``: after the first round of screening of a stage;
 * ``dataset-write``: stage dataset files written, its manifest not yet;
 * ``train``: mid-stage, right after the first periodic training state was saved;
+* ``train-late``: the same in a stage after the first (the optimizer state and the schedule
+  continue from the previous stage);
 * ``eval``: a checkpoint's benchmarks scored, their cache file not yet written.
 
 Unset (always, outside tests) it costs one dictionary lookup.
@@ -17,7 +19,7 @@ import os
 import signal
 
 ENV = "POLICYLONG_KILL_AT"
-POINTS = ("index", "screening", "dataset-write", "train", "eval")
+POINTS = ("index", "screening", "dataset-write", "train", "train-late", "eval")
 
 
 def point(name: str) -> None:

@@ -7,6 +7,8 @@ variables when they are imported, so the levels are set there too, and every pro
 spawn (vLLM's engine core and workers, tuning workers) inherits them. A level the user exported
 already is kept.
 
+vLLM's log lines go to stderr (its default is stdout), so that stdout holds results only.
+
 ``phase(method, stage, what, seconds)`` prints the one line a comparison shows per phase.
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ QUIET_LOGGERS = ("vllm", "transformers", "mlflow", "alembic", "faiss", "sentence
 def configure(verbose: bool = False) -> None:
     """Silence third-party INFO logs unless ``verbose``; with it, leave the libraries' own
     defaults (INFO for vLLM and MLflow)."""
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")   # stdout is for results
     if verbose:
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.NOTSET)

@@ -224,7 +224,7 @@ def construct(spec: Spec, label: str, stage: int, resources=None, progress: bool
                        params=method.params.model_dump(mode="json"), work_dir=out.parent,
                        device=device)
     m = build_stage(method, ctx, out, root_start(spec, label, stage), progress=progress)
-    m_short = {k: m[k] for k in ("method", "stage", "rows", "groups", "budget_met",
-                                 "dataset_sha256")}
+    m_short = {k: m.get(k) for k in ("method", "stage", "rows", "groups", "loss_tokens",
+                                     "pad_tokens", "heldout_groups", "dataset_sha256")}
     print(f"[construct] {json.dumps(m_short)}", file=sys.stderr)
     return out

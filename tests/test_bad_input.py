@@ -86,7 +86,8 @@ CORPUS_CASES = {
     "binary": r"binary\.jsonl line 1: binary data \(a NUL byte at byte offset 0; expected "
               r"UTF-8 text\)",
     "too_small": r"too_small\.jsonl: 1 documents, \d+ tokens: too small for "
-                 r"stages\.tokens_per_stage 131,072",
+                 r"stages\.count 2 x stages\.tokens_per_stage 131,072 = 262,144 tokens "
+                 r"without reusing a root",
 }
 
 

@@ -31,7 +31,7 @@ def _restore_logging_env(monkeypatch):
     """``main`` sets the libraries' log levels in os.environ: keep them out of other tests."""
     from harness.logs import QUIET_ENV, QUIET_LOGGERS
 
-    for key in QUIET_ENV:
+    for key in [*QUIET_ENV, "VLLM_LOGGING_STREAM"]:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     levels = {n: logging.getLogger(n).level for n in QUIET_LOGGERS}
@@ -119,12 +119,23 @@ def test_tracking_uri_from_the_environment_is_named_as_such(spec_file, capsys, m
 
 
 @pytest.mark.parametrize("uri", ["sqlite:///runs/mlflow.db", "sqlite:////tmp/x.db",
-                                 "http://127.0.0.1:5000", "https://example.org", "mlruns",
-                                 "/tmp/mlruns", "file:///tmp/mlruns", "databricks",
-                                 "postgresql://u@h/db"])
+                                 "http://127.0.0.1:5000", "https://example.org", "databricks",
+                                 "postgresql://u@h/db", "mysql://u@h/db"])
 def test_tracking_uris_mlflow_opens_pass(uri):
     from harness.tracking import check_uri
 
+    check_uri(uri)
+
+
+@pytest.mark.parametrize("uri", ["mlruns", "/tmp/mlruns", "file:///tmp/mlruns"])
+def test_folder_stores_need_mlflows_opt_in(uri, monkeypatch):
+    from harness.tracking import UnsupportedTrackingURI, check_uri
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(UnsupportedTrackingURI, match="MLFLOW_ALLOW_FILE_STORE=true .*use "
+                                                     "sqlite:///PATH.db"):
+        check_uri(uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     check_uri(uri)
 
 
@@ -251,7 +262,8 @@ from harness.logs import configure
 configure(%s)
 import transformers, mlflow
 import vllm.envs   # vLLM configures its loggers from this when an engine starts (LoggingConfig)
-child = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('VLLM_LOGGING_LEVEL'))"],
+child = subprocess.run([sys.executable, "-c",
+                        "import os; print(os.environ.get('VLLM_LOGGING_LEVEL'))"],
                        capture_output=True, text=True).stdout.strip()
 print(transformers.logging.get_verbosity(), logging.getLogger("mlflow").getEffectiveLevel(),
       vllm.envs.VLLM_LOGGING_LEVEL, logging.getLogger("faiss").getEffectiveLevel(),
@@ -259,19 +271,22 @@ print(transformers.logging.get_verbosity(), logging.getLogger("mlflow").getEffec
 """
 
 
-@pytest.mark.parametrize("verbose", [False, True])
-def test_third_party_info_logs_only_with_verbose(verbose):
+def test_third_party_info_logs_only_with_verbose():
     env = {k: v for k, v in os.environ.items()
            if k not in ("VLLM_LOGGING_LEVEL", "TRANSFORMERS_VERBOSITY", "MLFLOW_LOGGING_LEVEL")}
-    r = subprocess.run([sys.executable, "-c", _LEVELS % verbose], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    tf, mlf, vllm, faiss, st, child = r.stdout.split()[-6:]
+    procs = {verbose: subprocess.Popen([sys.executable, "-c", _LEVELS % verbose], cwd=REPO,
+                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True)
+             for verbose in (False, True)}
     W, I = str(logging.WARNING), str(logging.INFO)
-    if verbose:   # the libraries' own defaults: transformers warns, vLLM and MLflow say INFO
-        assert (tf, mlf, vllm, child) == (W, I, "INFO", "None")
-    else:         # warnings still show; vLLM's processes inherit the level
-        assert (tf, mlf, vllm, faiss, st, child) == (W, W, "WARNING", W, W, "WARNING")
+    for verbose, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        tf, mlf, vllm, faiss, st, child = out.split()[-6:]
+        if verbose:   # the libraries' own defaults: transformers warns, vLLM and MLflow say INFO
+            assert (tf, mlf, vllm, child) == (W, I, "INFO", "None")
+        else:         # warnings still show; vLLM's processes inherit the level
+            assert (tf, mlf, vllm, faiss, st, child) == (W, W, "WARNING", W, W, "WARNING")
 
 
 def test_a_new_store_prints_no_mlflow_info_without_verbose(tmp_path):
@@ -305,3 +320,31 @@ def test_phase_prints_one_line(capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "[phase] policylong stage 1 train 412.3 s"
     assert re.fullmatch(r"\[phase\] standard eval 0\.0 s", err[1])
+
+
+_ENGINE = """
+import sys
+if __name__ == "__main__":
+    from harness.logs import configure
+    configure(sys.argv[1] == "verbose")
+    from vllm import SamplingParams
+    from harness.vllm_engine import make_engine
+    llm = make_engine("harness/assets/sandbox-model/model", 512)
+    llm.generate(["The"], SamplingParams(max_tokens=4, temperature=0), use_tqdm=False)
+    print("generated")
+"""
+
+
+@pytest.mark.slow
+def test_a_vllm_engine_prints_no_info_lines_without_verbose(tmp_path):
+    """Real vLLM (on CPU here): its engine core and worker processes inherit the level, and
+    its log lines go to stderr; about 36 INFO lines with -v, none without."""
+    script = tmp_path / "engine.py"
+    script.write_text(_ENGINE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LOGGING")}
+    env["PYTHONPATH"] = str(REPO)
+    r = subprocess.run([sys.executable, str(script), "quiet"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines() == ["generated"]          # logs stay off stdout
+    assert not [line for line in r.stderr.splitlines() if " INFO " in line], r.stderr[-3000:]

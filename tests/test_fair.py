@@ -206,3 +206,15 @@ def test_continuing_the_optimizer_changes_the_next_stage(tmp_path, tiny_model_di
     wa = load_file(str(a / "model.safetensors"))
     wb = load_file(str(b / "model.safetensors"))
     assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_compare_refuses_methods_with_unequal_loss_tokens():
+    from harness.compare import BudgetError, check_budgets
+
+    rows = {"a": {"stages": [{"loss_tokens": 1000.0}, {"loss_tokens": 1000.0}]},
+            "b": {"stages": [{"loss_tokens": 996.0}, {"loss_tokens": 1000.0}]},
+            "base": {"stages": [{}]}}
+    check_budgets(rows)                           # 0.4 %: reported
+    rows["b"]["stages"][1]["loss_tokens"] = 980.0
+    with pytest.raises(BudgetError, match=r"stage 1: .*differ by 2\.0 %.*a 1,000, b 980"):
+        check_budgets(rows)

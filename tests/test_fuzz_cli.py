@@ -375,7 +375,7 @@ def quiet_env(monkeypatch):
     """``main`` sets the libraries' log levels in os.environ and logging: undo it after."""
     from harness.logs import QUIET_ENV, QUIET_LOGGERS
 
-    for key in [*QUIET_ENV, "MLFLOW_TRACKING_URI"]:
+    for key in [*QUIET_ENV, "VLLM_LOGGING_STREAM", "MLFLOW_TRACKING_URI"]:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("POLICYLONG_SANDBOX_DIR", "sandbox-dir")   # relative: in the case
     monkeypatch.setenv("POLICYLONG_SPOOL_DIR", "spool")

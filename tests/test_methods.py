@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from harness.config import Spec
+from test_compare import SMALL_SANDBOX
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -14,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 def micro_spec(tmp_path, sandbox_dir, **over) -> Spec:
     data = yaml.safe_load((REPO / "runs" / "smoke.yaml").read_text())
     data["output_dir"] = str(tmp_path / "out")
+    data["sandbox"] = dict(SMALL_SANDBOX)
     data["stages"] = {"count": 2, "tokens_per_stage": 4 * 1024, "target_length": 1024}
     data["screening"]["window"] = 512
     data["retrieval"]["top_k"] = 4
@@ -34,7 +36,7 @@ def sandbox_dir(tmp_path_factory, monkeypatch_module):
     from harness.sandbox.build import build_sandbox
     root = tmp_path_factory.mktemp("sb")
     monkeypatch_module.setenv("POLICYLONG_SANDBOX_DIR", str(root))
-    return build_sandbox(SandboxSpec(), out_root=root)
+    return build_sandbox(SandboxSpec(**SMALL_SANDBOX), out_root=root)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_compare import micro_spec_file
+from test_compare import SMALL_SANDBOX, micro_spec_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,8 @@ def sandbox(tmp_path_factory):
     from harness.sandbox.build import build_sandbox
 
     root = tmp_path_factory.mktemp("sandbox")
-    build_sandbox(out_root=root)
+    from harness.config import SandboxSpec
+    build_sandbox(SandboxSpec(**SMALL_SANDBOX), out_root=root)
     return root
 
 
@@ -95,7 +96,8 @@ def test_kill_9_at_every_step_resumes_to_the_same_results(tmp_path, sandbox):
 
     chain = one_method_spec(tmp_path, "chain", sandbox)
     # the base model's evaluation comes first, then the index, screening, writing, training
-    for point in ("eval", "index", "screening", "dataset-write", "train"):
+    # ... and training in stage 1, which continues stage 0's optimizer state and schedule
+    for point in ("eval", "index", "screening", "dataset-write", "train", "train-late"):
         assert point in POINTS
         r = compare(chain, sandbox, kill_at=point)
         assert r.returncode == -9, f"{point}: never reached (exit {r.returncode})\n" \
@@ -111,7 +113,7 @@ def test_kill_9_at_every_step_resumes_to_the_same_results(tmp_path, sandbox):
     runs = tracking.client.search_runs([tracking.experiment_id])
     assert not [x for x in runs if x.info.status == "RUNNING"]
     assert sum(x.info.status == "KILLED" for x in runs
-               if x.info.run_name.startswith("compare-")) == 5
+               if x.info.run_name.startswith("compare-")) == 6
 
 
 @pytest.mark.slow

@@ -164,6 +164,8 @@ def train_loop(model, source: RowSource, s: LoopSettings, accelerator,
                 and step + 1 < s.steps:
             save_state(state_dir, accelerator, hf_model, opt, step + 1)
             faults.point("train")
+            if s.schedule_start > 0:
+                faults.point("train-late")
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"training loss became {mean_loss} at step {step + 1}")
     if bar is not None:
