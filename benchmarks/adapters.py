@@ -71,6 +71,50 @@ def data_file(bench: str, params: dict, key: str, env: str | None = None,
     return None
 
 
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_record(path: str | os.PathLike | None) -> dict | None:
+    """``{"path", "sha256", "bytes"}`` of a data file (hashed once per size and mtime)."""
+    if not path:
+        return None
+    import hashlib
+
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return {"path": str(p), "sha256": _SHA_CACHE[key], "bytes": st.st_size}
+
+
+def _flag(bench: str, params: dict, key: str, default: bool = False) -> bool:
+    v = params.get(key, default)
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        v = v.lower() == "true"
+    if not isinstance(v, bool):
+        raise ValueError(f"{bench}: params.{key} must be true or false, got {v!r}")
+    return v
+
+
+def _samples_param(bench: str, params: dict, default: str | int | None) -> str | int | None:
+    """``params.samples``: "all", or a positive count (a seeded random sample)."""
+    v = params.get("samples", default)
+    if v is None or v == "all":
+        return v
+    try:
+        n = int(v)
+    except (TypeError, ValueError):
+        n = 0
+    if n <= 0 or isinstance(v, bool):
+        raise ValueError(f"{bench}: params.samples must be 'all' or a positive count, got {v!r}")
+    return n
+
+
 class Ruler:
     name = "ruler"
     PARAMS = ("essay_path", "squad_path", "hotpotqa_path", "seed")
@@ -87,9 +131,38 @@ class Ruler:
         self.qa = {"qa_1": data_file(self.name, p, "squad_path"),
                    "qa_2": data_file(self.name, p, "hotpotqa_path")}
         self.seed = int(p.get("seed", DEFAULT_SEED))
+        self.preset = entry.preset
+        if self.preset != "harness":
+            raise ValueError(f"{self.name}: preset {self.preset!r} is not implemented yet "
+                             f"(the chat template and nltk sentence splitting are not there); "
+                             f"use preset harness")
 
     def tasks(self) -> list[str]:
         return list(self._tasks)
+
+    def reference_tasks(self) -> list[str]:
+        from benchmarks.ruler import TASKS
+
+        return list(TASKS)          # RULER's average is over its 13 tasks
+
+    def provenance(self) -> dict:
+        from benchmarks.ruler import GENERATOR_VERSION
+        from benchmarks.ruler.templates import TASKS
+
+        return {"preset": self.preset,
+                "data": {"generated": True, "generator": "benchmarks.ruler",
+                         "version": GENERATOR_VERSION, "seed": self.seed,
+                         "essay": file_record(self.essay) or (
+                             "hub baber/paul_graham_essays" if any(
+                                 TASKS[t].args.get("type_haystack") == "essay"
+                                 for t in self._tasks) else None),
+                         "squad": file_record(self.qa["qa_1"]),
+                         "hotpotqa": file_record(self.qa["qa_2"])},
+                "template": "RULER task templates + answer prefix, model template 'base'",
+                "sentence_split": "regex (benchmarks.ruler.common.split_sentences)",
+                "decoding": {"temperature": 0.0, "max_new_tokens": "per task (RULER's "
+                             "tokens_to_generate: niah 128, vt 30, cwe 120, fwe 50, qa 32)"},
+                "samples": {"selection": "eval.samples_per_task generated per task and length"}}
 
     def samples(self, task: str, length: int, tokenizer: Any, n: int) -> list[Sample]:
         from benchmarks import ruler
@@ -119,8 +192,23 @@ class Ruler:
 
 
 class LongBenchV2:
+    """LongBench-v2 in one of two presets (``entry.preset``; README, "Evaluation presets"):
+
+    - ``harness`` (default): base-model completion prompt (or ``prompt: chat``), the prompt
+      middle-truncated to ``length - reserve`` tokens, greedy, the file's first
+      ``samples_per_task`` items, an empty output scored wrong.
+    - ``official``: THUDM's ``pred.py``: the 0-shot (or CoT) user message through the model's
+      chat template (a tokenizer without one is reported as not run), middle-truncated to
+      120,000 tokens at 131,072 (``official_max_len``), temperature 0.1 (seeded per item),
+      128 new tokens (1,024 for the CoT pass), every item (``samples: N`` for a seeded random
+      sample of N), an item with an empty output dropped and counted (``dropped``).
+
+    ``cot: true`` runs the two-pass CoT in either preset (the answer pass is a follow-up pass
+    of the evaluation core).
+    """
+
     name = "longbench_v2"
-    PARAMS = ("path", "prompt", "reserve")
+    PARAMS = ("path", "prompt", "reserve", "cot", "samples", "seed")
     BREAKDOWN = ("easy", "hard", "short", "medium", "long")
 
     def __init__(self, entry: BenchmarkEntry):
@@ -129,18 +217,37 @@ class LongBenchV2:
         p = entry.params
         check_params(self.name, p, self.PARAMS)
         check_tasks(self.name, entry.tasks, ["overall"])
+        self.preset = entry.preset
+        self.official = self.preset == "official"
         self.path = data_file(self.name, p, "path", "POLICYLONG_LONGBENCH_V2",
                               "longbench_v2_sample.json")
-        self.completion = p.get("prompt", "completion") == "completion"
-        if p.get("prompt", "completion") not in ("completion", "chat"):
+        prompt = p.get("prompt", "chat" if self.official else "completion")
+        if prompt not in ("completion", "chat"):
             raise ValueError(f"{self.name}: params.prompt must be 'completion' or 'chat', "
-                             f"got {p['prompt']!r}")
-        self.reserve = int(p.get("reserve", lb.MAX_NEW_TOKENS + 32))
+                             f"got {prompt!r}")
+        if self.official and prompt != "chat":
+            raise ValueError(f"{self.name}: preset official sends the chat prompt (pred.py); "
+                             f"params.prompt: completion is for preset harness")
+        if self.official and "reserve" in p:
+            raise ValueError(f"{self.name}: preset official truncates to the official budget "
+                             f"(120,000 tokens at 131,072); params.reserve is for preset harness")
+        self.completion = prompt == "completion"
+        self.cot = _flag(self.name, p, "cot")
+        default_reserve = (lb.MAX_NEW_TOKENS_COT if self.cot else lb.MAX_NEW_TOKENS) + 32
+        self.reserve = int(p.get("reserve", default_reserve))
+        self.samples_param = _samples_param(self.name, p, "all" if self.official else None)
+        self.seed = int(p.get("seed", 0))
+        self.temperature = lb.TEMPERATURE if self.official else 0.0
+        self.drop_empty = self.official
+        self.chat_template_sha256: str | None = None
         self._items: list[dict] | None = None
         if self.path is not None:    # a given file is read and checked now, before any run
             self.items()
 
     def tasks(self) -> list[str]:
+        return ["overall"]
+
+    def reference_tasks(self) -> list[str]:
         return ["overall"]
 
     def items(self) -> list[dict]:
@@ -158,21 +265,109 @@ class LongBenchV2:
                                  f"route failed: {type(exc).__name__}: {exc}") from None
         return self._items
 
-    def samples(self, task: str, length: int, tokenizer: Any, n: int) -> list[Sample]:
+    def select(self, n: int) -> list[dict]:
+        """``samples: all`` → every item; ``samples: N`` → a seeded random N; else (preset
+        harness) the first ``n`` (``eval.samples_per_task``)."""
         from benchmarks import longbench_v2 as lb
 
+        items = self.items()
+        if self.samples_param == "all":
+            return list(items)
+        if self.samples_param is not None:
+            return lb.sample_items(items, self.samples_param, self.seed)
+        return list(items[:n])
+
+    def selection_text(self, n: int | None = None) -> str:
+        total = len(self._items) if self._items is not None else None
+        of = f" of {total}" if total is not None else ""
+        if self.samples_param == "all":
+            return f"all items{of}"
+        if self.samples_param is not None:
+            return (f"seeded random sample of {self.samples_param}{of} "
+                    f"(random.Random({self.seed}).sample)")
+        return f"the first eval.samples_per_task items{of}"
+
+    def _budget(self, length: int) -> int:
+        from benchmarks import longbench_v2 as lb
+
+        if self.official:
+            return lb.official_max_len(length)
         budget = length - self.reserve
         if budget <= 0:
             raise NotRun(f"length {length} is too short: {self.reserve} tokens are reserved "
                          f"for the answer (params.reserve)")
+        return budget
+
+    def _seed(self, item: dict, step: int) -> int | None:
+        if not self.temperature:
+            return None
+        import zlib
+
+        return zlib.crc32(f"{self.seed}:{item['_id']}:{step}".encode())
+
+    def _format(self, text: str, tokenizer: Any, answer_pass: bool) -> str:
+        from benchmarks import longbench_v2 as lb
+
+        if self.completion:   # the CoT prompt already ends with "Let’s think step by step:"
+            return lb.completion_prompt(text) if answer_pass else text
+        return lb.as_chat(text, tokenizer)
+
+    def samples(self, task: str, length: int, tokenizer: Any, n: int) -> list[Sample]:
+        import hashlib
+
+        from benchmarks import longbench_v2 as lb
+
+        if not self.completion:
+            if not lb.has_chat_template(tokenizer):
+                raise NotRun(
+                    f"the {'official preset' if self.official else 'chat prompt'} sends "
+                    f"LongBench-v2's user message through the model's chat template, and this "
+                    f"tokenizer has none (a base model): use preset harness (the completion "
+                    f"prompt), or evaluate the instruction-tuned model")
+            self.chat_template_sha256 = hashlib.sha256(
+                str(tokenizer.chat_template).encode()).hexdigest()
+        budget = self._budget(length)
+        template = lb.TEMPLATE_0SHOT_COT if self.cot else lb.TEMPLATE_0SHOT
+        max_new = lb.MAX_NEW_TOKENS_COT if self.cot else lb.MAX_NEW_TOKENS
         out = []
-        for item in self.items()[:n]:
-            text = lb.truncate_middle(lb.fill_template(lb.TEMPLATE_0SHOT, item), tokenizer,
-                                      budget)
-            prompt = lb.completion_prompt(text) if self.completion else lb.as_chat(text,
-                                                                                   tokenizer)
-            out.append(Sample(prompt, lb.MAX_NEW_TOKENS, [item["answer"]],
-                              add_special_tokens=self.completion, meta={"item": item}))
+        for item in self.select(n):
+            text = lb.truncate_middle(lb.fill_template(template, item), tokenizer, budget)
+            prompt = self._format(text, tokenizer, answer_pass=not self.cot)
+            out.append(Sample(prompt, max_new, [item["answer"]],
+                              add_special_tokens=self.completion, temperature=self.temperature,
+                              seed=self._seed(item, 0), meta={"item": item, "budget": budget}))
+        if self.official and length < lb.SERVER_MAX_LEN:
+            for s in out:   # the ratio budget may leave too little room at short lengths
+                used = len(tokenizer(s.prompt, add_special_tokens=False)["input_ids"])
+                if used + max_new > length:
+                    raise NotRun(f"length {length} is too short for the official budget "
+                                 f"({budget} prompt tokens + chat template + {max_new} new "
+                                 f"tokens)")
+        return out
+
+    def followup(self, task: str, samples: Sequence[Sample], predictions: Sequence[str],
+                 tokenizer: Any, step: int = 1) -> list[Sample | None] | None:
+        """CoT's answer pass (``0shot_cot_ans.txt`` with the stripped CoT); an empty CoT
+        ends the item under the official preset (pred.py drops it)."""
+        from benchmarks import longbench_v2 as lb
+
+        if not self.cot or step > 1:
+            return None
+        out: list[Sample | None] = []
+        for s, p in zip(samples, predictions, strict=True):
+            cot = p.strip()
+            s.meta["write"] = {"response_cot": cot}
+            if self.drop_empty and p == "":
+                out.append(None)
+                continue
+            item = s.meta["item"]
+            text = lb.truncate_middle(lb.fill_template(lb.TEMPLATE_0SHOT_COT_ANS, item, cot=cot),
+                                      tokenizer, s.meta["budget"])
+            out.append(Sample(self._format(text, tokenizer, answer_pass=True),
+                              lb.MAX_NEW_TOKENS, s.references,
+                              add_special_tokens=self.completion,
+                              temperature=self.temperature, seed=self._seed(item, 1),
+                              meta={"item": item}))
         return out
 
     def score(self, task: str, samples: Sequence[Sample], predictions: Sequence[str]
@@ -180,11 +375,53 @@ class LongBenchV2:
         from benchmarks import longbench_v2 as lb
 
         prefix = lb.COMPLETION_ANSWER_PREFIX if self.completion else ""
-        records = [lb.judge(s.meta["item"], prefix + p)
-                   for s, p in zip(samples, predictions, strict=True)]
-        acc = lb.accuracy(records)
-        return TaskScore(acc["overall"], [100.0 * r["judge"] for r in records],
-                         {k: acc[k] for k in self.BREAKDOWN})
+        records, per, dropped = [], [], 0
+        for s, p in zip(samples, predictions, strict=True):
+            if self.drop_empty and p == "":
+                dropped += 1
+                per.append(float("nan"))
+                s.meta.setdefault("write", {})["dropped"] = "empty output (pred.py drops it)"
+                continue
+            r = lb.judge(s.meta["item"], prefix + p)
+            records.append(r)
+            per.append(100.0 * r["judge"])
+        breakdown: dict[str, float | None] = {k: None for k in self.BREAKDOWN}
+        value = float("nan")
+        if records:
+            acc = lb.accuracy(records)
+            value = acc["overall"]
+            breakdown = {k: acc[k] for k in self.BREAKDOWN}
+        if self.drop_empty:
+            breakdown["dropped"] = float(dropped)
+        return TaskScore(value, per, breakdown)
+
+    def provenance(self) -> dict:
+        from benchmarks import longbench_v2 as lb
+
+        data = file_record(self.path) if self.path else {
+            "source": f"hub {lb.HF_DATASET} (split {lb.HF_SPLIT})"}
+        if self.completion:
+            fmt = (f"completion (ours, base models): the official text + "
+                   f"{lb.COMPLETION_SEPARATOR!r} + {lb.COMPLETION_ANSWER_PREFIX!r}")
+        else:
+            fmt = "one user message through the model's chat template" + (
+                f" (sha256 {self.chat_template_sha256})" if self.chat_template_sha256 else "")
+        return {
+            "preset": self.preset, "data": data,
+            "template": ("prompts/0shot_cot.txt + prompts/0shot_cot_ans.txt (two passes)"
+                         if self.cot else "prompts/0shot.txt") + f"; {fmt}",
+            "truncation": ("middle, to 120,000 tokens at 131,072 (the same ratio below)"
+                           if self.official else
+                           f"middle, to length - {self.reserve} tokens (params.reserve)"),
+            "decoding": {"temperature": self.temperature, "top_p": 1.0,
+                         "max_new_tokens": lb.MAX_NEW_TOKENS,
+                         **({"max_new_tokens_cot": lb.MAX_NEW_TOKENS_COT} if self.cot else {}),
+                         **({"seed": f"crc32('{self.seed}:<_id>:<pass>')"}
+                            if self.temperature else {})},
+            "empty_outputs": "dropped and counted (pred.py)" if self.drop_empty
+            else "scored wrong",
+            "samples": {"selection": self.selection_text()},
+        }
 
 
 class HelmetRecall:
@@ -201,9 +438,34 @@ class HelmetRecall:
                                     "PaulGrahamEssays.json")
         self.seed, self.shots = int(p.get("seed", hr.SEED)), int(p.get("shots", hr.SHOTS))
         self._essay: list[str] | None = None
+        self.preset = entry.preset
+        if self.preset != "harness":
+            raise ValueError(f"{self.name}: preset {self.preset!r} is not implemented yet "
+                             f"(HELMET's released recall files are not read); use preset "
+                             f"harness")
 
     def tasks(self) -> list[str]:
         return list(self._tasks)
+
+    def reference_tasks(self) -> list[str]:
+        from benchmarks import helmet_recall as hr
+
+        return list(hr.RECALL_TASKS)   # HELMET's Recall category
+
+    def provenance(self) -> dict:
+        from benchmarks import helmet_recall as hr
+
+        return {"preset": self.preset,
+                "data": {"generated": True, "generator": "benchmarks.helmet_recall",
+                         "version": hr.GENERATOR_VERSION, "seed": self.seed,
+                         "essay": file_record(self.essay_path) or (
+                             "hub baber/paul_graham_essays"
+                             if "ruler_niah_mv" in self._tasks else None)},
+                "template": f"HELMET recall templates, {self.shots}-shot (json_kv), no chat "
+                            f"template (use_chat_template false for recall)",
+                "decoding": {"temperature": 0.0, "max_new_tokens": "per task (HELMET's "
+                             "generation_max_length)", "stop": "newline where HELMET stops"},
+                "samples": {"selection": "eval.samples_per_task generated per task and length"}}
 
     def essay(self) -> list[str]:
         from benchmarks import helmet_recall as hr
@@ -270,9 +532,28 @@ class Helmet:
             raise FileNotFoundError(f"{self.name}: HELMET data folder not found: {given}")
         self.shots, self.seed = self.recall.shots, self.recall.seed
         self._loaded: dict[tuple[str, int, int], Any] = {}
+        self.preset = entry.preset
+        if self.preset != "harness":
+            raise ValueError(f"{self.name}: preset {self.preset!r} is not implemented yet "
+                             f"(released recall files, per-category averages); use preset "
+                             f"harness")
 
     def tasks(self) -> list[str]:
         return list(self._tasks)
+
+    def reference_tasks(self) -> list[str]:
+        from benchmarks import helmet_recall as hr
+
+        return [t for tasks in hr.CATEGORIES.values() for t in tasks]
+
+    def provenance(self) -> dict:
+        rec = self.recall.provenance()
+        rec["data"] = {"recall": rec["data"], "data_dir": str(self.data_dir)
+                       if self.data_dir else None}
+        rec["template"] = "HELMET templates per category (" + rec["template"] + ")"
+        rec["average"] = "mean over the tasks that ran, pooled across categories (HELMET's " \
+                         "own tables average per category)"
+        return rec
 
     def _category_data(self, task: str, length: int, n: int):
         from benchmarks import helmet_recall as hr

@@ -94,6 +94,7 @@ import numpy as np
 HELMET_LENGTHS = (4096, 8192, 16384, 32768, 65536, 131072)   # generate_configs.lengths_mapping
 MAX_TEST_SAMPLES = 100            # configs/*.yaml (ICL: 500)
 SEED = 42
+GENERATOR_VERSION = "1"           # bumped whenever a change moves generated samples
 SHOTS = 2                         # recall.yaml / rag.yaml / rerank.yaml
 RULER_TOKENS_TO_GENERATE = 128    # RULER synthetic.yaml, niah tasks
 STOP_NEW_LINE = ["\n", "\n\n"]    # model_utils.LLM: stop_newline

@@ -26,10 +26,16 @@ Ours, not in the official code:
   continues it (typically `` (B)``) and extraction runs on that prefix plus the continuation, so
   the official regexes decide. In CoT mode only the answer pass gets the prefix (the CoT prompt
   already ends with "Let’s think step by step:").
-- An empty response is scored (``pred=None``, wrong). ``pred.py`` instead drops the item
-  (``if output == '': continue``) so that a failed API call is retried on the next run; with a
-  local engine an empty output is the model's answer, and dropping it would inflate accuracy.
+- An empty response is scored (``pred=None``, wrong) by default. ``pred.py`` instead drops the
+  item (``if output == '': continue``, after either pass) so that a failed API call is retried
+  on the next run; with a local engine an empty output is the model's answer, and dropping it
+  inflates accuracy. ``drop_empty=True`` (the ``official`` preset) does as ``pred.py``, and the
+  dropped items are counted.
 - A bucket with no items reports ``None`` (``result.py`` divides by zero).
+- ``official_max_len(length)``: 120,000 at a 131,072-token server (``--max_model_len 131072``,
+  the official setting); at other lengths the same ratio (the official code has no other).
+- ``sample_items``: a seeded random sample when fewer items than the file's are wanted
+  (``pred.py`` runs them all).
 """
 from __future__ import annotations
 
@@ -45,6 +51,7 @@ MAX_LEN = 120_000              # config/model2maxlen.json, every 128K model
 TEMPERATURE = 0.1              # pred.py
 MAX_NEW_TOKENS = 128           # pred.py, answer
 MAX_NEW_TOKENS_COT = 1024      # pred.py, CoT first pass
+SERVER_MAX_LEN = 131_072       # the README's ``vllm serve ... --max_model_len 131072``
 
 FIELDS = ("_id", "domain", "sub_domain", "difficulty", "length", "question",
           "choice_A", "choice_B", "choice_C", "choice_D", "answer", "context")
@@ -225,6 +232,32 @@ def truncate_middle(prompt: str, tokenizer: Any, max_len: int = MAX_LEN) -> str:
     return tokenizer.decode(input_ids, skip_special_tokens=True)
 
 
+def official_max_len(length: int) -> int:
+    """The prompt budget of the official protocol at a context of ``length`` tokens: 120,000 at
+    131,072 (``config/model2maxlen.json`` with a 131,072-token server) and beyond; below, the
+    same ratio (ours: the official code defines no other length)."""
+    if length >= SERVER_MAX_LEN:
+        return MAX_LEN
+    return length * MAX_LEN // SERVER_MAX_LEN
+
+
+def sample_items(items: Sequence[dict[str, Any]], n: int | None, seed: int = 0
+                 ) -> list[dict[str, Any]]:
+    """All items (``n`` None or ≥ their number), else ``n`` drawn at random with ``seed``
+    (``random.Random(seed).sample``), kept in file order."""
+    items = list(items)
+    if n is None or n >= len(items):
+        return items
+    import random
+
+    keep = sorted(random.Random(seed).sample(range(len(items)), n))
+    return [items[i] for i in keep]
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return getattr(tokenizer, "chat_template", None) is not None
+
+
 def as_chat(prompt: str, tokenizer: Any) -> str:
     """The prompt as one user message, as vLLM's OpenAI server formats ``pred.py``'s request.
     The template already holds any BOS, so the engine adapter must not add special tokens."""
@@ -305,11 +338,13 @@ def _prepare(prompt: str, tokenizer: Any, max_len: int, completion: bool) -> str
 
 def run(items: Sequence[dict[str, Any]], generate: Generate, tokenizer: Any, *,
         cot: bool = False, completion: bool = False, max_len: int = MAX_LEN,
-        temperature: float = TEMPERATURE) -> list[dict[str, Any]]:
+        temperature: float = TEMPERATURE, drop_empty: bool = False) -> list[dict[str, Any]]:
     """Predict every item as pred.py does (0-shot or two-pass CoT) and return its records.
 
     ``completion=True`` is ours (base models, see the module docstring); the truncation budget
     then applies to the official user text, and the answer prefix is added after truncation.
+    ``drop_empty=True``: an item whose output (of either pass) is empty gets no record, as in
+    pred.py.
     """
     items = list(items)
     validate_items(items)
@@ -318,7 +353,8 @@ def run(items: Sequence[dict[str, Any]], generate: Generate, tokenizer: Any, *,
         prompts = [_prepare(fill_template(TEMPLATE_0SHOT, it), tokenizer, max_len, completion)
                    for it in items]
         outs = generate(prompts, max_new_tokens=MAX_NEW_TOKENS, temperature=temperature, stop=None)
-        return [judge(it, prefix + o) for it, o in zip(items, outs, strict=True)]
+        return [judge(it, prefix + o) for it, o in zip(items, outs, strict=True)
+                if not (drop_empty and o == "")]
 
     if completion:   # the CoT prompt already ends with "Let’s think step by step:"
         cot_prompts = [truncate_middle(fill_template(TEMPLATE_0SHOT_COT, it), tokenizer, max_len)
@@ -326,13 +362,18 @@ def run(items: Sequence[dict[str, Any]], generate: Generate, tokenizer: Any, *,
     else:
         cot_prompts = [as_chat(truncate_middle(fill_template(TEMPLATE_0SHOT_COT, it), tokenizer,
                                                max_len), tokenizer) for it in items]
-    cots = [o.strip() for o in generate(cot_prompts, max_new_tokens=MAX_NEW_TOKENS_COT,
-                                        temperature=temperature, stop=None)]
+    raw = generate(cot_prompts, max_new_tokens=MAX_NEW_TOKENS_COT, temperature=temperature,
+                   stop=None)
+    if drop_empty:
+        items, raw = [it for it, o in zip(items, raw) if o != ""], [o for o in raw if o != ""]
+    cots = [o.strip() for o in raw]
     ans_prompts = [_prepare(fill_template(TEMPLATE_0SHOT_COT_ANS, it, cot=c), tokenizer, max_len,
                             completion) for it, c in zip(items, cots, strict=True)]
     outs = generate(ans_prompts, max_new_tokens=MAX_NEW_TOKENS, temperature=temperature, stop=None)
     records = []
     for it, c, o in zip(items, cots, outs, strict=True):
+        if drop_empty and o == "":
+            continue
         rec = judge(it, prefix + o)
         rec["response_cot"] = c
         records.append(rec)

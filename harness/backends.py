@@ -4,7 +4,10 @@ Both take token ids (the evaluation core tokenizes once, so both backends see th
 return the generated ids as produced (the core cuts them with ``cut_at_stop`` and decodes).
 Decoding is pure greedy (temperature 0, no repetition penalty, whatever the model's
 ``generation_config.json`` says), so the two backends agree token for token up to numerical
-ties.
+ties. A benchmark protocol that samples (LongBench-v2's official temperature 0.1) passes
+``temperatures`` and ``seeds``: plain temperature sampling (top-p 1, no top-k, no penalty, as
+the OpenAI API defaults that the official script relies on), seeded per prompt so that a rerun
+gives the same outputs on the same backend (the two backends' random streams differ).
 
 ``VLLMGreedy`` starts worker processes: build it under ``if __name__ == "__main__":`` (the
 ``policylong`` entry point is), once, at the largest length; every length runs through it.
@@ -22,7 +25,8 @@ class Greedy(Protocol):
     name: str
 
     def generate(self, prompts: Sequence[list[int]], max_new_tokens: Sequence[int],
-                 progress: Progress | None = None) -> list[list[int]]: ...
+                 progress: Progress | None = None, temperatures: Sequence[float] | None = None,
+                 seeds: Sequence[int | None] | None = None) -> list[list[int]]: ...
 
 
 def stop_token_ids(model_path: str | Path, tokenizer) -> list[int]:
@@ -68,15 +72,21 @@ class HFGreedy:
             attn_implementation="sdpa", use_safetensors=True).to(self.device).eval()
         self.stop_ids = list(stop_ids)
 
-    def generate(self, prompts, max_new_tokens, progress=None):
+    def generate(self, prompts, max_new_tokens, progress=None, temperatures=None, seeds=None):
         import torch
         from transformers import GenerationConfig
 
         out = []
-        for ids, n in zip(prompts, max_new_tokens, strict=True):
-            cfg = GenerationConfig(do_sample=False, max_new_tokens=int(n),
-                                   eos_token_id=self.stop_ids or None,
-                                   pad_token_id=self.stop_ids[0] if self.stop_ids else 0)
+        temps = temperatures or [0.0] * len(prompts)
+        seeds = seeds or [None] * len(prompts)
+        for ids, n, t, seed in zip(prompts, max_new_tokens, temps, seeds, strict=True):
+            sample = {"do_sample": True, "temperature": float(t), "top_p": 1.0, "top_k": 0} \
+                if t and t > 0 else {"do_sample": False}
+            cfg = GenerationConfig(max_new_tokens=int(n), eos_token_id=self.stop_ids or None,
+                                   pad_token_id=self.stop_ids[0] if self.stop_ids else 0,
+                                   **sample)
+            if sample["do_sample"]:
+                torch.manual_seed(0 if seed is None else int(seed))
             x = torch.tensor([ids], device=self.device)
             with torch.no_grad():
                 y = self.model.generate(x, attention_mask=torch.ones_like(x),
@@ -100,11 +110,16 @@ class VLLMGreedy:
                                seed=seed)
         self.stop_ids = list(stop_ids)
 
-    def generate(self, prompts, max_new_tokens, progress=None):
+    def generate(self, prompts, max_new_tokens, progress=None, temperatures=None, seeds=None):
         from vllm import SamplingParams
 
-        params = [SamplingParams(temperature=0.0, max_tokens=int(n), detokenize=False,
-                                 stop_token_ids=self.stop_ids) for n in max_new_tokens]
+        temps = temperatures or [0.0] * len(prompts)
+        seeds = seeds or [None] * len(prompts)
+        # top-p 1 and top-k off are SamplingParams' defaults (as the OpenAI API's)
+        params = [SamplingParams(temperature=float(t), seed=None if not t or s is None
+                                 else int(s), max_tokens=int(n), detokenize=False,
+                                 stop_token_ids=self.stop_ids)
+                  for n, t, s in zip(max_new_tokens, temps, seeds, strict=True)]
         outs = self.llm.generate([{"prompt_token_ids": list(x)} for x in prompts], params,
                                  use_tqdm=False)
         if progress:

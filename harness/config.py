@@ -225,6 +225,9 @@ class BenchmarkEntry(Strict):
     name: str
     tasks: list[str] | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    # "harness": the sandbox protocol (defaults that run anywhere, e.g. base-model prompts);
+    # "official": the reference benchmark's protocol (README, "Evaluation presets")
+    preset: Literal["harness", "official"] = "harness"
 
 
 class EvalSpec(Strict):

@@ -14,13 +14,19 @@ same way for every benchmark:
    reported as not run with its reason and left out of the averages, never scored 0.
 2. ``check_fits``: every prompt plus its generation budget must fit the model's maximum length,
    else ``PromptTooLong`` names the length and the limit, before anything is generated.
-3. ``generate_all``: greedy decoding through one backend (``harness.backends``): one vLLM engine
-   built at the largest length, or transformers ``generate``.
+3. ``generate_all``: decoding through one backend (``harness.backends``): one vLLM engine
+   built at the largest length, or transformers ``generate``; greedy unless a sample asks for a
+   temperature (LongBench-v2's official 0.1, seeded per sample). A benchmark with a
+   ``followup`` member gets a second pass (LongBench-v2's CoT answer pass).
 4. ``summarize``: the score per task and length, and per length the mean over the tasks that
-   ran, with their count. ``log_results`` logs ``eval/<bench>/<task>/<length>`` and
-   ``eval/<bench>/avg/<length>`` (step 0) through ``harness.tracking``; ``write_outputs`` writes
-   ``<bench>.samples.jsonl`` (prompt tokens, prediction, references, score per sample) and
-   ``results.json``, logged as artifacts.
+   ran, with their count, the benchmark's reference task count and the missing tasks with
+   their reasons. An average over fewer tasks than the reference's is labelled with its count
+   (``avg11`` for 11 of RULER's 13), in the tables and in its MLflow key. ``log_results`` logs
+   ``eval/<bench>/<task>/<length>`` and ``eval/<bench>/<avg label>/<length>`` (step 0) through
+   ``harness.tracking``, and each benchmark's provenance (preset, data file and sha256 or
+   generator, template, decoding, sample counts) as ``provenance.<bench>.*`` params;
+   ``write_outputs`` writes ``<bench>.samples.jsonl`` (prompt tokens, prediction, references,
+   score per sample) and ``results.json`` (with the provenance), logged as artifacts.
 
 Every sample of every benchmark fits its length: prompt tokens + the tokens it may generate
 ≤ length (RULER and HELMET size their haystacks so; LongBench-v2 truncates to the length minus
@@ -39,7 +45,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from harness.config import BenchmarkEntry, Spec, spec_hash
-from harness.tracking import NULL_TRACKER, Tracker, eval_avg_key, eval_key
+from harness.tracking import NULL_TRACKER, Tracker, eval_key
 
 
 class NotRun(Exception):
@@ -61,6 +67,8 @@ class Sample:
     references: list[str]
     add_special_tokens: bool = True  # False when the prompt already holds them (chat template)
     stop: list[str] | None = None    # the prediction is cut at the first of these strings
+    temperature: float = 0.0         # 0: greedy; else sampled (top-p 1, no top-k) with ``seed``
+    seed: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # what ``score`` needs; not written out
 
 
@@ -85,7 +93,17 @@ class Benchmark(Protocol):
 
     def score(self, task: str, samples: Sequence[Sample], predictions: Sequence[str]
               ) -> TaskScore:
-        """Score the predictions (greedy continuations, cut at ``stop``) of ``samples``."""
+        """Score the predictions (greedy continuations, cut at ``stop``) of ``samples``.
+        A per-sample score of NaN marks a sample left out of the score (written as null)."""
+
+    # Optional members (looked up with getattr):
+    #   reference_tasks() -> list[str]: the reference's task list; an average over fewer is
+    #       labelled ``avg<N>`` (default: ``tasks()``).
+    #   provenance() -> dict: preset, data (path + sha256, or generator + seed + version),
+    #       template, decoding; the core adds the sample counts.
+    #   followup(task, samples, predictions, tokenizer, step) -> list[Sample | None] | None:
+    #       generation pass ``step + 1`` from the last pass's predictions (None: no more); a
+    #       None entry ends that sample with the prediction "".
 
 
 @dataclass
@@ -217,24 +235,71 @@ def decode(tokenizer, ids: Sequence[int], stop: Sequence[str] | None) -> str:
     return text
 
 
-def generate_all(units: Sequence[Unit], backend, tokenizer, stop_ids: Sequence[int]) -> None:
-    """Greedy predictions for every unit that runs, with a progress bar per benchmark."""
-    from tqdm.auto import tqdm
-
+def _generate(backend, tokenizer, stop_ids, samples: Sequence[Sample], ids, progress
+              ) -> tuple[list[str], int]:
+    """Predictions for ``samples`` (their token ``ids``) and the number of new tokens."""
     from harness.backends import cut_at_stop
 
+    kw = {}
+    if any(s.temperature for s in samples):   # greedy-only backends keep their old signature
+        kw = {"temperatures": [s.temperature for s in samples],
+              "seeds": [s.seed for s in samples]}
+    raw = backend.generate([x.tolist() if hasattr(x, "tolist") else list(x) for x in ids],
+                           [s.max_new_tokens for s in samples], progress, **kw)
+    preds = [decode(tokenizer, cut_at_stop(r, stop_ids), s.stop)
+             for r, s in zip(raw, samples, strict=True)]
+    return preds, sum(len(r) for r in raw)
+
+
+def run_followups(bench: Benchmark, u: Unit, backend, tokenizer, stop_ids,
+                  limit: int | None = None) -> None:
+    """Further passes (``bench.followup``) until it returns None; the last pass's outputs are
+    the unit's predictions."""
+    follow = getattr(bench, "followup", None)
+    step = 0
+    while follow is not None:
+        step += 1
+        nxt = follow(u.task, u.samples, u.predictions, tokenizer, step)
+        if nxt is None:
+            return
+        todo = [i for i, s in enumerate(nxt) if s is not None]
+        samples = [nxt[i] for i in todo]
+        ids = [tokenizer(s.prompt, add_special_tokens=s.add_special_tokens)["input_ids"]
+               for s in samples]
+        for s, x in zip(samples, ids):
+            if limit is not None and len(x) + s.max_new_tokens > limit:
+                raise PromptTooLong(f"{u.bench}/{u.task} at length {u.length}: a follow-up "
+                                    f"prompt of {len(x)} tokens + {s.max_new_tokens} to "
+                                    f"generate exceeds the model's maximum length {limit}")
+        t0 = time.perf_counter()
+        preds, new = _generate(backend, tokenizer, stop_ids, samples, ids, None) if samples \
+            else ([], 0)
+        u.seconds += time.perf_counter() - t0
+        u.new_tokens += new
+        out = [""] * len(nxt)
+        for i, p in zip(todo, preds):
+            out[i] = p
+        u.predictions = out
+
+
+def generate_all(units: Sequence[Unit], backend, tokenizer, stop_ids: Sequence[int],
+                 benches: Sequence[Benchmark] = (), limit: int | None = None) -> None:
+    """Predictions for every unit that runs (greedy unless a sample sets a temperature), with
+    a progress bar per benchmark, then the benchmark's follow-up passes if it has any."""
+    from tqdm.auto import tqdm
+
+    by_name = {b.name: b for b in benches}
     for bench in dict.fromkeys(u.bench for u in units):
         todo = [u for u in units if u.bench == bench and u.not_run is None]
         with tqdm(total=sum(len(u.samples) for u in todo), desc=f"eval {bench}",
                   unit="sample", disable=None) as bar:
             for u in todo:
                 t0 = time.perf_counter()
-                raw = backend.generate([x.tolist() for x in u.ids],
-                                       [s.max_new_tokens for s in u.samples], bar.update)
+                u.predictions, u.new_tokens = _generate(backend, tokenizer, stop_ids, u.samples,
+                                                        u.ids, bar.update)
                 u.seconds = time.perf_counter() - t0
-                u.new_tokens = sum(len(r) for r in raw)
-                u.predictions = [decode(tokenizer, cut_at_stop(r, stop_ids), s.stop)
-                                 for r, s in zip(raw, u.samples, strict=True)]
+                if bench in by_name:
+                    run_followups(by_name[bench], u, backend, tokenizer, stop_ids, limit)
 
 
 def score_all(benches: Sequence[Benchmark], units: Sequence[Unit]) -> None:
@@ -244,11 +309,25 @@ def score_all(benches: Sequence[Benchmark], units: Sequence[Unit]) -> None:
             u.score = by_name[u.bench].score(u.task, u.samples, u.predictions)
 
 
-def summarize(units: Sequence[Unit]) -> dict[str, dict]:
+def average_label(num_tasks: int, reference_tasks: int | None) -> str:
+    """``avg`` for a mean over all of the reference's tasks, else ``avg<N>`` (N tasks ran)."""
+    if reference_tasks is None or num_tasks >= reference_tasks:
+        return "avg"
+    return f"avg{num_tasks}"
+
+
+def reference_tasks(bench: Benchmark) -> list[str]:
+    ref = getattr(bench, "reference_tasks", None)
+    return list(ref()) if callable(ref) else list(bench.tasks())
+
+
+def summarize(units: Sequence[Unit], benches: Sequence[Benchmark] = ()) -> dict[str, dict]:
     """Per benchmark: scores per task and length, the extra breakdowns, the mean per length
-    over the tasks that ran (with their count and names), what did not run and why, and the
-    generation throughput."""
+    over the tasks that ran (with their count and names, its label, the reference's task
+    count and the missing tasks with why), what did not run and why, the generation
+    throughput, and (with ``benches``) the provenance with the sample counts."""
     out: dict[str, dict] = {}
+    refs = {b.name: reference_tasks(b) for b in benches}
     for u in units:
         b = out.setdefault(u.bench, {"tasks": {}, "breakdown": {}, "average": {}, "not_run": {},
                                      "generation": {"samples": 0, "prompt_tokens": 0,
@@ -275,22 +354,63 @@ def summarize(units: Sequence[Unit]) -> dict[str, dict]:
                                 "num_tasks": len(ran), "tasks": sorted(ran)}
         g = b["generation"]
         g["new_tokens_per_s"] = g["new_tokens"] / g["seconds"] if g["seconds"] else None
+    for name, b in out.items():
+        ref = refs.get(name) or list(b["tasks"])
+        for ln, a in b["average"].items():
+            a["reference_tasks"] = len(ref)
+            a["label"] = average_label(a["num_tasks"], len(ref))
+            a["missing"] = {t: b["not_run"].get(t, {}).get(ln) or (
+                "no score" if t in b["tasks"] else "not selected in the entry's tasks")
+                for t in ref if t not in a["tasks"]}
+    by_name = {bn.name: bn for bn in benches}
+    for name, b in out.items():
+        if name in by_name:
+            b["provenance"] = provenance(by_name[name], [u for u in units if u.bench == name])
     return out
+
+
+def provenance(bench: Benchmark, units: Sequence[Unit]) -> dict:
+    """The benchmark's own record (``provenance()``: preset, data, template, decoding) and
+    the number of samples scored per task and length."""
+    own = getattr(bench, "provenance", None)
+    rec = dict(own()) if callable(own) else {"preset": "harness", "data": "unknown"}
+    counts: dict[str, dict[str, int]] = {}
+    for u in units:
+        if u.not_run is None:
+            counts.setdefault(u.task, {})[str(u.length)] = len(u.samples)
+    rec["samples"] = {"total": sum(n for per in counts.values() for n in per.values()),
+                      "per_task_length": counts, **rec.get("samples", {})}
+    return rec
 
 
 # ---------------------------------------------------------------- results
 
+def _label(a: dict) -> str:
+    return a.get("label", "avg")     # results written before labels: the plain average
+
+
 def metrics(summary: dict[str, dict]) -> dict[str, float]:
     """``eval/<bench>/<task>/<length>`` for every score (breakdowns included) and
-    ``eval/<bench>/avg/<length>`` where at least one task ran. Not-run tasks have no key."""
+    ``eval/<bench>/<avg label>/<length>`` where at least one task ran (``avg`` over all of the
+    reference's tasks, ``avg11`` over 11 of them). Not-run tasks have no key."""
     out: dict[str, float] = {}
     for bench, b in summary.items():
         for per in (b["tasks"], b["breakdown"]):
             for task, by_len in per.items():
                 out.update({eval_key(bench, task, ln): v for ln, v in by_len.items()
-                            if v is not None})
-        out.update({eval_avg_key(bench, ln): a["mean"] for ln, a in b["average"].items()
-                    if a["num_tasks"]})
+                            if v is not None and not math.isnan(v)})
+        out.update({eval_key(bench, _label(a), ln): a["mean"]
+                    for ln, a in b["average"].items() if a["num_tasks"]})
+    return out
+
+
+def provenance_params(summary: dict[str, dict]) -> dict[str, str]:
+    """``provenance.<bench>.<field>`` for the MLflow run (values as compact JSON)."""
+    out = {}
+    for bench, b in summary.items():
+        for key, value in (b.get("provenance") or {}).items():
+            out[f"provenance.{bench}.{key}"] = value if isinstance(value, str) else \
+                json.dumps(value, sort_keys=True, separators=(",", ":"))
     return out
 
 
@@ -320,10 +440,12 @@ def write_outputs(out_dir: Path, units: Sequence[Unit], results: dict) -> list[P
         for u in (u for u in units if u.bench == bench and u.score is not None):
             for i, (s, ids, pred, sc) in enumerate(zip(u.samples, u.ids, u.predictions,
                                                        u.score.per_sample, strict=True)):
-                lines.append(json.dumps({
-                    "task": u.task, "length": u.length, "index": i, "prompt_tokens": len(ids),
-                    "prediction": pred, "references": s.references, "score": sc},
-                    ensure_ascii=False) + "\n")
+                row = {"task": u.task, "length": u.length, "index": i,
+                       "prompt_tokens": len(ids), "prediction": pred,
+                       "references": s.references,
+                       "score": None if sc is None or math.isnan(sc) else sc}
+                row.update(s.meta.get("write", {}))   # e.g. the CoT, or why it was dropped
+                lines.append(json.dumps(row, ensure_ascii=False) + "\n")
         paths.append(_write_atomic(samples_file(out_dir, bench), lines))
     paths.append(_write_atomic(results_file(out_dir), [json.dumps(results, indent=2) + "\n"]))
     return paths
@@ -331,6 +453,7 @@ def write_outputs(out_dir: Path, units: Sequence[Unit], results: dict) -> list[P
 
 def log_results(tracker: Tracker, results: dict, paths: Sequence[Path]) -> None:
     tracker.log_metrics(metrics(results["benchmarks"]), step=0)
+    tracker.log_params(provenance_params(results["benchmarks"]))
     for bench, b in results["benchmarks"].items():
         if b["not_run"]:
             tracker.set_tags({f"eval/{bench}/not_run": "; ".join(
@@ -340,12 +463,36 @@ def log_results(tracker: Tracker, results: dict, paths: Sequence[Path]) -> None:
 
 
 def _cell(v: float | None) -> str:
-    return "-" if v is None else f"{v:.1f}"
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"
+
+
+def group_missing(missing: dict[str, str]) -> str:
+    """``{task: reason}`` as ``"a, b: reason; c: other reason"`` (tasks grouped by reason)."""
+    by: dict[str, list[str]] = {}
+    for task, reason in missing.items():
+        by.setdefault(reason, []).append(task)
+    return "; ".join(f"{', '.join(ts)}: {r}" for r, ts in by.items())
+
+
+def average_notes(bench: str, average: dict) -> list[str]:
+    """One line per partial-average label: what it averages and what it leaves out, why."""
+    notes, seen = [], set()
+    for a in average.values():
+        if _label(a) == "avg" or _label(a) in seen:
+            continue
+        seen.add(_label(a))
+        missing = group_missing(a.get("missing") or {})
+        notes.append(f"{bench} {_label(a)}: mean of {a['num_tasks']} of the reference's "
+                     f"{a.get('reference_tasks', '?')} tasks, not comparable with a published "
+                     f"{a.get('reference_tasks', '?')}-task average" + (
+                         f"; missing: {missing}" if missing else ""))
+    return notes
 
 
 def format_table(results: dict) -> str:
     """A short table: one row per task (and breakdown), one column per length, then the
-    average row with its task count, then what did not run."""
+    average row labelled with its task count (``avg11 (11/13)``) when it covers fewer tasks
+    than the reference, then what did not run and what each partial average leaves out."""
     lengths = [str(n) for n in results["lengths"]]
     rows = [["benchmark", "task", *lengths]]
     notes = []
@@ -353,17 +500,35 @@ def format_table(results: dict) -> str:
         for task, per in {**b["tasks"], **b["breakdown"]}.items():
             rows.append([bench, task, *(_cell(per.get(ln)) for ln in lengths)])
         avg = b["average"]
-        rows.append([bench, "avg (tasks)", *(
-            f"{_cell(avg[ln]['mean'])} ({avg[ln]['num_tasks']})" if ln in avg else "-"
-            for ln in lengths)])
+        labels = sorted({_label(a) for a in avg.values()}) or ["avg"]
+        rows.append([bench, "/".join(labels) + " (tasks)", *(
+            f"{_cell(avg[ln]['mean'])} ({avg[ln]['num_tasks']}"
+            + (f"/{avg[ln]['reference_tasks']})" if _label(avg[ln]) != "avg" else ")")
+            if ln in avg else "-" for ln in lengths)])
         for task, per in b["not_run"].items():
             reasons = sorted(set(per.values()))
             where = "all lengths" if len(per) == len(lengths) else ", ".join(per)
             notes.append(f"not run: {bench}/{task} ({where}): {'; '.join(reasons)}")
+        notes += average_notes(bench, avg)
+        prov = b.get("provenance")
+        if prov:
+            notes.append(f"provenance: {bench}: preset {prov.get('preset')}; "
+                         f"{_data_text(prov.get('data'))}")
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     text = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
                       enumerate(zip(r, widths))) for r in rows]
     return "\n".join(text + notes)
+
+
+def _data_text(data) -> str:
+    if isinstance(data, dict):
+        if data.get("path"):
+            return f"data {data['path']} (sha256 {str(data.get('sha256'))[:12]}…)"
+        if data.get("generated"):
+            return (f"generated by {data.get('generator')} v{data.get('version')} "
+                    f"(seed {data.get('seed')})")
+        return "data " + ", ".join(f"{k} {v}" for k, v in data.items())
+    return f"data {data}"
 
 
 # ---------------------------------------------------------------- the whole evaluation
@@ -403,11 +568,11 @@ def evaluate(spec: Spec, model_path: str | Path, out_dir: str | Path | None = No
     if any(u.not_run is None for u in units):
         backend = make_backend(ev.backend, model_path, max(max(ev.lengths), longest), stops,
                                spec.model.dtype, spec.seed)
-        generate_all(units, backend, tokenizer, stops)
+        generate_all(units, backend, tokenizer, stops, benches, limit)
     score_all(benches, units)
     results = {"model": str(model_path), "backend": ev.backend, "lengths": list(ev.lengths),
                "samples_per_task": ev.samples_per_task, "config_hash": spec_hash(spec),
-               "benchmarks": summarize(units)}
+               "benchmarks": summarize(units, benches)}
     paths = write_outputs(Path(out_dir) if out_dir else eval_dir(spec, model_path), units,
                           results)
     log_results(tracker, results, paths)
@@ -468,11 +633,31 @@ def format_probe(probe: dict) -> str:
 def evaluate_for_compare(spec: Spec, model_path: str | Path, out: str | Path
                          ) -> dict[str, dict[str, float | None]]:
     """For ``harness.compare``: the spec's benchmarks except ``probe`` (compare runs that one
-    itself), outputs under ``out/eval``; per benchmark the average per length (None where no
-    task ran)."""
+    itself), outputs under ``out/eval`` (``results.json`` there has the provenance); see
+    ``compare_averages`` for what is returned."""
     names = [e.name for e in spec.eval.benchmarks if e.name != "probe"]
     if not names:
         return {}
     results = evaluate(spec, model_path, Path(out) / "eval", bench_names=names)
-    return {bench: {ln: a["mean"] for ln, a in b["average"].items()}
-            for bench, b in results["benchmarks"].items()}
+    return compare_averages(results)
+
+
+NOT_RUN_KEY = "not_run"
+
+
+def compare_averages(results: dict) -> dict[str, dict[str, float | None]]:
+    """Per benchmark the average per length, keyed ``<bench>`` where it covers all of the
+    reference's tasks and ``<bench>/avg<N>`` where it covers N of them (so that
+    ``eval_avg_key`` makes ``eval/<bench>/avg<N>/<length>``); a length where no task ran has
+    ``None`` under ``<bench>``. Each task not in an average adds
+    ``<bench>/not_run/<task>: <reason>`` with ``None`` at those lengths (not logged as
+    metrics; the report turns them into footnotes)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for bench, b in results["benchmarks"].items():
+        for ln, a in b["average"].items():
+            label = _label(a) if a["num_tasks"] else "avg"
+            key = bench if label == "avg" else f"{bench}/{label}"
+            out.setdefault(key, {})[ln] = a["mean"]
+            for task, reason in (a.get("missing") or {}).items():
+                out.setdefault(f"{bench}/{NOT_RUN_KEY}/{task}: {reason}", {})[ln] = None
+    return out

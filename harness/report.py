@@ -11,6 +11,7 @@ import base64
 import html
 import json
 import math
+import re
 from pathlib import Path
 
 BASELINE = "base"
@@ -23,26 +24,105 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
 
 
+NOT_RUN = "not_run"    # "<bench>/not_run/<task>: <reason>" keys (harness.evaluate)
+_AVG_LABEL = re.compile(r"avg(\d+)")
+
+
+def _bench_view(ev: dict, bench: str) -> tuple[dict[int, float | None], dict[int, str],
+                                               dict[str, set[int]]]:
+    """One method's scores of ``bench`` per length (from ``<bench>`` and the labelled
+    ``<bench>/avg<N>`` keys), the label per length (``avg`` or ``avg<N>``), and the tasks left
+    out of its averages (``"<task>: <reason>"`` -> lengths)."""
+    scores: dict[int, float | None] = {}
+    labels: dict[int, str] = {}
+    missing: dict[str, set[int]] = {}
+    for key, per in ev.items():
+        head, _, rest = key.partition("/")
+        if head != bench:
+            continue
+        if rest.startswith(NOT_RUN + "/"):
+            missing.setdefault(rest[len(NOT_RUN) + 1:], set()).update(int(L) for L in per)
+            continue
+        label = rest or "avg"
+        for L, v in per.items():
+            if v is not None or int(L) not in scores:
+                scores[int(L)], labels[int(L)] = v, label
+    return scores, labels, missing
+
+
 def score_tables(results: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
-    """Per benchmark: header and rows (label, score per length, Δ vs base, Δ vs EntropyLong)."""
+    """Per benchmark: header and rows (label, score per length, Δ vs base, Δ vs EntropyLong).
+
+    An average over fewer tasks than the reference's is labelled with its count: in the
+    table's name (``ruler (avg11 = 11 of the reference's tasks)``) and, where a table mixes
+    counts, in the cell (``81.2 avg11``); Δ columns only compare like with like. A cell that
+    was not run shows ``not run [n]`` and a footnote row ``[n] ...`` says why, as do the tasks
+    each labelled average leaves out."""
     rows = results["rows"]
-    benches = sorted({b for r in rows.values() for b in r.get("eval", {})})
+    benches = sorted({b.partition("/")[0] for r in rows.values() for b in r.get("eval", {})})
     out = {}
     for b in benches:
-        lengths = sorted({int(L) for r in rows.values() for L in r.get("eval", {}).get(b, {})})
+        views = {label: _bench_view(r.get("eval", {}), b) for label, r in rows.items()}
+        lengths = sorted({L for sc, _, _ in views.values() for L in sc})
+        labels_used = sorted({lab for _, labs, _ in views.values() for L, lab in labs.items()
+                              if lab != "avg"}, key=lambda x: int(x[3:]))
+        mixed = len({lab for _, labs, _ in views.values() for lab in labs.values()}) > 1
         header = ["method"] + [str(L) for L in lengths] + ["Δ base (longest)", "Δ EntropyLong (longest)"]
-        body = []
-        for label, r in rows.items():
-            sc = {int(k): v for k, v in r.get("eval", {}).get(b, {}).items()}
+        body, notes = [], []
+
+        def note(text: str) -> str:
+            if text not in notes:
+                notes.append(text)
+            return f"[{notes.index(text) + 1}]"
+
+        for label, (sc, labs, missing) in views.items():
             longest = sc.get(lengths[-1]) if lengths else None
 
             def delta(other):
-                o = rows.get(other, {}).get("eval", {}).get(b, {})
-                o = {int(k): v for k, v in o.items()}.get(lengths[-1]) if lengths else None
-                return None if longest is None or o is None or other == label else longest - o
-            body.append([label] + [_fmt(sc.get(L)) for L in lengths]
-                        + [_fmt(delta(BASELINE)), _fmt(delta(REFERENCE))])
-        out[b] = (header, body)
+                if other == label or other not in views or not lengths:
+                    return None
+                o_sc, o_labs, _ = views[other]
+                o = o_sc.get(lengths[-1])
+                if longest is None or o is None or o_labs.get(lengths[-1]) != labs.get(
+                        lengths[-1]):
+                    return None
+                return longest - o
+
+            cells = []
+            for L in lengths:
+                v = sc.get(L)
+                if v is None or (isinstance(v, float) and math.isnan(v)):
+                    why = sorted(t for t, ls in missing.items() if L in ls)
+                    reason = ("no task ran: " + "; ".join(why)) if why else (
+                        "no score at this length (past this model's context, or not "
+                        "evaluated)")
+                    cells.append("not run " + note(f"{label} at {L}: {reason}"))
+                    continue
+                cell = _fmt(v)
+                if mixed and labs.get(L, "avg") != "avg":
+                    cell += f" {labs[L]}"
+                cells.append(cell)
+            body.append([label] + cells + [_fmt(delta(BASELINE)), _fmt(delta(REFERENCE))])
+            for lab in sorted(set(labs.values()) - {"avg"}):
+                at = [L for L in lengths if labs.get(L) == lab and sc.get(L) is not None]
+                by_reason: dict[str, list[str]] = {}
+                for t in sorted(t for t, ls in missing.items() if any(L in ls for L in at)):
+                    task, _, why = t.partition(": ")
+                    by_reason.setdefault(why, []).append(task)
+                left = "; ".join(f"{', '.join(ts)}: {why}" for why, ts in by_reason.items())
+                if at:
+                    note(f"{b} {lab}: mean of {lab[3:]} tasks, fewer than the reference's; "
+                         f"not comparable with a published full average"
+                         + ("; left out: " + left if left else ""))
+        import textwrap
+
+        for i, n in enumerate(notes, 1):   # wrapped, so the method column stays narrow
+            for j, line in enumerate(textwrap.wrap(f"[{i}] {n}", 72,
+                                                   subsequent_indent="    ")):
+                body.append([line] + [""] * (len(header) - 1))
+        name = b if not labels_used else f"{b} ({', '.join(labels_used)}: average over fewer " \
+            f"tasks than the reference's)"
+        out[name] = (header, body)
     return out
 
 
@@ -124,18 +204,25 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     rows = results["rows"]
-    benches = sorted({b for r in rows.values() for b in r.get("eval", {})})
+    benches = sorted({b.partition("/")[0] for r in rows.values() for b in r.get("eval", {})})
     for b in benches:
         fig, ax = plt.subplots(figsize=(6, 4))
+        used = set()
         for label, r in rows.items():
-            sc = sorted((int(k), v) for k, v in r.get("eval", {}).get(b, {}).items()
-                        if v is not None)
-            if sc:
-                ax.plot([x for x, _ in sc], [y for _, y in sc], marker="o", label=label)
+            scores, labs, _ = _bench_view(r.get("eval", {}), b)
+            sc = sorted((L, v) for L, v in scores.items()
+                        if v is not None and not (isinstance(v, float) and math.isnan(v)))
+            partial = sorted({labs[L] for L, _ in sc} - {"avg"})
+            used.update(partial)
+            if sc:   # a labelled (partial) average says so in the legend
+                ax.plot([x for x, _ in sc], [y for _, y in sc], marker="o",
+                        label=label + (f" ({', '.join(partial)})" if partial else ""))
         ax.set_xscale("log", base=2)
         ax.set_xlabel("context length (tokens)")
-        ax.set_ylabel(f"{b} score")
-        ax.set_title(f"{b}: score vs length")
+        tag = f" {', '.join(sorted(used))}" if used else ""
+        ax.set_ylabel(f"{b}{tag} score")
+        ax.set_title(f"{b}{tag}: score vs length" + (
+            "\n(average over fewer tasks than the reference's)" if used else ""))
         ax.grid(alpha=0.3)
         ax.legend()
         p = out_dir / f"score_{b}.png"
@@ -229,8 +316,9 @@ def from_mlflow(tracking, parent_run_id: str) -> dict:
         for key in child.data.metrics:
             if key.startswith("eval/"):
                 _, bench, task, length = key.split("/", 3)
-                if task == "avg":
-                    ev.setdefault(bench, {})[int(length)] = child.data.metrics[key]
+                if task == "avg" or _AVG_LABEL.fullmatch(task):   # avg11: a labelled average
+                    ev.setdefault(bench if task == "avg" else f"{bench}/{task}", {})[
+                        int(length)] = child.data.metrics[key]
             elif key.startswith("stage/"):
                 for step, value in tracking.metric_history(child.info.run_id, key):
                     stages.setdefault(step, {})[key[len("stage/"):]] = value

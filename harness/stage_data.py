@@ -29,6 +29,9 @@ from harness.fileio import atomic_dir, sha256_file
 class Group:
     tokens: list[int]
     provenance: dict[str, Any] = field(default_factory=dict)
+    # ``refit(max_tokens) -> Group | None``: the same group rebuilt smaller by the method's
+    # own rule (fewer contexts), or None; lets the packer fill a row's remaining room
+    refit: Any = None
 
 
 def pack_groups(groups: Iterable[Group], target_length: int, pad_id: int,
@@ -95,10 +98,11 @@ class Packer:
     ``attention="row"``: the papers' "Standard" random concatenation: groups are concatenated
     into rows, cut at row ends, and each row is one attention span.
 
-    The group that reaches the budget is cut to the tokens it needs, and once every row is
-    open a group that fits nowhere fills the last quarter of a row at most with its head (so
-    the budget is reachable whatever the group sizes); cut groups carry
-    ``provenance["truncated_to"]`` and are counted. So every method's stage holds exactly
+    The group that reaches the budget is cut to the tokens it needs. Once every row is open,
+    a group that fits nowhere is rebuilt by its method's own rule for the largest room left
+    (``Group.refit``: fewer contexts; ``provenance["refit_to"]``), or else fills the last
+    quarter of a row at most with its head (``provenance["truncated_to"]``), so the budget is
+    reachable whatever the group sizes; both are counted. So every method's stage holds exactly
     ``loss_budget`` loss tokens.
     Deterministic: the same groups in the same order give the same rows.
     """
@@ -117,6 +121,7 @@ class Packer:
         self.loss = 0
         self.set_aside = 0
         self.truncated = 0
+        self.refitted = 0
         self._span = 0
 
     @property
@@ -151,16 +156,23 @@ class Packer:
             self.parts.append([])
             row = len(self.fill) - 1
         else:
-            # every row is open and none has room: a nearly full row takes the group's head
-            # (its last quarter at most, one cut group per row), else it is set aside
+            # every row is open and none has room: the group rebuilt by its method's rule
+            # to the largest room left (fewer contexts), else a nearly full row takes the
+            # group's head (its last quarter at most), else it is set aside
             row = min(range(len(self.fill)), key=lambda i: (self.fill[i], i))
             gap = self.T - self.fill[row]
-            if not 2 <= gap <= self.T // 4:
+            smaller = g.refit(gap) if g.refit is not None and gap >= 2 else None
+            if smaller is not None and 0 < len(smaller.tokens) <= gap:
+                g = Group(smaller.tokens, {**smaller.provenance, "refit_to": int(gap)})
+                toks = np.asarray(g.tokens, dtype=np.int64)
+                self.refitted += 1
+            elif 2 <= gap <= self.T // 4:
+                toks = toks[:gap]
+                g = Group(toks.tolist(), {**g.provenance, "truncated_to": int(gap)})
+                self.truncated += 1
+            else:
                 self.set_aside += 1
                 return
-            toks = toks[:gap]
-            g = Group(toks.tolist(), {**g.provenance, "truncated_to": int(gap)})
-            self.truncated += 1
         if loss_tokens_of(toks.size) > self._need():
             toks = toks[:self._need() + 1]
             g = Group(toks.tolist(), {**g.provenance, "truncated_to": int(toks.size)})
@@ -217,7 +229,8 @@ class Packer:
         n_real = int(sum(self.fill))
         return {"loss_tokens": int(self.loss), "pad_tokens": int(self.rows * self.T - n_real),
                 "rows": int(self.rows), "rows_used": len(self.fill),
-                "groups_set_aside": int(self.set_aside), "groups_truncated": int(self.truncated)}
+                "groups_set_aside": int(self.set_aside), "groups_truncated": int(self.truncated),
+                "groups_refitted": int(self.refitted)}
 
 
 def position_ids_from_groups(group_index: np.ndarray) -> np.ndarray:

@@ -108,7 +108,10 @@ def eval_key(bench: str, task: str, length: int | str) -> str:
 
 
 def eval_avg_key(bench: str, length: int | str) -> str:
-    return eval_key(bench, "avg", length)
+    # "<bench>/<label>": a labelled partial average (avg11 = 11 of RULER's 13 tasks), as
+    # harness.evaluate.compare_averages keys it -> eval/<bench>/avg11/<length>
+    bench, _, label = bench.partition("/")
+    return eval_key(bench, label or "avg", length)
 
 
 def _clean(key: str) -> str:

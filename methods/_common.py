@@ -1,6 +1,8 @@
 """Small helpers the method plugins share (layout only; the pipeline lives in the core)."""
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,13 +31,39 @@ def validate_params(cls: type[Params], raw: dict[str, Any], where: str) -> Param
         raise SpecError("\n".join(lines)) from None
 
 
+@dataclass
+class Refit:
+    """The same group rebuilt to fit fewer tokens: ``contexts_then_root`` with the same
+    contexts, root and shuffle at a smaller length, so lower-priority contexts are dropped
+    (the rule that fits a group to ``T``). The packer uses it to fill a row's remaining room
+    instead of setting a group aside. Plain data, so it crosses processes."""
+    contexts: list
+    root: np.ndarray
+    rng_state: tuple
+    root_id: str
+    anchors: list
+
+    def __call__(self, max_tokens: int) -> Group | None:
+        rng = random.Random()
+        rng.setstate(self.rng_state)
+        g = contexts_then_root(self.contexts, self.root, max_tokens, rng, self.root_id,
+                               self.anchors, refit=False)
+        if g is not None and len(self.root) <= max_tokens:
+            return g
+        return None
+
+
 def contexts_then_root(contexts: list[tuple[np.ndarray, dict]], root: np.ndarray, T: int,
-                       rng, root_id: str, anchors: list[int] | None = None) -> Group | None:
+                       rng, root_id: str, anchors: list[int] | None = None,
+                       refit: bool = True) -> Group | None:
     """``[C_π(1); …; C_π(m); D]``: contexts in shuffled order before the root (EntropyLong).
 
     ``contexts`` come in priority order; the lowest-priority ones are dropped until the group
-    fits ``T`` tokens. A root longer than ``T`` is cut to ``T`` and takes no context.
+    fits ``T`` tokens. A root longer than ``T`` is cut to ``T`` and takes no context. The
+    group carries a ``Refit`` that rebuilds it for fewer tokens by the same rule.
     """
+    state = rng.getstate()
+    full_root = np.asarray(root)
     root = np.asarray(root[:T])
     budget = T - len(root)
     kept = []
@@ -55,9 +83,12 @@ def contexts_then_root(contexts: list[tuple[np.ndarray, dict]], root: np.ndarray
         offset += len(toks)
     parts.append(root)
     tokens = np.concatenate(parts).astype(np.int64).tolist()
+    anchors = [int(a) for a in (anchors or [])]
     return Group(tokens, {"root_id": root_id, "root_start": offset,
                           "root_end": offset + len(root), "contexts": provs,
-                          "anchors": [int(a) for a in (anchors or []) if a < len(root)]})
+                          "anchors": [a for a in anchors if a < len(root)]},
+                 refit=Refit(list(contexts), full_root, state, root_id, anchors)
+                 if refit else None)
 
 
 def positives(candidates, signal: str, epsilon: float) -> list:

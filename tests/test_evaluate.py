@@ -153,7 +153,7 @@ def oracle_run(tokenizer, tmp_path):
                          else " (A)" if u.bench == "longbench_v2" else " nothing"
                          for s in u.samples]
     E.score_all(benches, units)
-    return units, {"lengths": LENGTHS, "benchmarks": E.summarize(units)}
+    return units, {"lengths": LENGTHS, "benchmarks": E.summarize(units, benches)}
 
 
 def test_not_run_tasks_are_reported_and_left_out_of_averages(tokenizer, tmp_path):
@@ -162,8 +162,16 @@ def test_not_run_tasks_are_reported_and_left_out_of_averages(tokenizer, tmp_path
     assert ruler["tasks"] == {"niah_single_1": {"512": 100.0, "1024": 100.0},
                               "niah_multikey_3": {"512": None, "1024": 0.0},
                               "qa_1": {"512": None, "1024": None}}
-    assert ruler["average"]["512"] == {"mean": 100.0, "num_tasks": 1, "tasks": ["niah_single_1"]}
-    assert ruler["average"]["1024"]["mean"] == 50.0 and ruler["average"]["1024"]["num_tasks"] == 2
+    a512, a1024 = ruler["average"]["512"], ruler["average"]["1024"]
+    assert {k: a512[k] for k in ("mean", "num_tasks", "tasks", "reference_tasks", "label")} == {
+        "mean": 100.0, "num_tasks": 1, "tasks": ["niah_single_1"], "reference_tasks": 13,
+        "label": "avg1"}
+    assert a1024["mean"] == 50.0 and a1024["num_tasks"] == 2 and a1024["label"] == "avg2"
+    # every task of RULER's 13 not in the average, with why
+    assert len(a512["missing"]) == 12 and len(a1024["missing"]) == 11
+    assert "params.squad_path" in a1024["missing"]["qa_1"]
+    assert "too short" in a512["missing"]["niah_multikey_3"]
+    assert a1024["missing"]["vt"] == "not selected in the entry's tasks"
     assert set(ruler["not_run"]) == {"qa_1", "niah_multikey_3"}
     assert all("params.squad_path" in r for r in ruler["not_run"]["qa_1"].values())
     assert list(ruler["not_run"]["niah_multikey_3"]) == ["512"]
@@ -177,13 +185,16 @@ def test_not_run_tasks_are_reported_and_left_out_of_averages(tokenizer, tmp_path
     keys = E.metrics(results["benchmarks"])
     assert {k for k in keys if k.startswith("eval/ruler/")} == {
         "eval/ruler/niah_single_1/512", "eval/ruler/niah_single_1/1024",
-        "eval/ruler/niah_multikey_3/1024", "eval/ruler/avg/512", "eval/ruler/avg/1024"}
-    assert keys["eval/longbench_v2/avg/1024"] == 50.0
+        "eval/ruler/niah_multikey_3/1024", "eval/ruler/avg1/512", "eval/ruler/avg2/1024"}
+    assert keys["eval/longbench_v2/avg/1024"] == 50.0     # its one task is the reference's
     assert "eval/longbench_v2/medium/512" not in keys
     table = E.format_table(results)
     assert "not run: ruler/qa_1 (all lengths)" in table
     assert "not run: ruler/niah_multikey_3 (512)" in table
-    assert "100.0 (1)" in table and "50.0 (2)" in table
+    assert "100.0 (1/13)" in table and "50.0 (2/13)" in table and "avg1/avg2 (tasks)" in table
+    assert "ruler avg2: mean of 2 of the reference's 13 tasks" in table
+    assert "missing: niah_single_2, niah_single_3" in table and "not selected in the" in table
+    assert "longbench_v2  avg (tasks)" in table and "50.0 (1)" in table
 
 
 def test_longbench_prompts_fit_the_length(tokenizer, tmp_path):
@@ -209,7 +220,19 @@ def test_results_go_to_a_sqlite_store_under_the_eval_keys(tokenizer, tmp_path):
         E.log_results(tracker, results, paths)
     run = tracking.client.get_run(tracker.run_id)
     assert set(run.data.metrics) == set(E.metrics(results["benchmarks"]))
-    assert run.data.metrics["eval/ruler/avg/1024"] == 50.0
+    assert run.data.metrics["eval/ruler/avg2/1024"] == 50.0
+    assert "eval/ruler/avg/1024" not in run.data.metrics      # 2 of 13 tasks: labelled
+    params = run.data.params
+    assert params["provenance.ruler.preset"] == "harness"
+    data = json.loads(params["provenance.ruler.data"])
+    assert data["generated"] and data["seed"] == 42 and data["generator"] == "benchmarks.ruler"
+    lb = json.loads(params["provenance.longbench_v2.data"])
+    assert lb["path"].endswith("lb.json") and len(lb["sha256"]) == 64
+    assert json.loads(params["provenance.longbench_v2.decoding"])["temperature"] == 0.0
+    assert json.loads(params["provenance.ruler.samples"])["per_task_length"] == {
+        "niah_single_1": {"512": 2, "1024": 2}, "niah_multikey_3": {"1024": 2}}
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["benchmarks"]["longbench_v2"]["provenance"]["preset"] == "harness"
     assert tracking.metric_history(tracker.run_id, "eval/ruler/niah_single_1/512") == [(0, 100.0)]
     assert "qa_1@512" in run.data.tags["eval/ruler/not_run"]
     arts = {a.path for a in tracking.client.list_artifacts(tracker.run_id, "eval")}
@@ -234,7 +257,84 @@ def test_evaluate_for_compare_returns_averages_per_length(tokenizer, tmp_path, m
     monkeypatch.setattr(E, "evaluate", fake_evaluate)
     got = E.evaluate_for_compare(spec, "m", tmp_path / "ckpt")
     assert seen == {"names": ["ruler"], "out": tmp_path / "ckpt" / "eval"}
-    assert got["ruler"] == {"512": 100.0, "1024": 50.0}
+    assert got["ruler/avg1"] == {"512": 100.0} and got["ruler/avg2"] == {"1024": 50.0}
+    assert "ruler" not in got
+    qa = next(k for k in got if k.startswith("ruler/not_run/qa_1: "))
+    assert got[qa] == {"512": None, "1024": None} and "params.squad_path" in qa
+    from harness.tracking import eval_avg_key
+
+    assert eval_avg_key("ruler/avg2", 1024) == "eval/ruler/avg2/1024"
+    assert eval_avg_key("ruler", 1024) == "eval/ruler/avg/1024"
+
+
+class FakeBackend:
+    """Token ids for scripted texts; records what each pass asked for."""
+
+    name = "fake"
+
+    def __init__(self, tokenizer, script):
+        self.tok, self.script, self.calls = tokenizer, script, []
+
+    def generate(self, prompts, max_new_tokens, progress=None, temperatures=None, seeds=None):
+        self.calls.append({"n": list(max_new_tokens), "temperatures": temperatures,
+                           "seeds": seeds, "prompts": [self.tok.decode(p) for p in prompts]})
+        texts = self.script(len(self.calls), len(prompts))
+        if progress:
+            progress(len(prompts))
+        return [self.tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def test_official_cot_runs_two_passes_sampled_and_drops_empty_outputs(tokenizer, tmp_path):
+    """LongBench-v2 preset official with cot through the core: the CoT pass (1,024 tokens),
+    the answer pass for the items whose CoT is not empty, temperature 0.1 with a seed per
+    item, the dropped item counted and written with a null score."""
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = ("{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}"
+                         "{% if add_generation_prompt %}<a>{% endif %}")
+    bench = E.load_benchmark(BenchmarkEntry(name="longbench_v2", preset="official", params={
+        "path": str(longbench_file(tmp_path / "lb.json")), "cot": True}))
+    unit = E.prepare_unit(bench, "overall", 131072, tok, 1)
+    assert len(unit.samples) == 2                       # official: every item, whatever n
+
+    def script(call, n):
+        return [" step by step", ""] if call == 1 else ["The correct answer is (A)"] * n
+
+    backend = FakeBackend(tok, script)
+    E.generate_all([unit], backend, tok, [], [bench])
+    first, second = backend.calls
+    assert first["n"] == [1024, 1024] and first["temperatures"] == [0.1, 0.1]
+    assert len(set(first["seeds"])) == 2 and second["n"] == [128]
+    assert second["prompts"][0].startswith("<u>Please read the following text and answer the "
+                                           "questions below.\n\nThe text is too long and "
+                                           "omitted here.")
+    assert "step by step: step by step\n\nBased on the above" in second["prompts"][0]
+    assert unit.predictions == ["The correct answer is (A)", ""]
+    E.score_all([bench], [unit])
+    assert unit.score.value == 100.0 and unit.score.breakdown["dropped"] == 1.0
+    results = {"lengths": [131072], "benchmarks": E.summarize([unit], [bench])}
+    E.write_outputs(tmp_path / "out", [unit], results)
+    rows = [json.loads(x) for x in (tmp_path / "out" / "longbench_v2.samples.jsonl").open()]
+    assert rows[0]["response_cot"] == "step by step" and rows[0]["score"] == 100.0
+    assert rows[1]["score"] is None and "pred.py drops" in rows[1]["dropped"]
+    prov = results["benchmarks"]["longbench_v2"]["provenance"]
+    assert prov["preset"] == "official" and "0shot_cot.txt" in prov["template"]
+    assert prov["decoding"]["temperature"] == 0.1 and prov["samples"]["total"] == 2
+    assert "dropped" in E.format_table(results)
+
+
+def test_hf_backend_samples_reproducibly_with_a_seed_and_stays_greedy_without(tiny_model_dir):
+    from harness.backends import HFGreedy
+
+    be = HFGreedy(tiny_model_dir, [], "float32")
+    prompt = [[5, 6, 7, 8, 9, 10]]
+    greedy = be.generate(prompt, [12])
+    assert be.generate(prompt, [12], temperatures=[0.0], seeds=[None]) == greedy
+    hot = be.generate(prompt * 2, [12, 12], temperatures=[5.0, 5.0], seeds=[1, 1])
+    assert hot[0] == hot[1]                       # same seed, same sample
+    others = [be.generate(prompt, [12], temperatures=[5.0], seeds=[s])[0] for s in range(2, 6)]
+    assert any(o != hot[0] for o in others)       # it does sample
 
 
 # ---------------------------------------------------------------- too long, before generation
@@ -316,7 +416,7 @@ def test_vllm_and_hf_give_the_same_greedy_outputs(eval_model_dir, tmp_path):
     for run in runs:
         assert run.info.run_name == "eval-tiny-4k" and run.info.status == "FINISHED"
         m = run.data.metrics
-        assert {"eval/ruler/avg/512", "eval/ruler/avg/1024", "eval/longbench_v2/overall/512",
+        assert {"eval/ruler/avg1/512", "eval/ruler/avg2/1024", "eval/longbench_v2/overall/512",
                 "eval/longbench_v2/avg/1024", "eval/ruler/niah_multikey_3/1024"} <= set(m)
         assert not any("qa_1" in k or k == "eval/ruler/niah_multikey_3/512" for k in m)
 
@@ -426,5 +526,5 @@ def test_cli_eval_runs_the_probe_beside_generated_benchmarks(tmp_path):
         assert m[f"eval/probe/avg/{L}"] == pytest.approx(probe["lengths"][L]["acc"])
         assert m[f"eval/probe/gain/{L}"] == pytest.approx(probe["lengths"][L]["gain"])
         assert probe["lengths"][L]["n"] == 8
-    assert "eval/ruler/avg/512" in m     # (niah does not fit in 256 tokens: not run there)
+    assert "eval/ruler/avg1/512" in m    # (niah does not fit in 256 tokens: not run there)
     assert probe["lengths"]["512"]["distance_mean"] > probe["lengths"]["256"]["distance_mean"]

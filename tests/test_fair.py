@@ -218,3 +218,35 @@ def test_compare_refuses_methods_with_unequal_loss_tokens():
     rows["b"]["stages"][1]["loss_tokens"] = 980.0
     with pytest.raises(BudgetError, match=r"stage 1: .*differ by 2\.0 %.*a 1,000, b 980"):
         check_budgets(rows)
+
+
+def test_large_groups_are_refit_by_their_own_rule_to_fill_the_rows():
+    """EntropyLong-sized groups (1-2K tokens of contexts + root in 2K rows) cannot fill rows
+    whole; the packer rebuilds a group with fewer contexts for the room left instead of
+    setting groups aside forever, and the rebuilt group still ends with its whole root."""
+    import random
+
+    from methods._common import contexts_then_root
+
+    rng = np.random.default_rng(0)
+    T, rows = 2048, 8
+    budget = int(0.98 * rows * (T - 1))
+    p = Packer(T, rows, budget, 0)
+    roots = {}
+    for i in range(200):
+        root = rng.integers(5, 500, size=int(rng.integers(80, 200)))
+        ctxs = [(rng.integers(5, 500, size=128), {"chunk_id": j, "doc_id": f"d{j}"})
+                for j in range(int(rng.integers(8, 16)))]
+        g = contexts_then_root(ctxs, root, T, random.Random(i), f"r{i}", [5, 20])
+        roots[f"r{i}"] = root.tolist()
+        if p.add(g):
+            break
+    assert p.done and p.summary()["groups_refitted"] > 0
+    ids, gidx, placed = p.arrays()
+    assert _loss_count(ids, gidx) == budget
+    for g, row, s, e in placed:
+        prov = g.provenance
+        if "refit_to" in prov:
+            assert len(g.tokens) <= prov["refit_to"]
+            if "truncated_to" not in prov:
+                assert g.tokens[prov["root_start"]:prov["root_end"]] == roots[prov["root_id"]]

@@ -3,6 +3,7 @@ on the shared 12-item sample, with a small BPE tokenizer trained here."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -243,3 +244,185 @@ def test_run_chat_wraps_the_truncated_prompt(items, tokenizer):
         tokenizer.chat_template = None
     assert all(p.startswith("<u>Please read") and p.endswith("here)\".</u><a>") for p in seen)
     assert LB.accuracy(recs)["overall"] == 100.0
+
+
+# ------------------------------------------------------------------ preset: official
+
+# A ChatML template with Qwen2.5's default system message (its no-tools branch), and the same
+# conversation written out by hand: what vLLM's OpenAI server builds from pred.py's request.
+CHATML = ("{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + "
+          "messages[0]['content'] + '<|im_end|>\\n' }}{%- else %}{{- '<|im_start|>system\\nYou "
+          "are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
+          "{%- endif %}{%- for message in messages %}{%- if message.role != 'system' %}"
+          "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+          "{%- endif %}{%- endfor %}{%- if add_generation_prompt %}"
+          "{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+
+
+def chatml_by_hand(user: str) -> str:
+    return ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+            "assistant.<|im_end|>\n<|im_start|>user\n" + user + "<|im_end|>\n"
+            "<|im_start|>assistant\n")
+
+
+def pred_py_prompt(template: str, item: dict, tokenizer, max_len: int = 120000,
+                   cot: str | None = None) -> str:
+    """pred.py (THUDM/LongBench, LongBench-v2): the replace chain, then query_llm's middle
+    truncation for a model in model_map, then the request's single user message."""
+    prompt = template.replace('$DOC$', item['context'].strip()).replace(
+        '$Q$', item['question'].strip()).replace('$C_A$', item['choice_A'].strip()).replace(
+        '$C_B$', item['choice_B'].strip()).replace('$C_C$', item['choice_C'].strip()).replace(
+        '$C_D$', item['choice_D'].strip())
+    if cot is not None:
+        prompt = prompt.replace('$COT$', cot)
+    input_ids = tokenizer.encode(prompt)
+    if len(input_ids) > max_len:
+        input_ids = input_ids[:max_len // 2] + input_ids[-max_len // 2:]
+        prompt = tokenizer.decode(input_ids, skip_special_tokens=True)
+    return chatml_by_hand(prompt)
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer(tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = CHATML
+    return tok
+
+
+@pytest.fixture(scope="module")
+def official_file(items, tmp_path_factory):
+    """The 12 items, plus one whose context is all 12 contexts (past 120,000 tokens here)."""
+    long_item = dict(items[0], _id="long-one",
+                     context="\n\n".join(it["context"] for it in items))
+    path = tmp_path_factory.mktemp("lb2official") / "lb2.json"
+    path.write_text(json.dumps(items + [long_item]))
+    return path
+
+
+def official(path, **params):
+    from benchmarks.adapters import LongBenchV2
+    from harness.config import BenchmarkEntry
+
+    return LongBenchV2(BenchmarkEntry(name="longbench_v2", preset="official",
+                                      params={"path": str(path), **params}))
+
+
+def test_official_preset_prompts_equal_pred_py_at_128k(official_file, chat_tokenizer):
+    """The done-when check: every item's prompt at 131,072 is pred.py's request text."""
+    bench = official(official_file)
+    samples = bench.samples("overall", 131072, chat_tokenizer, n=3)   # official: every item
+    data = json.loads(official_file.read_text())
+    assert len(samples) == len(data) == 13
+    for s, item in zip(samples, data):
+        assert s.prompt == pred_py_prompt(OFFICIAL_0SHOT, item, chat_tokenizer)
+        assert (s.temperature, s.max_new_tokens, s.add_special_tokens) == (0.1, 128, False)
+        assert s.seed is not None
+    # the long item was middle-truncated to 120,000 tokens; the others fit whole
+    assert len(chat_tokenizer.encode(data[-1]["context"])) > 120000
+    user = samples[-1].prompt.split("<|im_start|>user\n", 1)[1].rsplit("<|im_end|>", 1)[0]
+    assert "</text>" in user and user.startswith("Please read the following text")
+    assert len(chat_tokenizer.encode(user)) <= 120000 + 2
+    assert samples[0].prompt == chatml_by_hand(LB.fill_template(LB.TEMPLATE_0SHOT, data[0]))
+    assert len({s.seed for s in samples}) == 13
+
+
+def test_official_cot_two_passes_and_dropped_items(official_file, chat_tokenizer, items):
+    bench = official(official_file, cot=True, samples=4, seed=1)
+    samples = bench.samples("overall", 131072, chat_tokenizer, n=100)
+    data = [it for it in json.loads(official_file.read_text())
+            if it["_id"] in {s.meta["item"]["_id"] for s in samples}]
+    assert len(samples) == 4
+    official_cot = OFFICIAL_0SHOT.replace("question below", "questions below").replace(
+        'Format your response as follows: "The correct answer is (insert answer here)".',
+        "Let\u2019s think step by step:")
+    for s, item in zip(samples, data):
+        assert s.prompt == pred_py_prompt(official_cot, item, chat_tokenizer)
+        assert s.max_new_tokens == 1024
+    cots = ["  A chain of thought. ", "", "x", "Because (B)."]
+    answer = bench.followup("overall", samples, cots, chat_tokenizer, 1)
+    assert answer[1] is None                          # an empty CoT: pred.py drops the item
+    ans_template = ("Please read the following text and answer the questions below.\n\n"
+                    "The text is too long and omitted here.\n\nWhat is the correct answer to "
+                    "this question: $Q$\nChoices:\n(A) $C_A$\n(B) $C_B$\n(C) $C_C$\n(D) $C_D$"
+                    "\n\nLet\u2019s think step by step: $COT$\n\nBased on the above, what is "
+                    "the single, most likely answer choice? Format your response as follows: "
+                    "\"The correct answer is (insert answer here)\".")
+    for a, item, c in zip(answer, data, cots):
+        if a is not None:
+            assert a.prompt == pred_py_prompt(ans_template, item, chat_tokenizer, cot=c.strip())
+            assert (a.max_new_tokens, a.temperature) == (128, 0.1)
+    assert bench.followup("overall", samples, cots, chat_tokenizer, 2) is None
+    assert samples[0].meta["write"]["response_cot"] == "A chain of thought."
+    finals = [f"The correct answer is ({data[0]['answer']})", "", "", "no idea"]
+    score = bench.score("overall", samples, finals)
+    assert score.breakdown["dropped"] == 2.0
+    assert score.value == 50.0                        # 1 right of the 2 kept
+    assert math.isnan(score.per_sample[1]) and score.per_sample[0] == 100.0
+
+
+def test_official_preset_needs_a_chat_template(official_file, tokenizer):
+    from harness.evaluate import NotRun
+
+    with pytest.raises(NotRun, match="chat template.*none.*preset harness"):
+        official(official_file).samples("overall", 131072, tokenizer, 1)
+
+
+def test_official_selection_all_or_seeded_sample(official_file, chat_tokenizer):
+    import random
+
+    data = json.loads(official_file.read_text())
+    picked = official(official_file, samples=5, seed=3).select(100)
+    keep = sorted(random.Random(3).sample(range(13), 5))
+    assert [it["_id"] for it in picked] == [data[i]["_id"] for i in keep]
+    assert keep != list(range(5))
+    assert official(official_file, samples=5, seed=3).select(1) == picked
+    assert len(official(official_file).select(2)) == 13
+    assert len(official(official_file, samples="all").select(2)) == 13
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"prompt": "completion"}, "preset harness"), ({"reserve": 10}, "preset harness"),
+    ({"samples": 0}, "params.samples"), ({"samples": "some"}, "params.samples"),
+    ({"cot": "yes"}, "params.cot")])
+def test_official_preset_rejects_harness_only_params(official_file, params, match):
+    with pytest.raises(ValueError, match=match):
+        official(official_file, **params)
+
+
+def test_official_short_length_uses_the_ratio_or_is_not_run(official_file, chat_tokenizer):
+    from harness.evaluate import NotRun
+
+    assert LB.official_max_len(131072) == 120000 == LB.official_max_len(262144)
+    assert LB.official_max_len(32768) == 30000
+    s = official(official_file, samples=2).samples("overall", 32768, chat_tokenizer, 1)
+    assert all(len(chat_tokenizer(x.prompt, add_special_tokens=False)["input_ids"]) + 128
+               <= 32768 for x in s)
+    with pytest.raises(NotRun, match="too short for the official budget"):
+        official(official_file, samples=2).samples("overall", 600, chat_tokenizer, 1)
+
+
+def test_provenance_names_preset_file_hash_template_and_decoding(official_file,
+                                                                  chat_tokenizer):
+    import hashlib
+
+    from benchmarks.adapters import LongBenchV2
+    from harness.config import BenchmarkEntry
+
+    bench = official(official_file, samples=3)
+    bench.samples("overall", 131072, chat_tokenizer, 1)
+    p = bench.provenance()
+    assert p["preset"] == "official"
+    assert p["data"]["path"] == str(official_file.resolve())
+    assert p["data"]["sha256"] == hashlib.sha256(official_file.read_bytes()).hexdigest()
+    assert "prompts/0shot.txt" in p["template"] and "chat template (sha256" in p["template"]
+    assert p["decoding"]["temperature"] == 0.1 and p["decoding"]["max_new_tokens"] == 128
+    assert "seeded random sample of 3 of 13" in p["samples"]["selection"]
+    assert p["empty_outputs"].startswith("dropped")
+    h = LongBenchV2(BenchmarkEntry(name="longbench_v2", params={"path": str(official_file)}))
+    hp = h.provenance()
+    assert hp["preset"] == "harness" and hp["decoding"]["temperature"] == 0.0
+    assert "completion" in hp["template"] and hp["empty_outputs"] == "scored wrong"
+    assert "first eval.samples_per_task" in hp["samples"]["selection"]

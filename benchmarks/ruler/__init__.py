@@ -59,8 +59,12 @@ from benchmarks.ruler.metrics import (
 )
 from benchmarks.ruler.templates import OFFLINE_TASKS, QA_TASKS, TASKS
 
+# Bumped whenever a change moves generated samples (recorded in evaluation provenance).
+GENERATOR_VERSION = "1"
+
 __all__ = [
-    "TASKS", "OFFLINE_TASKS", "QA_TASKS", "NotRun", "TooShort", "generate", "full_prompt",
+    "GENERATOR_VERSION", "TASKS", "OFFLINE_TASKS", "QA_TASKS", "NotRun", "TooShort", "generate",
+    "full_prompt",
     "score_task", "metric_name", "postprocess_pred", "string_match_all", "string_match_part",
     "average_per_length", "LengthAverage",
 ]
