@@ -230,11 +230,20 @@ class BenchmarkEntry(Strict):
     preset: Literal["harness", "official"] = "harness"
 
 
+# The short-context check: lm-eval stock tasks, the set NExtLong reports for its models
+# (caskcsg/longcontext README: HellaSwag, LAMBADA, ARC-C, ARC-E, PIQA, WinoGrande, LogiQA, MMLU;
+# paper Table 4 averages 7 of them), run 0-shot by lm-eval on each final checkpoint and the base.
+SHORT_CONTEXT_TASKS = ("hellaswag", "lambada_openai", "arc_challenge", "arc_easy", "piqa",
+                       "winogrande", "logiqa", "mmlu")
+
+
 class EvalSpec(Strict):
     lengths: list[int] = Field(default_factory=lambda: [8192, 16384, 32768, 65536, 131072])
     backend: Literal["vllm", "hf"] = "vllm"
     samples_per_task: int = Field(100, gt=0)
     benchmarks: list[BenchmarkEntry] = Field(default_factory=list)
+    short_context: list[str] = Field(default_factory=lambda: list(SHORT_CONTEXT_TASKS))
+    short_context_limit: int | None = Field(None, gt=0)   # lm-eval --limit (None: every doc)
 
     @field_validator("lengths")
     @classmethod

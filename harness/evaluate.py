@@ -28,6 +28,10 @@ same way for every benchmark:
    ``write_outputs`` writes ``<bench>.samples.jsonl`` (prompt tokens, prediction, references,
    score per sample) and ``results.json`` (with the provenance), logged as artifacts.
 
+For ``harness.compare``, ``evaluate_for_compare`` also runs the short-context check
+(``eval.short_context``: lm-eval stock tasks in a child process, ``run_short_context``); a
+task whose dataset cannot be had is reported "not run: no data (...)", never scored.
+
 Every sample of every benchmark fits its length: prompt tokens + the tokens it may generate
 ≤ length (RULER and HELMET size their haystacks so; LongBench-v2 truncates to the length minus
 a reserve for the answer).
@@ -358,7 +362,7 @@ def summarize(units: Sequence[Unit], benches: Sequence[Benchmark] = ()) -> dict[
         ref = refs.get(name) or list(b["tasks"])
         for ln, a in b["average"].items():
             a["reference_tasks"] = len(ref)
-            a["label"] = average_label(a["num_tasks"], len(ref))
+            a["label"] = average_label(a["num_tasks"], len(ref)) if a["num_tasks"] else "avg"
             a["missing"] = {t: b["not_run"].get(t, {}).get(ln) or (
                 "no score" if t in b["tasks"] else "not selected in the entry's tasks")
                 for t in ref if t not in a["tasks"]}
@@ -639,7 +643,121 @@ def evaluate_for_compare(spec: Spec, model_path: str | Path, out: str | Path
     if not names:
         return {}
     results = evaluate(spec, model_path, Path(out) / "eval", bench_names=names)
-    return compare_averages(results)
+    out_avg = compare_averages(results)
+    if spec.eval.short_context:
+        out_avg.update(short_context_scores(run_short_context(spec, model_path,
+                                                              Path(out) / "eval")))
+    return out_avg
+
+
+# ---------------------------------------------------------------- the short-context check
+
+SHORT_CONTEXT = "short_context"
+_SHORT_DATA: dict[str, str | None] = {}     # task -> why its data cannot be had (None: it can)
+
+
+def _lm_eval_task_dir(task: str) -> Path | None:
+    """The folder of a stock lm-eval task (indexing only it takes a second; the whole task
+    tree takes about half a minute)."""
+    import lm_eval
+
+    root = Path(lm_eval.__file__).parent / "tasks"
+    folder = {"arc_challenge": "arc", "arc_easy": "arc", "lambada_openai": "lambada",
+              "lambada_standard": "lambada", "winogrande": "winogrande"}.get(task, task)
+    return root / folder if (root / folder).is_dir() else None
+
+
+def short_context_data(task: str) -> str | None:
+    """None when the task and its dataset can be loaded here, else why not (cached)."""
+    if task not in _SHORT_DATA:
+        try:
+            from lm_eval.tasks import TaskManager
+
+            folder = _lm_eval_task_dir(task)
+            tm = TaskManager(include_path=str(folder), include_defaults=False) if folder \
+                else TaskManager()
+            if task not in tm.all_tasks:
+                _SHORT_DATA[task] = f"lm-eval has no task '{task}'"
+                return _SHORT_DATA[task]
+            tm.load_task_or_group([task])
+            _SHORT_DATA[task] = None
+        except Exception as exc:  # noqa: BLE001 - offline hub, missing dataset
+            _SHORT_DATA[task] = f"no data ({type(exc).__name__}: {str(exc)[:200]})"
+    return _SHORT_DATA[task]
+
+
+def _short_metric(task_results: dict) -> tuple[str | None, float | None]:
+    for name in ("acc_norm,none", "acc,none"):
+        if task_results.get(name) is not None:
+            return name.split(",")[0], 100.0 * float(task_results[name])
+    return None, None
+
+
+def run_short_context(spec: Spec, model_path: str | Path, out_dir: str | Path) -> dict:
+    """lm-eval's stock tasks (``eval.short_context``, 0-shot, ``acc_norm`` where the task
+    reports it, else ``acc``; ×100) on the model through the spec's backend (lm-eval's
+    ``vllm`` or ``hf``). A task whose dataset cannot be had is "not run: no data (...)". Written
+    to ``<out_dir>/short_context.json``: ``{task: {"score", "metric", "not_run"}}``."""
+    tasks = list(dict.fromkeys(spec.eval.short_context))
+    out: dict[str, dict] = {t: {"score": None, "metric": None,
+                                "not_run": short_context_data(t)} for t in tasks}
+    ready = [t for t in tasks if out[t]["not_run"] is None]
+    if ready:
+        try:
+            res = _lm_eval_run(spec, model_path, ready)
+            for t in ready:
+                metric, score = _short_metric(res.get(t, {}))
+                out[t].update(score=score, metric=metric,
+                              not_run=None if score is not None else "no acc metric reported")
+        except Exception as exc:  # noqa: BLE001 - reported per task, never scored 0
+            for t in ready:
+                out[t]["not_run"] = f"lm-eval failed ({type(exc).__name__}: {str(exc)[:200]})"
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    _write_atomic(d / "short_context.json", [json.dumps(out, indent=2) + "\n"])
+    return out
+
+
+def _lm_eval_run(spec: Spec, model_path: str | Path, tasks: list[str],
+                 include_path: str | Path | None = None) -> dict:
+    """lm-eval's command line in a child process (``harness.lm_eval_adapter``: vLLM's workers
+    and memory end with it, so it never competes with the evaluation engine)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    args = f"pretrained={model_path},dtype={spec.model.dtype}"
+    if spec.eval.backend == "vllm":
+        args += f",seed={spec.seed}"
+    with tempfile.TemporaryDirectory(prefix="short_context_") as tmp:
+        cmd = [sys.executable, "-m", "harness.lm_eval_adapter", "--model", spec.eval.backend,
+               "--model_args", args, "--tasks", ",".join(tasks), "--batch_size", "1",
+               "--seed", str(spec.seed), "--output_path", tmp]
+        if spec.eval.short_context_limit:
+            cmd += ["--limit", str(spec.eval.short_context_limit)]
+        if include_path:
+            cmd += ["--include_path", str(include_path)]
+        r = subprocess.run(cmd, capture_output=True, text=True,
+                           cwd=Path(__file__).resolve().parents[1])
+        if r.returncode != 0:
+            raise RuntimeError(f"lm-eval exited {r.returncode}: {r.stderr[-500:]}")
+        files = sorted(Path(tmp).rglob("results_*.json"))
+        if not files:
+            raise RuntimeError("lm-eval wrote no results file")
+        return json.loads(files[-1].read_text()).get("results", {})
+
+
+def short_context_scores(short: dict) -> dict[str, dict[str, float | None]]:
+    """For compare: ``short_context/<task>`` -> ``{"0": score}`` (logged as
+    ``eval/short_context/<task>/0``) and ``short_context/not_run/<task>: <reason>`` ->
+    ``{"0": None}`` (a footnote in the report's short-context table)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for task, r in short.items():
+        if r["score"] is not None:
+            out[f"{SHORT_CONTEXT}/{task}"] = {"0": r["score"]}
+        else:
+            out[f"{SHORT_CONTEXT}/{NOT_RUN_KEY}/{task}: not run: {r['not_run']}"] = {"0": None}
+    return out
 
 
 NOT_RUN_KEY = "not_run"

@@ -50,6 +50,67 @@ def _bench_view(ev: dict, bench: str) -> tuple[dict[int, float | None], dict[int
     return scores, labels, missing
 
 
+SHORT_CONTEXT = "short_context"   # "short_context/<task>" -> {"0": score} (harness.evaluate)
+
+
+def _short_context_table(rows: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Short-context check: lm-eval stock tasks per method, the mean over the tasks that ran
+    and its change against the base model; not-run cells footnoted with their reason."""
+    per: dict[str, dict[str, float | None]] = {}
+    why: dict[str, dict[str, str]] = {}
+    tasks: list[str] = []
+    for label, r in rows.items():
+        for key, v in r.get("eval", {}).items():
+            head, _, rest = key.partition("/")
+            if head != SHORT_CONTEXT:
+                continue
+            if rest.startswith(NOT_RUN + "/"):
+                task, _, reason = rest[len(NOT_RUN) + 1:].partition(": ")
+                why.setdefault(label, {})[task] = reason
+            else:
+                task = rest
+                per.setdefault(label, {})[task] = next(iter(v.values()), None)
+            if task not in tasks:
+                tasks.append(task)
+    if not tasks:
+        return {}
+    header = ["method", *tasks, "mean (tasks run)", "Δ base (mean)"]
+    body, notes = [], []
+
+    def mean(label):
+        vals = [per.get(label, {}).get(t) for t in tasks]
+        vals = [v for v in vals if v is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    base_ran = {t for t, v in per.get(BASELINE, {}).items() if v is not None}
+    for label in rows:
+        cells = []
+        for t in tasks:
+            v = per.get(label, {}).get(t)
+            if v is None:
+                reason = why.get(label, {}).get(t, "not run: no score")
+                if reason not in notes:
+                    notes.append(reason)
+                cells.append(f"not run [{notes.index(reason) + 1}]")
+            else:
+                cells.append(_fmt(v))
+        ran = {t for t, v in per.get(label, {}).items() if v is not None}
+        common = sorted(ran & base_ran)
+        delta = None
+        if label != BASELINE and common:
+            delta = (sum(per[label][t] for t in common)
+                     - sum(per[BASELINE][t] for t in common)) / len(common)
+        body.append([label, *cells, _fmt(mean(label)), _fmt(delta)])
+    import textwrap
+
+    for i, n in enumerate(notes, 1):
+        for line in textwrap.wrap(f"[{i}] {n}", 72, subsequent_indent="    "):
+            body.append([line] + [""] * (len(header) - 1))
+    title = ("short-context check (lm-eval stock tasks, 0-shot; Δ base over the tasks both "
+             "ran)")
+    return {title: (header, body)}
+
+
 def score_tables(results: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
     """Per benchmark: header and rows (label, score per length, Δ vs base, Δ vs EntropyLong).
 
@@ -62,6 +123,9 @@ def score_tables(results: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
     benches = sorted({b.partition("/")[0] for r in rows.values() for b in r.get("eval", {})})
     out = {}
     for b in benches:
+        if b == SHORT_CONTEXT:
+            out.update(_short_context_table(rows))
+            continue
         views = {label: _bench_view(r.get("eval", {}), b) for label, r in rows.items()}
         lengths = sorted({L for sc, _, _ in views.values() for L in sc})
         labels_used = sorted({lab for _, labs, _ in views.values() for L, lab in labs.items()
@@ -205,7 +269,7 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
     files = []
     rows = results["rows"]
     benches = sorted({b.partition("/")[0] for r in rows.values() for b in r.get("eval", {})})
-    for b in benches:
+    for b in (b for b in benches if b != SHORT_CONTEXT):   # short-context: a table only
         fig, ax = plt.subplots(figsize=(6, 4))
         used = set()
         for label, r in rows.items():
@@ -319,6 +383,8 @@ def from_mlflow(tracking, parent_run_id: str) -> dict:
                 if task == "avg" or _AVG_LABEL.fullmatch(task):   # avg11: a labelled average
                     ev.setdefault(bench if task == "avg" else f"{bench}/{task}", {})[
                         int(length)] = child.data.metrics[key]
+                elif bench == SHORT_CONTEXT:                      # eval/short_context/<task>/0
+                    ev.setdefault(f"{bench}/{task}", {})[int(length)] = child.data.metrics[key]
             elif key.startswith("stage/"):
                 for step, value in tracking.metric_history(child.info.run_id, key):
                     stages.setdefault(step, {})[key[len("stage/"):]] = value

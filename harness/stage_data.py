@@ -88,6 +88,15 @@ def loss_tokens_of(n_tokens: int) -> int:
     return max(0, n_tokens - 1)
 
 
+def _cut(g: Group, n: int) -> Group:
+    """``g``'s first ``n`` tokens; its root span (``root_start``/``root_end``) clipped."""
+    prov = {**g.provenance, "truncated_to": int(n)}
+    for key in ("root_start", "root_end"):
+        if key in prov:
+            prov[key] = min(int(prov[key]), int(n))
+    return Group(list(g.tokens[:n]), prov)
+
+
 class Packer:
     """Packs groups into ``rows`` rows of ``target_length`` until exactly ``loss_budget``
     tokens carry loss (DESIGN §3 "A fair comparison": equal loss-carrying tokens per method).
@@ -168,14 +177,14 @@ class Packer:
                 self.refitted += 1
             elif 2 <= gap <= self.T // 4:
                 toks = toks[:gap]
-                g = Group(toks.tolist(), {**g.provenance, "truncated_to": int(gap)})
+                g = _cut(g, gap)
                 self.truncated += 1
             else:
                 self.set_aside += 1
                 return
         if loss_tokens_of(toks.size) > self._need():
             toks = toks[:self._need() + 1]
-            g = Group(toks.tolist(), {**g.provenance, "truncated_to": int(toks.size)})
+            g = _cut(g, toks.size)
             self.truncated += 1
         start = self.fill[row]
         self.parts[row].append((g, toks, start, start + toks.size, self._span))
@@ -213,15 +222,21 @@ class Packer:
             off += take
 
     def arrays(self):
-        """``(input_ids, group_index, placed)`` as ``pack_groups`` returns them; the
-        group index holds the attention span (a group, or a whole row under ``row``)."""
+        """``(input_ids, group_index, placed)`` as ``pack_groups`` returns them, groups in row
+        and position order. The group index holds the attention span: the group's number
+        (``group`` in groups.jsonl) under ``group``, the row's number under ``row`` (recorded
+        as each piece's ``span``)."""
         ids = np.full((self.rows, self.T), self.pad, dtype=np.int32)
         gidx = np.full((self.rows, self.T), -1, dtype=np.int32)
         placed = []
         for r, parts in enumerate(self.parts):
-            for g, toks, s, e, span in sorted(parts, key=lambda p: p[2]):
+            for g, toks, s, e, _ in sorted(parts, key=lambda p: p[2]):
                 ids[r, s:e] = toks
-                gidx[r, s:e] = span
+                if self.attention == "row":
+                    gidx[r, s:e] = r
+                    g = Group(g.tokens, {**g.provenance, "span": r})
+                else:
+                    gidx[r, s:e] = len(placed)
                 placed.append((g, r, s, e))
         return ids, gidx, placed
 

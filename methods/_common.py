@@ -59,7 +59,9 @@ def contexts_then_root(contexts: list[tuple[np.ndarray, dict]], root: np.ndarray
     """``[C_π(1); …; C_π(m); D]``: contexts in shuffled order before the root (EntropyLong).
 
     ``contexts`` come in priority order; the lowest-priority ones are dropped until the group
-    fits ``T`` tokens. A root longer than ``T`` is cut to ``T`` and takes no context. The
+    fits ``T`` tokens (the kept contexts are a prefix of the list, so a context is never kept
+    while a higher-priority one is dropped: PolicyLong's negatives never outnumber their
+    ratio to the kept positives). A root longer than ``T`` is cut to ``T`` and takes no context. The
     group carries a ``Refit`` that rebuilds it for fewer tokens by the same rule.
     """
     state = rng.getstate()
@@ -67,10 +69,11 @@ def contexts_then_root(contexts: list[tuple[np.ndarray, dict]], root: np.ndarray
     root = np.asarray(root[:T])
     budget = T - len(root)
     kept = []
-    for toks, prov in contexts:
-        if len(toks) <= budget:
-            kept.append((np.asarray(toks), prov))
-            budget -= len(toks)
+    for toks, prov in contexts:      # a prefix in priority order: the rest is dropped
+        if len(toks) > budget:
+            break
+        kept.append((np.asarray(toks), prov))
+        budget -= len(toks)
     if not kept:
         return None
     order = list(range(len(kept)))

