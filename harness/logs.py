@@ -37,6 +37,10 @@ def configure(verbose: bool = False) -> None:
     """Silence third-party INFO logs unless ``verbose``; with it, leave the libraries' own
     defaults (INFO for vLLM and MLflow)."""
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")   # stdout is for results
+    # No usage telemetry: nothing leaves the machine (MLflow's background telemetry thread
+    # also changes os.environ while other code reads it); a user may still opt in.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     if verbose:
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.NOTSET)

@@ -121,9 +121,21 @@ def _clean(key: str) -> str:
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL", re.I)
 
 
+def environ_snapshot() -> dict[str, str]:
+    """A copy of ``os.environ`` that survives another thread changing it meanwhile (MLflow's
+    telemetry thread sets and unsets a variable: iterating ``os.environ`` then raises
+    ``KeyError`` for a key removed between the listing and the lookup)."""
+    for _ in range(10):
+        try:
+            return dict(os.environ)
+        except (KeyError, RuntimeError):
+            continue
+    return {}
+
+
 def _secrets() -> list[str]:
     """Values of environment variables named like secrets (8+ characters)."""
-    return [v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 8]
+    return [v for k, v in environ_snapshot().items() if _SECRET_NAME.search(k) and len(v) >= 8]
 
 
 def redact(obj: Any, secrets: list[str] | None = None) -> Any:

@@ -362,7 +362,8 @@ def tune(spec: Spec, workers: int = 1, spec_path: str | None = None,
                "--trials", str(spec.tune.trials)]
         for ov in overrides or []:
             cmd += ["-o", ov]
-        env = dict(os.environ)
+        from harness.tracking import environ_snapshot
+        env = environ_snapshot()
         procs = [subprocess.Popen(cmd + ["--worker-index", str(i)], env=env)
                  for i in range(workers)]
         codes = [p.wait() for p in procs]
