@@ -227,35 +227,42 @@ def test_policylong_screens_stage_1_with_the_trained_weights(tmp_path, sandbox_d
 @pytest.mark.slow
 def test_policylong_nll_signal_puts_lookalikes_among_hard_negatives(tmp_path, sandbox_dir,
                                                                     built):
-    """With the NLL signal, a reference's look-alike profile (same first name and attributes,
-    other values), when retrieved, is a hard negative, never a positive; the true profile,
-    when retrieved, is a positive. Ground truth from the corpus's own fields."""
-    from harness.pipeline import construct
+    """With the NLL signal verified at the retrieving anchor, a reference's look-alike profile
+    (same first name and attributes, other values), when retrieved, is rarely a positive and
+    often a hard negative, while its true profile, when retrieved, is mostly a positive. The
+    verdicts of the real screening path on the references whose look-alike is in the corpus;
+    ground truth from the corpus's own fields (docs/sandbox.md gives the rates: 19 % and 89 %)."""
+    from harness.construct import StageContext
+    from harness.pipeline import load_eval_model, resolve_inputs
+    from harness.screening import screen_and_verify
 
     _, res, _ = built
-    # ε_neg 0.2: a look-alike helps at the shared first name and hurts at the rest, so its
-    # mean ΔI_N sits near 0 (docs/sandbox.md); the bound is the spec's to set
     spec = micro_spec(tmp_path, sandbox_dir, **{"screening.signal": "nll",
-                                                "screening.epsilon_neg": 0.2,
-                                                "screening.negative_ratio": 2.0,
-                                                "retrieval.top_k": 8,
-                                                "stages.tokens_per_stage": 32 * 1024})
-    _, groups = _groups(construct(spec, "policylong", 0, resources=res, progress=False))
+                                                "retrieval.top_k": 8})
     truth = {d["id"]: d for d in map(json.loads, (sandbox_dir / "corpus.jsonl").open())}
-    roles = {"lookalike": [], "true": []}
-    for g in groups:
-        root = truth[g["root_id"]]
-        if root["kind"] != "reference":
-            continue
-        for c in g["contexts"]:
-            doc = truth[c["doc_id"]]
+    has_lookalike = {d["lookalike_of"] for d in truth.values() if d["kind"] == "lookalike"}
+    roots = [res.store.doc_index(i) for i, d in truth.items()
+             if d["kind"] == "reference" and d["entity"] in has_lookalike][:48]
+    base, _ = resolve_inputs(spec)
+    ctx = StageContext(spec=spec, stage=0, target_length=1024, token_budget=4096, seed=0,
+                       resources=res, screening_model=load_eval_model(base), params={},
+                       work_dir=tmp_path)
+    sc = spec.screening
+    gains = {"lookalike": [], "true": []}
+    cs = res.chunkset()
+    for rs in screen_and_verify(ctx, roots):
+        root = truth[res.store.ids[rs.root]]
+        for c in rs.candidates:
+            doc = truth[cs.chunks[c.chunk_id].doc_id]
             if doc["kind"] == "lookalike" and doc["lookalike_of"] == root["entity"]:
-                roles["lookalike"].append(c["role"])
+                gains["lookalike"].append(c.verdict.gain("nll"))
             elif doc["kind"] == "profile" and doc["entity"] == root["entity"]:
-                roles["true"].append(c["role"])
-    print({k: {r: v.count(r) for r in set(v)} for k, v in roles.items()})
-    assert roles["lookalike"], "no look-alike profile was retrieved: nothing was tested"
-    # at this scale 0.5 % of look-alikes pass ΔI_N > ε (docs/sandbox.md): allow one in ten
-    assert roles["lookalike"].count("positive") <= 0.1 * len(roles["lookalike"])
-    assert roles["lookalike"].count("hard_negative") >= 1
-    assert roles["true"] and set(roles["true"]) == {"positive"}
+                gains["true"].append(c.verdict.gain("nll"))
+    la, tr = np.asarray(gains["lookalike"]), np.asarray(gains["true"])
+    print({k: (len(v), float(np.mean(np.asarray(v) > sc.epsilon)) if v else None)
+           for k, v in gains.items()})
+    assert la.size >= 5 and tr.size >= 5, "too few look-alikes or true profiles retrieved"
+    assert np.mean(la > sc.epsilon) <= 0.35            # rarely a positive
+    assert np.mean(la <= 0.2) >= 0.4                   # often a hard negative (ε_neg 0.2)
+    assert np.mean(tr > sc.epsilon) >= 0.7             # the true profile mostly passes
+    assert np.mean(tr > sc.epsilon) > np.mean(la > sc.epsilon) + 0.3
