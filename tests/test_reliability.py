@@ -55,8 +55,9 @@ def outcome(out: Path) -> dict:
     res["eval"] = json.loads((out / "report" / "results.json").read_text())["rows"]
     for row in res["eval"].values():
         for st in row["stages"]:
-            st.pop("stage_seconds", None)
-            st.pop("build_seconds", None)
+            for key in ("stage_seconds", "build_seconds", "construct_seconds",
+                        "train_seconds"):
+                st.pop(key, None)
     return res
 
 
