@@ -18,7 +18,7 @@ main: setup
 
 # README command 2: the tests (CI runs exactly this).
 test: setup
-	$(PY) -m pytest -q -m "not gpu" --timeout 1800 tests; rc=$$?; \
+	$(PY) -m pytest -q -m "not gpu" --timeout 1800 --durations=15 tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
 
 sandbox: setup
