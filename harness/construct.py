@@ -330,7 +330,7 @@ def build_stage(method: Method, ctx: StageContext, out_dir: Path, root_start: in
         "config_hash": stage_config_hash(ctx, method),
         "params": ctx.params, "root_start": root_start, "root_end": last_pos,
         "roots_seen": roots_seen, "root_epochs": epochs,
-        "roots_repeated": max(0, last_pos - max(root_start, n_docs)) if epochs > 1 else 0,
+        "roots_repeated": max(0, last_pos - max(root_start, n_docs)),
         "build_seconds": round(time.perf_counter() - t0, 2),
         **packer.summary(),
         "stats": summary,

@@ -126,12 +126,11 @@ class Packer:
         self.T, self.rows, self.budget, self.pad = target_length, rows, loss_budget, pad_id
         self.attention = attention
         self.fill: list[int] = []                  # tokens used per open row
-        self.parts: list[list[tuple]] = []         # per row: (group, tokens, start, end, span)
+        self.parts: list[list[tuple]] = []         # per row: (group, tokens, start, end)
         self.loss = 0
         self.set_aside = 0
         self.truncated = 0
         self.refitted = 0
-        self._span = 0
 
     @property
     def done(self) -> bool:
@@ -187,8 +186,7 @@ class Packer:
             g = _cut(g, toks.size)
             self.truncated += 1
         start = self.fill[row]
-        self.parts[row].append((g, toks, start, start + toks.size, self._span))
-        self._span += 1
+        self.parts[row].append((g, toks, start, start + toks.size))
         self.fill[row] += toks.size
         self.loss += loss_tokens_of(toks.size)
 
@@ -201,7 +199,6 @@ class Packer:
                     return
                 self.fill.append(0)
                 self.parts.append([])
-                self._span += 1
             row = len(self.fill) - 1
             start = self.fill[row]
             take = min(self.T - start, toks.size - off)
@@ -215,8 +212,7 @@ class Packer:
             prov = dict(g.provenance)
             if off or take < toks.size:
                 prov["piece"] = [int(off), int(off + take)]
-            self.parts[row].append((Group(piece.tolist(), prov), piece, start, start + take,
-                                    self._span - 1))
+            self.parts[row].append((Group(piece.tolist(), prov), piece, start, start + take))
             self.fill[row] += take
             self.loss += gain
             off += take
@@ -230,7 +226,7 @@ class Packer:
         gidx = np.full((self.rows, self.T), -1, dtype=np.int32)
         placed = []
         for r, parts in enumerate(self.parts):
-            for g, toks, s, e, _ in sorted(parts, key=lambda p: p[2]):
+            for g, toks, s, e in sorted(parts, key=lambda p: p[2]):
                 ids[r, s:e] = toks
                 if self.attention == "row":
                     gidx[r, s:e] = r

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from test_bad_input import run
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -38,15 +40,6 @@ def _restore_logging_env(monkeypatch):
     yield
     for n, level in levels.items():
         logging.getLogger(n).setLevel(level)
-
-
-def run(capsys, *argv) -> tuple[int, str]:
-    from harness.cli import main
-
-    rc = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return rc, err
 
 
 def one_error_line(err: str) -> str:
