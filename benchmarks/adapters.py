@@ -1,4 +1,4 @@
-"""Evaluation adapters (``harness.evaluate.Benchmark``) for RULER, LongBench-v2 and HELMET
+"""Evaluation adapters (``harness.evaluation.runner.Benchmark``) for RULER, LongBench-v2 and HELMET
 Recall, registered in ``harness.registry.BENCHMARKS``. Each is built from the spec's
 ``BenchmarkEntry`` (``name``, ``tasks``, ``params``); an unknown task or param is an error.
 
@@ -30,8 +30,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.config import BenchmarkEntry
-from harness.evaluate import NotRun, Sample, TaskScore
+from harness.api import BenchmarkEntry, NotRun, Sample, TaskScore
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

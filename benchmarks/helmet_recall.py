@@ -34,24 +34,42 @@ Recall, generated here (HELMET reads pre-generated files; it ships no generator)
   ``type_needle_v`` singular for the single-answer tasks (HELMET's template says "A special
   magic number is hidden…"), and scored with HELMET's ``ruler_recall`` (fraction of answers
   contained, case-insensitive). HELMET's pre-generated files (``data/ruler/<task>/
-  validation_<L>.jsonl``) are read instead when ``source="files"``. A full RULER package is being
-  built separately in ``benchmarks/ruler/``; this module does not depend on it.
+  validation_<L>.jsonl``) are read instead when ``source="files"``. Where our RULER package
+  (``benchmarks/ruler/``) has a piece, it is used: the word lists and needle values
+  (``ruler.words``, ``ruler.niah.random_needle_part``), the essay reader, sentence splitter and
+  needle placement in the essay (``ruler.common.essay_words`` / ``split_sentences``,
+  ``ruler.niah.essay_context``), the size search and per-sample shrinking
+  (``ruler.common.search_size`` / ``fit_sample``) and ``TooShort`` (``LengthTooSmall``
+  subclasses it).
 
 Sizing: HELMET tokenizes the completion prompt with special tokens and cuts the *end* of the
 context when ``prompt + generation_max_length`` exceeds the length. We size every generated
 sample so that nothing is cut: prompt tokens (counted as HELMET counts them) + a reserve ≤ the
 length, the reserve being HELMET's ``generation_max_length`` for json_kv (100) and RULER's
-``tokens_to_generate`` (128, ≥ HELMET's 50/100) for the RULER tasks.
+``tokens_to_generate`` (128, ≥ HELMET's 50/100) for the RULER tasks. The size is RULER's
+binary search (``search_size``, never below one increment), and a sample that overflows shrinks
+by the increment (``fit_sample``); one that still overflows at a size within one increment of
+the bottom gets one last, smaller try before ``LengthTooSmall`` (version 1 gave up there).
 
-Deviations, all forced by running offline without extra packages:
+Deviations (offline, without extra packages, and the same on every machine):
 
-- Word keys come from wonderwords' adjective and noun lists when ``wonderwords`` is installed,
-  else from a small built-in list (``ADJECTIVES`` × ``NOUNS``, 18,340 keys; RULER has 6.2M).
-  Adjective and noun are drawn separately (RULER draws from the de-duplicated product list).
-  Distractor needles never reuse a real needle's key (RULER does not check; with its 6.2M keys a
-  clash is rare, with the small list it would not be).
-- Essay sentences are split by a regex at ``.!?`` (plus closing quote) followed by whitespace
-  instead of ``nltk.sent_tokenize`` (punkt needs a data download).
+- Word keys: HELMET ships no generator; its ruler_niah files were made with RULER's
+  ``niah.py``, which draws adjective-noun keys from the word lists of the installed
+  ``wonderwords`` package (version not recorded). Ours always come from wonderwords 3.0.0's
+  adjective and noun lists shipped with ``benchmarks.ruler`` (``benchmarks/ruler/data/``),
+  whether or not ``wonderwords`` is installed, so the samples are the same on every machine
+  (RULER's ``random_word_key``: uniform by index over the adjective × noun product, where RULER
+  draws from the de-duplicated 6.2M-key list). Until generator version 2 the keys came from an
+  installed ``wonderwords`` when there was one, else from a small list of our own (18,340
+  keys), so machines disagreed; version 2 moved the word-key tasks' samples everywhere, and
+  on machines without ``wonderwords`` the keys changed source (ours → wonderwords 3.0.0).
+  Distractor needles never reuse a real needle's key (RULER does not check; with 6.2M keys a
+  clash is rare).
+- Essay sentences are split by RULER's regex (``ruler.common.split_sentences``: ``.!?`` plus
+  closing quotes or brackets, then whitespace and a capital, digit or opening quote, common
+  abbreviations and initials excepted) instead of ``nltk.sent_tokenize`` (punkt needs a data
+  download). Version 2 adopted it (version 1 split at any ``.!?`` + whitespace), which moves
+  where ruler_niah_mv's needles may go.
 - Random streams: one ``random.Random(seed)`` for the size search and one per length for the
   samples (RULER uses the global ``random``), so our files are not byte-identical to RULER's.
 
@@ -83,7 +101,6 @@ import os
 import random
 import re
 import string
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,10 +108,16 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from benchmarks.ruler import common as ruler_common
+from benchmarks.ruler.common import TooShort, fit_sample, search_size
+from benchmarks.ruler.niah import essay_context, random_needle_part
+from benchmarks.ruler.templates import NEEDLE
+
 HELMET_LENGTHS = (4096, 8192, 16384, 32768, 65536, 131072)   # generate_configs.lengths_mapping
 MAX_TEST_SAMPLES = 100            # configs/*.yaml (ICL: 500)
 SEED = 42
-GENERATOR_VERSION = "1"           # bumped whenever a change moves generated samples
+GENERATOR_VERSION = "2"           # bumped whenever a change moves generated samples
+# 2: word keys from the shipped wonderwords 3.0.0 lists, RULER's sentence splitter
 SHOTS = 2                         # recall.yaml / rag.yaml / rerank.yaml
 RULER_TOKENS_TO_GENERATE = 128    # RULER synthetic.yaml, niah tasks
 STOP_NEW_LINE = ["\n", "\n\n"]    # model_utils.LLM: stop_newline
@@ -335,57 +358,10 @@ def score_output(task: HelmetTask, sample: dict[str, Any], output: str) -> dict[
 
 # ====================================================================== random values (RULER)
 
-# Fallback key words when wonderwords is not installed (ours; see the module docstring).
-ADJECTIVES = """able absent abundant acid aged agile airy alert ancient angry anxious arctic
-ashamed awake bashful bitter blue bold brave breezy brief bright brisk broad calm careful cheap
-chilly clever cloudy clumsy coastal cold cosmic crisp cruel curious damp dark dizzy dull dusty
-eager early earnest easy elderly empty endless faint famous fancy fearless fierce flat fluffy
-fond fragile fresh friendly frozen fuzzy gentle giant glad gloomy golden graceful grand greedy
-green grumpy handsome happy hasty heavy hidden hollow honest huge humble hungry icy idle jolly
-juicy keen kind large lazy little lively lonely loud lucky mellow merry mighty misty modern
-narrow neat nervous noble noisy odd old orange pale plain polite proud purple quick quiet
-rapid rare red rich rough round royal rusty sad salty scarce shiny short shy silent silly""".split()
-NOUNS = """acorn actor adventure airport album anchor angle ankle apple apron arch arena army
-arrow artist attic autumn avenue badge bakery balcony ballet bamboo banana bandana banjo barn
-basket beach beacon beard bed beetle bell bench berry bicycle biscuit blanket blossom boat bonnet
-boot bottle boulder bowl bracelet branch bread bridge brook broom bucket buffalo bugle butter
-button cabin cactus camel camera canal candle canoe canyon captain carpet castle cave cellar
-chair chalk channel cheese cherry chimney circus citadel cliff clock cloud coach coat comet
-compass cookie copper coral cottage cradle crater crayon creek cricket crown cup curtain cushion
-daisy dance desert diamond dinner dock dolphin door dragon drum eagle easel elbow engine fabric
-falcon feather fence ferry fiddle field flag flute forest fountain fox garden garlic gate giraffe
-glacier glove goat gondola guitar hammer harbor harp helmet hill honey horizon""".split()
-
-_WORDS: tuple[list[str], list[str]] | None = None
-
-
-def key_words() -> tuple[list[str], list[str]]:
-    """(adjectives, nouns): wonderwords' lists (RULER's source) if installed, else ours."""
-    global _WORDS
-    if _WORDS is None:
-        try:
-            from importlib import resources
-            base = resources.files("wonderwords") / "assets"
-            adjs = sorted({w.strip() for w in (base / "adjectivelist.txt").read_text().split("\n")
-                           if w.strip()})
-            nouns = sorted({w.strip() for w in (base / "nounlist.txt").read_text().split("\n")
-                            if w.strip()})
-            _WORDS = (adjs, nouns)
-        except (ImportError, ModuleNotFoundError, FileNotFoundError, OSError):
-            _WORDS = (sorted(set(ADJECTIVES)), sorted(set(NOUNS)))
-    return _WORDS
-
-
 def random_value(rng: random.Random, kind: str) -> str:
-    """RULER ``generate_random``: 7-digit numbers, adj-noun words, UUID4 strings."""
-    if kind == "numbers":
-        return str(rng.randint(10 ** 6, 10 ** 7 - 1))
-    if kind == "words":
-        adjs, nouns = key_words()
-        return f"{rng.choice(adjs)}-{rng.choice(nouns)}"
-    if kind == "uuids":
-        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
-    raise ValueError(f"unknown needle type {kind!r} (numbers, words, uuids)")
+    """RULER ``generate_random``: 7-digit numbers, adjective-noun words (the shipped wonderwords
+    3.0.0 lists, see the module docstring), UUID4 strings."""
+    return random_needle_part(kind, rng)
 
 
 # ====================================================================== json_kv
@@ -435,30 +411,18 @@ NIAH_CONFIGS = {
 }
 RULER_FOLDERS = {"ruler_niah_mk_2": "niah_multikey_2", "ruler_niah_mk_3": "niah_multikey_3",
                  "ruler_niah_mv": "niah_multivalue"}
-NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
-NIAH_DEPTHS = [int(d) for d in np.round(np.linspace(0, 100, num=40, endpoint=True))]
-_SENT_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'\u2019\u201d)]))\s+")
 
 
-def split_sentences(text: str) -> list[str]:
-    """Sentence split without nltk data: after . ! ? (optionally a closing quote) + whitespace."""
-    return [s for s in _SENT_END.split(text.strip()) if s]
-
-
-def essay_words(path: str | os.PathLike | None = None) -> list[str]:
-    """RULER's essay haystack as words: ``re.sub(r'\\s+', ' ', text).split(' ')``, from RULER's
-    ``PaulGrahamEssays.json`` (``{"text": ...}``) or, online, HF ``baber/paul_graham_essays``."""
-    if path is not None:
-        text = json.loads(Path(path).read_text(encoding="utf-8"))["text"]
-    elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+def essay_words(path: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """RULER's essay haystack as words (``ruler.common.essay_words``: RULER's
+    ``PaulGrahamEssays.json``, or online HF ``baber/paul_graham_essays``); offline without a
+    path, a FileNotFoundError that says what to pass."""
+    if path is None and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise FileNotFoundError(
             "ruler_niah_mv needs the Paul Graham essay haystack: pass essay_path (RULER's "
             "PaulGrahamEssays.json); the hub is offline, so baber/paul_graham_essays is "
             "unavailable")
-    else:
-        from datasets import load_dataset
-        text = " ".join(load_dataset("baber/paul_graham_essays", split="train")["text"])
-    return re.sub(r"\s+", " ", text).split(" ")
+    return ruler_common.essay_words(None if path is None else str(path))
 
 
 def make_niah(rng: random.Random, cfg: NiahConfig, num_haystack: int,
@@ -475,17 +439,7 @@ def make_niah(rng: random.Random, cfg: NiahConfig, num_haystack: int,
     if cfg.type_haystack == "essay":
         if essay is None:
             raise ValueError("an essay haystack needs the essay words")
-        words = list(essay) * ((num_haystack + len(essay) - 1) // len(essay))
-        sents = split_sentences(" ".join(words[:num_haystack]))
-        depths = rng.sample(NIAH_DEPTHS, len(needles))
-        cuts = [0] + sorted(int(len(sents) * d / 100) for d in depths)
-        cuts.append(len(sents))
-        parts = []
-        for i in range(1, len(cuts)):
-            parts.append(" ".join(sents[cuts[i - 1]:cuts[i]]))
-            if i - 1 < len(needles):
-                parts.append(needles[i - 1])
-        context = " ".join(parts)
+        context = essay_context(essay, num_haystack, needles, rng)
     elif cfg.type_haystack == "needle":
         used = set(keys)
         sentences = []
@@ -522,26 +476,16 @@ def prepare_ruler(record: dict[str, Any]) -> dict[str, Any]:
 
 # ====================================================================== sizing per tokenizer
 
-class LengthTooSmall(ValueError):
-    pass
-
-
-def _largest_fitting(fits: Callable[[int], bool], lo: int, hi: int) -> int | None:
-    best = None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            best, lo = mid, mid + 1
-        else:
-            hi = mid - 1
-    return best
+class LengthTooSmall(TooShort):
+    """RULER's ``TooShort`` with the HELMET task, length and reserve in the message."""
 
 
 def _sized_samples(task: HelmetTask, make: Callable[[random.Random, int, int], dict],
                    prepare: Callable[[dict], dict], tokenizer: Any, length: int, reserve: int,
                    num_samples: int, incremental: int, seed: int) -> list[dict[str, Any]]:
     """RULER's scheme: estimate tokens per unit, binary-search the largest size whose prompt +
-    reserve fits, then make each sample and shrink it by ``incremental`` while it overflows."""
+    reserve fits (``search_size``, from ``incremental`` up), then make each sample and shrink it
+    by ``incremental`` while it overflows (``fit_sample``)."""
     budget = length - reserve
 
     def n_tokens(record: dict) -> int:
@@ -550,23 +494,24 @@ def _sized_samples(task: HelmetTask, make: Callable[[random.Random, int, int], d
     search_rng = random.Random(seed)
     per_unit = n_tokens(make(search_rng, incremental, 0)) / incremental
     upper = max(int(budget / per_unit * 3), incremental * 2)
-    size = _largest_fitting(lambda n: n_tokens(make(search_rng, n, 0)) <= budget,
-                            incremental, upper)
-    if size is None:
+    try:
+        size = search_size(lambda n: n_tokens(make(search_rng, n, 0)) <= budget, incremental,
+                           upper, lowest=incremental)
+    except TooShort:
         raise LengthTooSmall(f"{task.name}: length {length} cannot hold even {incremental} units "
-                             f"plus {reserve} reserved tokens with this tokenizer")
+                             f"plus {reserve} reserved tokens with this tokenizer") from None
     rng = random.Random(f"{seed}-{task.name}-{length}")
     out = []
     for i in range(num_samples):
-        used = size
-        while True:
-            record = make(rng, used, i)
-            n = n_tokens(record)
-            if n <= budget or used - incremental < incremental:
-                break
-            used -= incremental
-        if n > budget:
-            raise LengthTooSmall(f"{task.name}: sample {i} does not fit {length} tokens")
+        def measured(n: int, i: int = i) -> tuple[int, dict]:
+            record = make(rng, n, i)
+            return n_tokens(record), record
+
+        try:
+            n, record = fit_sample(measured, lambda n: n <= budget, size, incremental,
+                                   lowest=incremental)
+        except TooShort:
+            raise LengthTooSmall(f"{task.name}: sample {i} does not fit {length} tokens") from None
         out.append({**record, "index": i, "length": n + reserve, "max_length": length})
     return out
 

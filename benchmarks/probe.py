@@ -11,9 +11,9 @@ with the profile, ``control_nll`` without it, and ``gain = control_nll - nll``. 
 torch with the anchor-only head (no generation), so it is cheap enough for tuning.
 
 Which entities and which seed: the caller passes ONE split of the sandbox's probe entities
-(``harness.probes.PROBE_SPLITS``; ``harness.compare._probe_set`` returns a split's entities
-only) and that split's seed (``harness.probes.split_seed``): the final evaluation gives the
-``test`` entities with ``spec.seed``, tuning the ``validation`` entities with
+(``harness.api.PROBE_SPLITS``; ``harness.api.probe_set`` returns a split's entities only)
+and that split's seed (``harness.api.split_seed``): the final evaluation gives the ``test``
+entities with ``spec.seed``, tuning the ``validation`` entities with
 ``spec.seed + VALIDATION_SEED_OFFSET``. ``probe_items`` takes the first ``n`` entities of what
 it is given, so it never reaches past the split.
 """
@@ -24,7 +24,7 @@ import random
 import numpy as np
 import torch
 
-from harness.sandbox import world as W
+from harness.api import probe_set, world as W
 
 
 def _filler_ids(tokenizer, rng: random.Random, n: int) -> list[int]:
@@ -89,3 +89,29 @@ def run_probe(model, tokenizer, probe: list[dict], lengths: list[int], n: int = 
         r["distance_mean"] = float(np.mean([it["distance"] for it in items]))
         out[L] = r
     return out
+
+
+class Probe:
+    """The probe as a benchmark scored by loss (``harness.api.LossBenchmark``): built from the
+    spec's entry like any benchmark, run by ``harness.evaluation.runner.evaluate_checkpoint``
+    on one split of the sandbox's probe entities. ``acc`` is its headline
+    (``eval/probe/avg/<L>``); ``gain`` and ``nll`` are logged as ``eval/probe/<metric>/<L>``."""
+
+    name = "probe"
+    scored_by = "loss"
+    headline = "acc"
+    metrics = ("acc", "gain", "nll")
+
+    def __init__(self, entry=None):
+        self.entry = entry
+
+    def not_run(self, spec) -> str | None:
+        if spec.corpus.path != "sandbox":
+            return "the probe needs the sandbox corpus (corpus.path: sandbox)"
+        return None
+
+    def score(self, model, tokenizer, spec, lengths: list[int], split: str, seed: int
+              ) -> dict[int, dict]:
+        _, entities = probe_set(spec, tokenizer, split)
+        return run_probe(model, tokenizer, entities, lengths,
+                         n=spec.eval.samples_per_task * 4, seed=seed)

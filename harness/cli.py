@@ -45,7 +45,7 @@ def _check(args) -> int:
     from harness.config import load_spec, read_mapping, resolved, spec_hash
 
     if "study" in read_mapping(Path(args.spec), "spec"):
-        from harness.study import load_study
+        from harness.experiments.study import load_study
         settings, spec = load_study(args.spec, args.override)
         _preflight(spec, args.spec)
         print(yaml.safe_dump({"study": settings.model_dump(mode="json")}, sort_keys=False),
@@ -84,7 +84,7 @@ def _construct(args) -> int:
     from harness.config import load_spec
     from pathlib import Path
 
-    from harness.pipeline import check_writable, construct
+    from harness.experiments.wiring import check_writable, construct
 
     spec = load_spec(args.spec, args.override)
     _preflight(spec, args.spec)
@@ -96,7 +96,7 @@ def _construct(args) -> int:
 
 
 def _compare(args) -> int:
-    from harness.compare import compare
+    from harness.experiments.compare import compare
     from harness.config import load_spec
 
     spec = load_spec(args.spec, args.override)
@@ -106,7 +106,7 @@ def _compare(args) -> int:
 
 
 def _study(args) -> int:
-    from harness.study import load_study, study
+    from harness.experiments.study import load_study, study
 
     _preflight(load_study(args.study, args.override)[1], args.study)
     study(args.study, args.override, seeds=args.seeds, report_only=args.report_only)
@@ -117,7 +117,7 @@ def _tune(args) -> int:
     import json
 
     from harness.config import load_spec
-    from harness import tune as T
+    from harness.experiments import tune as T
 
     spec = load_spec(args.spec, args.override)
     _preflight(spec, args.spec)
@@ -148,7 +148,7 @@ def _sync(args) -> int:
 
 def _report(args) -> int:
     from harness.config import load_spec
-    from harness.report import from_mlflow, write_report
+    from harness.experiments.report import from_mlflow, write_report
     from harness.tracking import Tracking
 
     spec = load_spec(args.spec, []) if args.spec else None
@@ -162,14 +162,14 @@ def _report(args) -> int:
 
 
 def _dashboard(args) -> int:
-    from harness.dashboard import run_dashboard
+    from harness.experiments.dashboard import run_dashboard
 
     return run_dashboard(_tracking_uri(args.uri, "", "--uri"), args.port, args.optuna_storage,
                          args.optuna_port)
 
 
 def _bench(args) -> int:
-    from harness import bench
+    from harness.tools import bench
 
     everything = ["scoring", "verify", "index", "construct", "train", "eval", "overhead"]
     what = everything if args.what == "all" else [args.what]
@@ -196,7 +196,7 @@ def _bench(args) -> int:
 
 
 def _eval(args) -> int:
-    from harness import evaluate as E
+    from harness.evaluation import runner as E
     from harness.config import load_spec, resolved, spec_hash
     from harness.registry import check_known
     from harness.tracking import Tracking, check_reachable, resolve_uri
@@ -211,23 +211,21 @@ def _eval(args) -> int:
     for n in args.bench or []:
         check_known("benchmark", n, "--bench")
     names = args.bench or [e.name for e in spec.eval.benchmarks]
-    want_probe = "probe" in names
-    generated = [n for n in names if n not in E.SCORED_BY_LOSS]
+    spec = spec.model_copy(update={"eval": spec.eval.model_copy(
+        update={"benchmarks": E.benchmark_entries(spec, names)})})
     # bad names fail before any run exists
-    benches = E.load_benchmarks(spec, generated) if generated else []
+    E.load_benchmarks(spec, [e.name for e in spec.eval.benchmarks if not E.scored_by_loss(e)])
     E.check_lengths(spec.eval.lengths, *E.model_limit(args.model), args.model)
     uri = resolve_uri(spec.tracking.uri)
     check_reachable(uri)
     tracking = Tracking(uri, spec.tracking.experiment or spec.name)
+    out = E.eval_dir(spec, args.model)
     with tracking.run(E.run_name(args.model), tags={"config_hash": spec_hash(spec)}) as tracker:
         tracker.log_config(resolved(spec))
         tracker.log_params({"eval.model": args.model,
                             "eval.run_benchmarks": ",".join(names)})
-        if benches:
-            results = E.evaluate(spec, args.model, tracker=tracker, benches=benches)
-            print(E.format_table(results))
-        if want_probe:
-            print(E.format_probe(E.run_probe_eval(spec, args.model, tracker=tracker)))
+        E.evaluate_checkpoint(spec, args.model, out, tracker=tracker, cache=False)
+    print(E.format_outputs(out))
     print(f"# results: {E.eval_dir(spec, args.model)}")
     return 0
 

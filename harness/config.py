@@ -111,7 +111,7 @@ class SandboxSpec(Strict):
     lookalike_fraction: float = Field(0.5, ge=0, le=1)
     n_filler_docs: int = Field(200, ge=0)
     # probe entities: [0, 100) final evaluation and loss-gap probe, [100, 200) short-context
-    # loss, [200, 300) tuning validation (disjoint by construction; harness.probes.PROBE_SPLITS)
+    # loss, [200, 300) tuning validation (disjoint by construction; harness.evaluation.loss_gap.PROBE_SPLITS)
     n_probe_entities: int = Field(300, gt=0)
 
 
@@ -314,11 +314,14 @@ class TuneSpec(Strict):
         parts = v.split("/")
         ok = (parts[0] == "probe" and len(parts) == 2 and parts[1] in ("acc", "gain", "nll")) \
             or (parts[0] == "stage" and len(parts) == 2 and parts[1] != "") \
-            or (parts[0] == "eval" and len(parts) == 4 and parts[2] == "avg"
+            or (parts[0] == "eval" and len(parts) == 4 and all(parts[1:3])
                 and parts[3].isdigit())
         if not ok:
             raise ValueError(f"objective '{v}' is not one of probe/acc, probe/gain, probe/nll, "
-                             f"stage/<metric>, eval/<bench>/avg/<length>")
+                             f"stage/<metric>, eval/<bench>/<avg|avgN|metric>/<length> (the "
+                             f"metric's MLflow key)")
+        if parts[0] == "eval" and parts[1:3] == ["probe_gain", "avg"]:   # the key before 0.2
+            v = f"eval/probe/gain/{parts[3]}"
         return v
 
 

@@ -23,11 +23,11 @@ METHODS: dict[str, tuple[str, str]] = {
                    "verification re-run with the current checkpoint every stage (2604.07809)"),
 }
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "probe": ("benchmarks.probe:run_probe",
+    "probe": ("benchmarks.probe:Probe",
               "sandbox probe: planted-value recall and NLL at controlled distances (by loss)"),
     "sandbox_properties": ("harness.sandbox.properties:measure",
                            "the sandbox world's mechanism checks (anchors, ΔI, look-alikes)"),
-    # evaluation benchmarks: classes implementing harness.evaluate.Benchmark
+    # generation benchmarks: classes implementing harness.api.Benchmark
     "ruler": ("benchmarks.adapters:Ruler",
               "RULER's 13 tasks per length (11 offline; qa_1/qa_2 with their data files)"),
     "longbench_v2": ("benchmarks.adapters:LongBenchV2",

@@ -109,7 +109,7 @@ def eval_key(bench: str, task: str, length: int | str) -> str:
 
 def eval_avg_key(bench: str, length: int | str) -> str:
     # "<bench>/<label>": a labelled partial average (avg11 = 11 of RULER's 13 tasks), as
-    # harness.evaluate.compare_averages keys it -> eval/<bench>/avg11/<length>
+    # harness.evaluation.runner.compare_averages keys it -> eval/<bench>/avg11/<length>
     bench, _, label = bench.partition("/")
     return eval_key(bench, label or "avg", length)
 
@@ -402,6 +402,23 @@ class Tracking:
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return [(m.step, m.value)
                 for m in self.client.get_metric_history(run_id, _clean(key))]
+
+    def search(self, filter_string: str = "", order_by: list[str] | None = None) -> list:
+        """Runs of this experiment matching an MLflow filter (newest first by default)."""
+        return self.client.search_runs([self.experiment_id], filter_string=filter_string,
+                                       order_by=order_by or ["attributes.start_time DESC"])
+
+    def get_run(self, run_id: str):
+        return self.client.get_run(run_id)
+
+    def tracker(self, run_id: str) -> Tracker:
+        """A ``Tracker`` for an existing run (e.g. a tuning study's parent)."""
+        return Tracker(self.client, run_id)
+
+    def mark_killed(self, run_id: str, reason: str) -> None:
+        """End a run another process left RUNNING, with ``failure_reason``."""
+        self.client.set_tag(run_id, "failure_reason", reason)
+        self.client.set_terminated(run_id, status="KILLED")
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:

@@ -3,32 +3,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
 
-from harness.stage_data import Group
-
-
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def validate_params(cls: type[Params], raw: dict[str, Any], where: str) -> Params:
-    """Validate a method's ``params`` mapping; errors name ``<where>.<key>``."""
-    from harness.config import SpecError
-
-    try:
-        return cls.model_validate(raw or {})
-    except ValidationError as exc:
-        lines = [f"invalid method parameters at {where}"]
-        for e in exc.errors():
-            key = ".".join(str(p) for p in e["loc"])
-            known = ", ".join(cls.model_fields) or "none"
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-            lines.append(f"  {where}.{key}: {msg} (known keys: {known})")
-        raise SpecError("\n".join(lines)) from None
+from harness.api import Group
+from harness.api import Params, validate_params  # noqa: F401  (kept importable from here)
 
 
 @dataclass

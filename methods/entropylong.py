@@ -11,8 +11,7 @@ All thresholds live in the spec's ``screening`` section.
 """
 from __future__ import annotations
 
-from harness.construct import RootResult
-from harness.screening import screen_and_verify
+from harness.api import RootResult, screen_and_verify
 from methods._common import (Params, context_items, contexts_then_root, positives,
                              validate_params)
 

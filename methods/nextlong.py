@@ -19,8 +19,7 @@ import math
 import numpy as np
 from pydantic import Field
 
-from harness.construct import RootResult
-from harness.stage_data import Group
+from harness.api import Group, RootResult
 from methods._common import Params, validate_params
 
 

@@ -9,8 +9,7 @@ document. Roots are the core's seeded root stream, so the order is random and re
 """
 from __future__ import annotations
 
-from harness.construct import RootResult
-from harness.stage_data import Group
+from harness.api import Group, RootResult
 from methods._common import Params, validate_params
 
 

@@ -29,7 +29,7 @@ def free_port() -> int:
 
 
 def main() -> int:
-    from harness.dashboard import start_mlflow_ui, stop, wait_healthy
+    from harness.experiments.dashboard import start_mlflow_ui, stop, wait_healthy
     from harness.tracking import Tracking, resolve_uri
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

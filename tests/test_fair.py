@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.stage_data import Group, Packer, position_ids_from_groups
+from harness.construction.stage_data import Group, Packer, position_ids_from_groups
 from harness.training.loss import packed_labels
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def test_packer_refuses_an_impossible_budget_and_oversized_groups():
 
 
 def test_root_stream_never_repeats_without_reuse():
-    from harness.construct import root_stream
+    from harness.construction.driver import root_stream
     seen = [d for _, _, d in root_stream(50, 3, 10)]
     assert len(seen) == 40 and len(set(seen)) == 40
     again = [d for (_, _, d), _ in zip(root_stream(50, 3, 0, reuse=True), range(120))]
@@ -83,8 +83,8 @@ def test_root_stream_never_repeats_without_reuse():
 
 def test_corpus_too_small_for_the_run_is_refused_with_the_numbers():
     from harness.config import Spec
-    from harness.construct import check_budget
-    from harness.corpus import CorpusError
+    from harness.construction.driver import check_budget
+    from harness.data.corpus import CorpusError
 
     spec = Spec.model_validate({"name": "x", "stages": {"count": 4, "tokens_per_stage": 8192,
                                                         "target_length": 1024},
@@ -100,7 +100,7 @@ def test_corpus_too_small_for_the_run_is_refused_with_the_numbers():
 
 def test_stage_config_hash_sees_method_stage_and_parameters():
     from harness.config import Spec
-    from harness.construct import StageContext, stage_config_hash
+    from harness.construction.driver import StageContext, stage_config_hash
     from methods.nextlong import NExtLong
     from methods.standard import Standard
 
@@ -127,7 +127,7 @@ def test_stage_config_hash_sees_method_stage_and_parameters():
 
 def _tiny_dataset(tmp_path, tok_dir, name, rows=8, T=64, seed=0):
     from transformers import AutoTokenizer
-    from harness.stage_data import write_stage_dataset
+    from harness.construction.stage_data import write_stage_dataset
 
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     budget = int(0.98 * rows * (T - 1))
@@ -209,7 +209,7 @@ def test_continuing_the_optimizer_changes_the_next_stage(tmp_path, tiny_model_di
 
 
 def test_compare_refuses_methods_with_unequal_loss_tokens():
-    from harness.compare import BudgetError, check_budgets
+    from harness.experiments.compare import BudgetError, check_budgets
 
     rows = {"a": {"stages": [{"loss_tokens": 1000.0}, {"loss_tokens": 1000.0}]},
             "b": {"stages": [{"loss_tokens": 996.0}, {"loss_tokens": 1000.0}]},

@@ -350,24 +350,24 @@ def make_case(rng, folder: Path, store_uri: str, store_run: str) -> list[str]:
     return command_line(rng, spec_arg, data, store_run)
 
 
-STUBS = ["harness.compare.compare", "harness.pipeline.construct", "harness.tune.tune",
-         "harness.tune.run_worker", "harness.study.study", "harness.evaluate.model_limit",
-         "harness.sandbox.build.build_sandbox", "harness.dashboard.run_dashboard",
-         "harness.tracking.sync_spool", "harness.report.write_report"]
+STUBS = ["harness.experiments.compare.compare", "harness.experiments.wiring.construct", "harness.experiments.tune.tune",
+         "harness.experiments.tune.run_worker", "harness.experiments.study.study", "harness.evaluation.runner.model_limit",
+         "harness.sandbox.build.build_sandbox", "harness.experiments.dashboard.run_dashboard",
+         "harness.tracking.sync_spool", "harness.experiments.report.write_report"]
 
 
 @pytest.fixture
 def stubbed(monkeypatch):
-    import harness.bench
+    import harness.tools.bench
 
     def work(*args, **kwargs):
         raise WorkStarted
 
     for target in STUBS:
         monkeypatch.setattr(target, work)
-    for name in dir(harness.bench):
+    for name in dir(harness.tools.bench):
         if name.startswith("bench_"):
-            monkeypatch.setattr(harness.bench, name, work)
+            monkeypatch.setattr(harness.tools.bench, name, work)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Verification quality against the sandbox's ground truth (``harness.ground_truth``).
+"""Verification quality against the sandbox's ground truth (``harness.data.ground_truth``).
 
 Expected numbers are computed from the generator's document ids (``profile-i``,
 ``reference-i`` and ``lookalike-i`` belong to corpus entity i), independently of the entity
@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from harness.ground_truth import DocTruth, group_quality, load_truth
+from harness.data.ground_truth import DocTruth, group_quality, load_truth
 from harness.sandbox import world as W
 
 
@@ -119,7 +119,7 @@ def test_swapping_a_context_changes_the_numbers(corpus):
 
 
 def test_rates_without_a_denominator_are_left_out(corpus):
-    from harness.stage_data import Group
+    from harness.construction.stage_data import Group
 
     truth = load_truth(corpus[0])
     # a profile root has no true context; only positives, given as Group objects

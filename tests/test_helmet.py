@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import helmet_recall as H
+from benchmarks.ruler.words import ADJECTIVES, NOUNS
 
 ESSAY = Path(__file__).resolve().parents[2] / "shared" / "data" / "PaulGrahamEssays.json"
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -69,11 +70,15 @@ def test_json_kv_format_matches_helmet(tokenizer):
 def test_json_kv_fits_each_length(tokenizer, length):
     task = H.TASKS["json_kv"]
     samples = [H.prepare_json_kv(r) for r in H.generate_json_kv(tokenizer, length, num_samples=4)]
+    used = []
     for s in samples:
         prompt, n, cut = H.fit_prompt(task, s, tokenizer, length)
         assert not cut and n + task.generation_max_length <= length
-        assert n + task.generation_max_length > 0.85 * length     # filled, not just under
         assert s["answer"][0] in prompt
+        used.append(n + task.generation_max_length)
+    # the size search fills the length; a sample that overflows at that size is shrunk by RULER's
+    # increment (6 pairs here), so single samples may fall well short
+    assert max(used) > 0.85 * length
 
 
 def test_json_kv_substring_exact_match():
@@ -108,7 +113,8 @@ def test_ruler_multikey_format_and_fit(tokenizer, name, type_v):
                 f"text?\nThe special magic {type_v} for {s['query']} mentioned in the provided "
                 f"text is")
             lines = s["context"].split("\n")
-            assert all(re.fullmatch(rf"One of the special magic {type_v}s for \S+ is: \S+\.", x)
+            # word keys may hold spaces, capitals or apostrophes ("ad hoc-contact lens")
+            assert all(re.fullmatch(rf"One of the special magic {type_v}s for .+ is: \S+\.", x)
                        for x in lines)
             gold = [x for x in lines if f" for {s['query']} is: " in x]
             assert gold == [f"One of the special magic {type_v}s for {s['query']} is: "
@@ -116,7 +122,9 @@ def test_ruler_multikey_format_and_fit(tokenizer, name, type_v):
     if name == "ruler_niah_mk_3":
         assert UUID4.match(s["query"]) and UUID4.match(s["answer"][0])
     else:
-        assert re.fullmatch(r"[a-z]+-[a-z-]+", s["query"])
+        nouns = set(NOUNS)      # an adjective-noun key of the shipped wonderwords lists
+        assert any(s["query"].startswith(a + "-") and s["query"][len(a) + 1:] in nouns
+                   for a in ADJECTIVES)
         assert re.fullmatch(r"\d{7}", s["answer"][0])
 
 

@@ -364,7 +364,7 @@ def test_official_cot_two_passes_and_dropped_items(official_file, chat_tokenizer
 
 
 def test_official_preset_needs_a_chat_template(official_file, tokenizer):
-    from harness.evaluate import NotRun
+    from harness.evaluation.runner import NotRun
 
     with pytest.raises(NotRun, match="chat template.*none.*preset harness"):
         official(official_file).samples("overall", 131072, tokenizer, 1)
@@ -393,7 +393,7 @@ def test_official_preset_rejects_harness_only_params(official_file, params, matc
 
 
 def test_official_short_length_uses_the_ratio_or_is_not_run(official_file, chat_tokenizer):
-    from harness.evaluate import NotRun
+    from harness.evaluation.runner import NotRun
 
     assert LB.official_max_len(131072) == 120000 == LB.official_max_len(262144)
     assert LB.official_max_len(32768) == 30000

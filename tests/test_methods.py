@@ -50,8 +50,9 @@ def monkeypatch_module():
 def built(tmp_path_factory, sandbox_dir):
     """Stage 0 of all four methods on one micro spec (shared resources)."""
     from transformers import AutoTokenizer
-    from harness.construct import prepare_resources
-    from harness.pipeline import cache_dir, construct, resolve_inputs
+    from harness.construction.driver import prepare_resources
+    from harness.layout import cache_dir
+    from harness.experiments.wiring import construct, resolve_inputs
     tmp = tmp_path_factory.mktemp("m")
     # ε_neg above the default 0: at this scale almost every candidate lowers the entropy a
     # little somewhere, so the negative path needs a looser bound to be exercised
@@ -63,7 +64,7 @@ def built(tmp_path_factory, sandbox_dir):
 
 
 def _groups(path):
-    from harness.stage_data import StageDataset
+    from harness.construction.stage_data import StageDataset
     ds = StageDataset(path)
     return ds, ds.groups()
 
@@ -133,7 +134,7 @@ def test_entropylong_uses_only_verified_contexts(built):
 
 
 def test_determinism_same_sha_twice(tmp_path, sandbox_dir, built):
-    from harness.pipeline import construct
+    from harness.experiments.wiring import construct
     spec, res, out = built
     again = construct(micro_spec(tmp_path, sandbox_dir), "entropylong", 0, resources=res,
                       progress=False)
@@ -193,9 +194,13 @@ def test_policylong_screens_stage_1_with_the_trained_weights(tmp_path, sandbox_d
     are what θ_1's entropy selects, and they differ from what θ_0 would select."""
     from transformers import AutoTokenizer
 
-    from harness.pipeline import checkpoint_dir, construct, load_eval_model, resolve_inputs
-    from harness.screening import screen_roots
-    from harness.stage_data import StageDataset
+    from harness.layout import checkpoint_dir
+
+    from harness.training.model_io import load_eval_model
+
+    from harness.experiments.wiring import construct, resolve_inputs
+    from harness.construction.screening import screen_roots
+    from harness.construction.stage_data import StageDataset
     from harness.training.stage import train_stage
 
     spec, res, _ = built
@@ -232,9 +237,10 @@ def test_policylong_nll_signal_puts_lookalikes_among_hard_negatives(tmp_path, sa
     often a hard negative, while its true profile, when retrieved, is mostly a positive. The
     verdicts of the real screening path on the references whose look-alike is in the corpus;
     ground truth from the corpus's own fields (docs/sandbox.md gives the rates: 19 % and 89 %)."""
-    from harness.construct import StageContext
-    from harness.pipeline import load_eval_model, resolve_inputs
-    from harness.screening import screen_and_verify
+    from harness.construction.driver import StageContext
+    from harness.training.model_io import load_eval_model
+    from harness.experiments.wiring import resolve_inputs
+    from harness.construction.screening import screen_and_verify
 
     _, res, _ = built
     spec = micro_spec(tmp_path, sandbox_dir, **{"screening.signal": "nll",

@@ -63,7 +63,7 @@ def outcome(out: Path) -> dict:
 
 def nothing_looks_complete_that_is_not(out: Path) -> None:
     """Every folder with a manifest is whole; everything half-written is a ``.tmp``."""
-    from harness.stage_data import StageDataset
+    from harness.construction.stage_data import StageDataset
 
     for m in out.rglob("dataset/manifest.json"):
         StageDataset(m.parent).verify()
@@ -140,7 +140,9 @@ def test_pickle_checkpoints_are_refused_before_any_work(tmp_path, tiny_model_dir
     import torch
     from transformers import AutoModelForCausalLM
 
-    from harness.pipeline import check_model_folder, load_eval_model
+    from harness.training.model_io import load_eval_model
+
+    from harness.experiments.wiring import check_model_folder
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     bad = tmp_path / "pickled"

@@ -1,11 +1,11 @@
 """The comparison report with labelled partial averages and not-run footnotes: what
-``harness.evaluate.compare_averages`` hands to compare, through ``harness.report``'s tables,
+``harness.evaluation.runner.compare_averages`` hands to compare, through ``harness.experiments.report``'s tables,
 plots and the MLflow round trip (old ``avg`` keys still read)."""
 from pathlib import Path
 
 import pytest
 
-from harness import report as R
+from harness.experiments import report as R
 
 REASON_QA1 = "needs SQuAD v2 dev (dev-v2.0.json): set params.squad_path"
 REASON_QA2 = "needs HotpotQA distractor dev: set params.hotpotqa_path"

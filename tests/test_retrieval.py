@@ -14,8 +14,8 @@ import pytest  # noqa: E402
 pytest.importorskip("faiss")
 pytest.importorskip("sentence_transformers")
 
-from harness import retrieval  # noqa: E402
-from harness.retrieval import ChunkIndex, RetrievalError, l2_normalise, query_text  # noqa: E402
+from harness.data import retrieval  # noqa: E402
+from harness.data.retrieval import ChunkIndex, RetrievalError, l2_normalise, query_text  # noqa: E402
 
 TOPICS = {
     "cooking": "Simmer the onions in butter, add garlic and tomatoes, and season the sauce "
@@ -124,7 +124,7 @@ def test_ivf_and_ivfpq_build_and_search():
 
 def test_ivfpq_on_too_few_vectors_falls_back_to_flat(caplog):
     x = random_unit(100, 64, seed=4)
-    with caplog.at_level(logging.WARNING, logger="harness.retrieval"):
+    with caplog.at_level(logging.WARNING, logger="harness.data.retrieval"):
         index = ChunkIndex.build(x, np.arange(100), "ivfpq")
     assert index.kind == "flat" and "flat" in caplog.text
     assert index.search(x[:1], 1)[0][0][0] == 0

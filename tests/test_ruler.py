@@ -32,8 +32,8 @@ def _training_lines():
     if ESSAY.exists():
         text = json.loads(ESSAY.read_text(encoding="utf-8"))["text"]
         return [line for line in text.splitlines() if line.strip()]
-    from benchmarks.ruler import _wordlists as W
-    return [NOISE] * 50 + [" ".join(W.NOUNS[i:i + 40]) for i in range(0, len(W.NOUNS), 40)]
+    from benchmarks.ruler.words import NOUNS
+    return [NOISE] * 50 + [" ".join(NOUNS[i:i + 40]) for i in range(0, len(NOUNS), 40)]
 
 
 @pytest.fixture(scope="module", params=[("small", 1024, 300), ("qwen_style", 16000, 3000)],

@@ -78,7 +78,7 @@ def test_build_uses_shipped_model_and_is_cached(sandbox):
 
 
 def test_corpus_reads_as_a_user_corpus(sandbox):
-    from harness.corpus import read_corpus
+    from harness.data.corpus import read_corpus
     docs, report = read_corpus(str(sandbox / "corpus.jsonl"))
     assert len(docs) == json.loads((sandbox / "manifest.json").read_text())["n_documents"]
 

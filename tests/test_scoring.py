@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from harness.scoring import (anchor_threshold, naive_scores, score_positions, score_tokens,
+from harness.construction.scoring import (anchor_threshold, naive_scores, score_positions, score_tokens,
                              select_anchors)
 from harness.training.model_io import load_model
 

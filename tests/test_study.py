@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.study import StudySettings, interval, judge
+from harness.experiments.study import StudySettings, interval, judge
 from test_compare import micro
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_interval_is_the_student_t_interval():
 
 def test_study_file_errors_name_the_key(tmp_path):
     from harness.config import SpecError, load_spec
-    from harness.study import load_study
+    from harness.experiments.study import load_study
 
     data = yaml.safe_load((REPO / "runs/study/sandbox.yaml").read_text())
     data["study"]["seed"] = [0]
@@ -84,7 +84,7 @@ def test_study_file_errors_name_the_key(tmp_path):
 
 @pytest.mark.slow
 def test_two_seed_micro_study_end_to_end(tmp_path, monkeypatch):
-    from harness.study import study
+    from harness.experiments.study import study
     from harness.tracking import Tracking
 
     monkeypatch.setenv("POLICYLONG_SANDBOX_DIR", str(tmp_path / "sandbox"))

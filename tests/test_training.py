@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from harness.config import ContextExtensionSpec, TrainSpec
-from harness.stage_data import Group, pack_groups, position_ids_from_groups, write_stage_dataset
+from harness.construction.stage_data import Group, pack_groups, position_ids_from_groups, write_stage_dataset
 from harness.training.loss import packed_labels, packed_lm_loss
 from harness.training.model_io import load_model
 

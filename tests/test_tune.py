@@ -1,4 +1,5 @@
 """``policylong tune``: an Optuna study over a micro spec, killed mid-trial and resumed."""
+import json
 import os
 import signal
 import subprocess
@@ -29,7 +30,7 @@ def tune_spec(tmp_path) -> Path:
 
 def test_tune_spec_errors_name_the_key(tmp_path):
     from harness.config import SpecError, load_spec
-    from harness.tune import _check
+    from harness.experiments.tune import _check
 
     p = tune_spec(tmp_path)
     with pytest.raises(SpecError, match="tune.space: 'screening.alfa' is not a key"):
@@ -49,7 +50,7 @@ def test_suggest_keeps_epsilon_neg_below_epsilon():
     import optuna
 
     from harness.config import SearchDim
-    from harness.tune import suggest
+    from harness.experiments.tune import suggest
 
     space = {"screening.epsilon": SearchDim(low=0.1, high=0.3),
              "screening.epsilon_neg": SearchDim(low=-0.2, high=0.9)}
@@ -70,7 +71,7 @@ def test_processes_opening_a_new_storage_at_once_all_succeed(tmp_path):
     of two processes starting together failed with "table ... already exists" (6 of 8 pairs
     here), which killed a tuning run whose study was being read at its start."""
     script = ("import sys, types, warnings; warnings.simplefilter('ignore');"
-              "from harness.tune import _storage;"
+              "from harness.experiments.tune import _storage;"
               "t = types.SimpleNamespace(storage=sys.argv[1], heartbeat_s=1);"
               "_storage(types.SimpleNamespace(tune=t))")
     for i in range(4):
@@ -89,7 +90,7 @@ def test_tune_completes_and_resumes_after_a_kill(tmp_path):
 
     from harness.config import load_spec
     from harness.tracking import Tracking
-    from harness.tune import best_spec_path, study_name
+    from harness.experiments.tune import best_spec_path, study_name
 
     p = tune_spec(tmp_path)
     spec = load_spec(p)
@@ -172,17 +173,19 @@ def test_tuning_and_final_evaluation_never_share_a_probe_entity_or_seed(tmp_path
     from transformers import AutoTokenizer
 
     import benchmarks.probe as bp
-    import harness.compare as C
-    import harness.construct
-    import harness.pipeline
+    import harness.experiments.compare as C
+    import harness.construction.driver
+    import harness.experiments.wiring
+    import harness.training.model_io
+    from harness.evaluation import loss_gap
     import harness.tracking
-    from harness import evaluate
+    from harness.evaluation import runner as evaluate
     from harness.config import SpecError, load_spec
-    from harness.probes import (PROBE_SPLITS, VALIDATION_SEED_OFFSET, sandbox_short_set,
+    from harness.evaluation.loss_gap import (PROBE_SPLITS, VALIDATION_SEED_OFFSET, sandbox_short_set,
                                 sandbox_triples)
     from harness.sandbox import world as W
     from harness.sandbox.build import ASSET
-    from harness.tune import Objective, _check
+    from harness.experiments.tune import Objective, _check
 
     # a sandbox folder with 300 probe entities (ids probe-00000 .. probe-00299, in order)
     sandbox = tmp_path / "sb"
@@ -192,10 +195,13 @@ def test_tuning_and_final_evaluation_never_share_a_probe_entity_or_seed(tmp_path
     W.write_jsonl(sandbox / "corpus.jsonl", docs)
     W.write_jsonl(sandbox / "probe.jsonl", probe)
     index = {p["id"]: i for i, p in enumerate(probe)}
-    monkeypatch.setattr(harness.pipeline, "resolve_inputs",
+    monkeypatch.setattr(harness.experiments.wiring, "resolve_inputs",
                         lambda spec: (ASSET / "model", str(sandbox / "corpus.jsonl")))
-    monkeypatch.setattr(harness.pipeline, "load_eval_model", lambda path: None)
-    monkeypatch.setattr(harness.construct, "prepare_resources", lambda *a, **k: None)
+    monkeypatch.setattr(loss_gap, "probe_entities", lambda spec: [
+        json.loads(x) for x in (sandbox / "probe.jsonl").read_text().splitlines()])
+    monkeypatch.setattr(harness.training.model_io, "load_eval_model",
+                        lambda path, device="cpu": None)
+    monkeypatch.setattr(harness.construction.driver, "prepare_resources", lambda *a, **k: None)
 
     calls: list[dict] = []
 
@@ -224,7 +230,7 @@ def test_tuning_and_final_evaluation_never_share_a_probe_entity_or_seed(tmp_path
     monkeypatch.setattr(harness.tracking, "Tracker", lambda *a, **k: _Run())
     seen_triples = []
 
-    def fake_run_method(spec, label, tracking, parent, resources, tok, triples, probe_, **kw):
+    def fake_run_method(spec, label, tracking, parent, resources, tok, triples, **kw):
         seen_triples.append(triples)
         for k in range(spec.stages.count):
             kw["on_stage"](k, str(tmp_path / f"ckpt-{k}" / "model"), {}, _Run())
@@ -236,12 +242,11 @@ def test_tuning_and_final_evaluation_never_share_a_probe_entity_or_seed(tmp_path
     spec = load_spec(p)
     tok = AutoTokenizer.from_pretrained(str(ASSET / "model"))
 
-    # the final evaluation: compare's probe benchmark and `policylong eval`'s probe
-    triples, test_probe = C._probe_set(spec, tok)
-    C._eval_model(spec, "final-model", tok, test_probe, tmp_path / "eval-final")
-    evaluate.run_probe_eval(spec, ASSET / "model", tmp_path / "eval-cli")
+    # the final evaluation: the one path compare and `policylong eval` take
+    triples, test_probe = loss_gap.probe_set(spec, tok)
+    evaluate.evaluate_checkpoint(spec, ASSET / "model", tmp_path / "eval-final")
     final = calls[:]
-    assert len(final) == 2
+    assert len(final) == 1
     # tuning: the probe objective's intermediate values and final value, then an eval/...
     # objective, through Objective.__call__
     calls.clear()
@@ -251,7 +256,10 @@ def test_tuning_and_final_evaluation_never_share_a_probe_entity_or_seed(tmp_path
         obj = Objective(s, "parent")
         assert obj(study.ask()) == pytest.approx(0.1 if objective == "probe/gain" else 0.5)
     tuning = calls[:]
-    assert len(tuning) == 2 * spec.stages.count + 1     # per stage (both), + the final eval
+    # per stage for the first objective, + the final eval of the second (the second's
+    # per-stage values are read from the evaluation cached beside each checkpoint: the fake
+    # trials share checkpoint paths)
+    assert len(tuning) == spec.stages.count + 1
 
     lo, hi = PROBE_SPLITS["test"]
     vlo, vhi = PROBE_SPLITS["validation"]
@@ -269,12 +277,12 @@ def test_tuning_and_final_evaluation_never_share_a_probe_entity_or_seed(tmp_path
     assert seen_triples and all(t == sandbox_triples(tok, probe, "validation")
                                 for t in seen_triples)
     assert seen_triples[0] != triples
-    assert C.short_set(spec, tok, test_probe) == sandbox_short_set(tok, probe, "short")
+    assert loss_gap.short_set(spec, tok, test_probe) == sandbox_short_set(tok, probe, "short")
     spans = sorted(PROBE_SPLITS.values())
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
     # a sandbox with too few probe entities is refused with a clear message
     W.write_jsonl(sandbox / "probe.jsonl", probe[:250])
     with pytest.raises(SpecError, match="probe split 'validation' takes entities 200..299"):
-        C._probe_set(spec, tok, "validation")
+        loss_gap.probe_set(spec, tok, "validation")
     with pytest.raises(SpecError, match="n_probe_entities is 200"):
         _check(load_spec(p, ["sandbox.n_probe_entities=200"]))

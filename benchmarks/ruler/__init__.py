@@ -11,9 +11,11 @@ tokens_to_generate, the default seed (42) and the size searches follow NVIDIA's 
 (``scripts/data/synthetic/*.py``, ``scripts/synthetic.yaml``); metrics follow
 ``scripts/eval``. Deviations, and why:
 
-- Words: wonderwords 3.0.0's lists are shipped in ``_wordlists`` (no dependency, same words
-  everywhere). Adjective-noun keys are drawn uniformly by index rather than by ``random.choice``
-  over the 6.2M-key sorted list: same distribution, no 6.2M-string list in memory.
+- Words: wonderwords 3.0.0's lists are shipped as package data (``data/*.txt``, read by
+  ``words``; no dependency, same words everywhere). Adjective-noun keys are drawn by index over
+  the adjective x noun product rather than by ``random.choice`` over the 6.2M-key sorted list:
+  no 6.2M-string list in memory, and the same distribution but for the two adjectives the list
+  repeats ("wet", "nasty"), whose keys come up twice as often.
 - cwe: RULER samples ``english_words.json`` (8.5 MB, LFS) when a length needs more than the
   8,166 wonderwords; we cap at 8,166 and log a warning (prompts then fall short of the budget;
   by estimate this happens only for tokenizers denser than Qwen2's at 128K).

@@ -20,7 +20,9 @@ def random_needle_part(kind: str, rng: random.Random) -> str:
     raise ValueError(f"unknown needle type {kind!r}")
 
 
-def _essay_context(words: Sequence[str], size: int, needles: list[str], rng) -> str:
+def essay_context(words: Sequence[str], size: int, needles: list[str], rng) -> str:
+    """The first ``size`` essay words (repeated as needed), split into sentences, with the
+    needles inserted at sentence boundaries at depths drawn from ``DEPTHS``."""
     if size <= len(words):
         text = " ".join(words[:size])
     else:  # repeat the essays as often as needed
@@ -65,7 +67,7 @@ def make_sample(a: dict, ctx: Context, size: int, essay: Sequence[str] | None):
     random.Random(ctx.seed).shuffle(needles)
 
     if a["type_haystack"] == "essay":
-        context = _essay_context(essay, size, needles, rng)
+        context = essay_context(essay, size, needles, rng)
     else:
         context = _line_context(a, size, needles, rng)
 

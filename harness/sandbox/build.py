@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
 import shutil
 import sys
 import time
@@ -89,7 +88,8 @@ def sandbox_spec_from(spec_path: str | None, overrides: list[str]) -> SandboxSpe
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("POLICYLONG_SANDBOX_DIR", "runs/sandbox"))
+    from harness.layout import sandbox_root
+    return sandbox_root()
 
 
 def _log(msg: str) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from harness.sandbox import world as W
-from harness.scoring import anchor_threshold, score_tokens
+from harness.construction.scoring import anchor_threshold, score_tokens
 
 
 @dataclass

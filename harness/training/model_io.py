@@ -39,3 +39,14 @@ def load_model(path: Path | str, dtype=None, device: str = "cpu"):
                                                  attn_implementation="sdpa",
                                                  use_safetensors=True)
     return model.to(device)
+
+
+def load_eval_model(path, device: str = "cpu"):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype,
+                                                 attn_implementation="sdpa",
+                                                 use_safetensors=True).to(device)
+    return model.eval()

@@ -12,7 +12,7 @@ def pack_stream(groups: Iterable[list[int]], seq_len: int, eos_id: int
 
     Yields ``(input_ids, position_ids)``; position ids restart at 0 where a group starts. A group
     that does not fit the rest of a row continues at the start of the next row as a new span
-    (pre-training style). Stage datasets keep groups whole instead (``harness.stage_data``).
+    (pre-training style). Stage datasets keep groups whole instead (``harness.construction.stage_data``).
     """
     ids = np.empty(seq_len, dtype=np.int64)
     pos = np.empty(seq_len, dtype=np.int64)

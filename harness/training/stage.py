@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 
 from harness.config import ContextExtensionSpec, TrainSpec
-from harness.stage_data import StageDataset
+from harness.construction.stage_data import StageDataset
+from harness.layout import optimizer_dir
 from harness.tracking import NULL_TRACKER, Tracker
 
 
@@ -71,11 +72,6 @@ def load_for_training(checkpoint: Path, extension: ContextExtensionSpec | None,
     return model
 
 
-def optimizer_dir(checkpoint_dir: Path | str) -> Path:
-    """Where a stage leaves its optimizer state for the next stage (beside its checkpoint)."""
-    p = Path(checkpoint_dir)
-    return p.with_name(p.name + ".optim")
-
 
 def train_stage(checkpoint: Path | str, dataset: StageDataset | Path | str, train: TrainSpec,
                 out_dir: Path | str, tracker: Tracker = NULL_TRACKER,
@@ -100,7 +96,7 @@ def train_stage(checkpoint: Path | str, dataset: StageDataset | Path | str, trai
     from accelerate import Accelerator
     from transformers import AutoTokenizer
 
-    from harness.training.loop import LoopSettings, train_loop
+    from harness.training.loop import LoopSettings, RowSource, train_loop
     from harness.training.model_io import save_checkpoint
 
     out_dir = Path(out_dir)
@@ -124,7 +120,7 @@ def train_stage(checkpoint: Path | str, dataset: StageDataset | Path | str, trai
         grad_clip=train.grad_clip, loss_block=train.loss_block, save_every=train.save_every,
         seed=train.seed, log_every=max(1, min(10, steps // 10)))
     state_dir = out_dir.with_name(out_dir.name + ".state")
-    summary = train_loop(model, ds.row_source(), settings, acc, log=tracker.log_metrics,
+    summary = train_loop(model, RowSource(*ds.rows()), settings, acc, log=tracker.log_metrics,
                          state_dir=state_dir, step_offset=step_offset, progress=progress,
                          optimizer_from=optimizer_from if continuous and stage > 0 else None,
                          optimizer_to=optimizer_dir(out_dir) if continuous else None)

@@ -4,7 +4,7 @@
                                  training stage per length (8K, then 32K extended from the 8K
                                  checkpoint by a RoPE-base override) through
                                  harness.training.train_stage on stage datasets written by
-                                 harness.stage_data; prints attention implementation,
+                                 harness.construction.stage_data; prints attention implementation,
                                  tokens/s and peak memory per length
                                  (the last checkpoint's path goes to WORK/last_checkpoint)
     gpu_check.py generate CKPT   vLLM greedy generation from CKPT at its full length
@@ -55,7 +55,7 @@ def _stage_dataset(out: Path, length: int, rows: int, vocab: int, seed: int) -> 
     """``rows`` packed rows of random-token documents (a quarter to a half row each)."""
     import numpy as np
 
-    from harness.stage_data import Group, pack_groups, write_stage_dataset
+    from harness.construction.stage_data import Group, pack_groups, write_stage_dataset
 
     rng = np.random.default_rng(seed)
     groups = []
@@ -130,7 +130,7 @@ def train(args) -> int:
 def generate(args) -> int:
     import torch
 
-    from harness.vllm_engine import make_engine
+    from harness.evaluation.vllm_engine import make_engine
 
     ckpt = Path(args.checkpoint)
     cfg = json.loads((ckpt / "config.json").read_text())

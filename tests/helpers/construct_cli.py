@@ -12,7 +12,7 @@ if __name__ == "__main__":
         import torch.distributed as dist
         dist.init_process_group("gloo")
     from harness.config import load_spec
-    from harness.pipeline import construct
+    from harness.experiments.wiring import construct
 
     spec = load_spec(sys.argv[1])
     out = construct(spec, sys.argv[2], 0, progress=False)

@@ -4,7 +4,7 @@ import json
 import sys
 
 if __name__ == "__main__":
-    from harness.vllm_engine import make_engine
+    from harness.evaluation.vllm_engine import make_engine
 
     model, max_len, prompts_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     prompts = json.load(open(prompts_file))

@@ -14,7 +14,7 @@ same way for every benchmark:
    reported as not run with its reason and left out of the averages, never scored 0.
 2. ``check_fits``: every prompt plus its generation budget must fit the model's maximum length,
    else ``PromptTooLong`` names the length and the limit, before anything is generated.
-3. ``generate_all``: decoding through one backend (``harness.backends``): one vLLM engine
+3. ``generate_all``: decoding through one backend (``harness.evaluation.backends``): one vLLM engine
    built at the largest length, or transformers ``generate``; greedy unless a sample asks for a
    temperature (LongBench-v2's official 0.1, seeded per sample). A benchmark with a
    ``followup`` member gets a second pass (LongBench-v2's CoT answer pass).
@@ -28,7 +28,7 @@ same way for every benchmark:
    ``write_outputs`` writes ``<bench>.samples.jsonl`` (prompt tokens, prediction, references,
    score per sample) and ``results.json`` (with the provenance), logged as artifacts.
 
-For ``harness.compare``, ``evaluate_for_compare`` also runs the short-context check
+For ``harness.experiments.compare``, ``evaluate_for_compare`` also runs the short-context check
 (``eval.short_context``: lm-eval stock tasks in a child process, ``run_short_context``); a
 task whose dataset cannot be had is reported "not run: no data (...)", never scored.
 
@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from harness import faults
 from harness.config import BenchmarkEntry, Spec, spec_hash
 from harness.tracking import NULL_TRACKER, Tracker, eval_key
 
@@ -110,6 +112,24 @@ class Benchmark(Protocol):
     #       None entry ends that sample with the prediction "".
 
 
+class LossBenchmark(Protocol):
+    """A benchmark scored by loss on the model itself, no generation (the sandbox probe);
+    built as ``Class(entry)`` like a ``Benchmark``."""
+
+    name: str
+    scored_by: str            # "loss"
+    headline: str             # the metric logged as eval/<bench>/avg/<L>
+    metrics: Sequence[str]    # every metric; the others are logged as eval/<bench>/<m>/<L>
+
+    def score(self, model: Any, tokenizer: Any, spec: Spec, lengths: list[int], split: str,
+              seed: int) -> dict[int, dict[str, float]]:
+        """``{length: {metric: value}}`` on entity split ``split`` with ``seed``; lengths it
+        cannot reach are left out; ``NotRun`` when it cannot run at all."""
+
+    # Optional: not_run(spec) -> str | None: why it cannot run with this spec, checked
+    # before the model is loaded.
+
+
 @dataclass
 class Unit:
     """One task of one benchmark at one length, from samples to score."""
@@ -139,11 +159,7 @@ def benchmark_entries(spec: Spec, names: Sequence[str] | None = None) -> list[Be
     if not listed:
         raise ValueError("no benchmarks to run: list them under eval.benchmarks in the spec "
                          "or pass --bench NAME")
-    # The sandbox probe is scored by loss, not generation: compare runs it (benchmarks.probe).
-    return [e for e in spec.eval.benchmarks if e.name not in SCORED_BY_LOSS]
-
-
-SCORED_BY_LOSS = {"probe"}
+    return list(spec.eval.benchmarks)
 
 
 def load_benchmarks(spec: Spec, names: Sequence[str] | None = None) -> list[Benchmark]:
@@ -159,7 +175,7 @@ def load_benchmark(entry: BenchmarkEntry) -> Benchmark:
             callable(getattr(target, m, None)) for m in ("tasks", "samples", "score")):
         raise ValueError(f"benchmark '{entry.name}' ({entries('benchmark')[entry.name][0]}) is "
                          f"not an evaluation benchmark: its target must be a class with "
-                         f"tasks(), samples() and score() (harness.evaluate.Benchmark)")
+                         f"tasks(), samples() and score() (harness.evaluation.runner.Benchmark)")
     return target(entry)
 
 
@@ -242,7 +258,7 @@ def decode(tokenizer, ids: Sequence[int], stop: Sequence[str] | None) -> str:
 def _generate(backend, tokenizer, stop_ids, samples: Sequence[Sample], ids, progress
               ) -> tuple[list[str], int]:
     """Predictions for ``samples`` (their token ``ids``) and the number of new tokens."""
-    from harness.backends import cut_at_stop
+    from harness.evaluation.backends import cut_at_stop
 
     kw = {}
     if any(s.temperature for s in samples):   # greedy-only backends keep their old signature
@@ -537,17 +553,14 @@ def _data_text(data) -> str:
 
 # ---------------------------------------------------------------- the whole evaluation
 
-def model_name(model_path: str | Path) -> str:
-    return Path(model_path).resolve().name if Path(model_path).exists() else \
-        str(model_path).rstrip("/").split("/")[-1]
-
-
 def eval_dir(spec: Spec, model_path: str | Path) -> Path:
-    """Where one model's evaluation outputs go: ``<output_dir>/eval/<model folder name>``."""
-    return Path(spec.output_dir) / "eval" / model_name(model_path)
+    """Where ``policylong eval`` puts one model's outputs (``harness.layout.model_eval_dir``)."""
+    from harness.layout import model_eval_dir
+    return model_eval_dir(spec, model_path)
 
 
 def run_name(model_path: str | Path) -> str:
+    from harness.layout import model_name
     return f"eval-{model_name(model_path)}"
 
 
@@ -559,7 +572,7 @@ def evaluate(spec: Spec, model_path: str | Path, out_dir: str | Path | None = No
     can fail on bad input fails before the backend starts."""
     from transformers import AutoTokenizer
 
-    from harness.backends import make_backend, stop_token_ids
+    from harness.evaluation.backends import make_backend, stop_token_ids
 
     ev = spec.eval
     benches = list(benches) if benches is not None else load_benchmarks(spec, bench_names)
@@ -583,71 +596,163 @@ def evaluate(spec: Spec, model_path: str | Path, out_dir: str | Path | None = No
     return results
 
 
-def run_probe_eval(spec: Spec, model_path: str | Path, out_dir: str | Path | None = None,
-                   tracker: Tracker = NULL_TRACKER) -> dict:
-    """The sandbox probe (``benchmarks.probe``, scored by loss) at every ``eval.lengths``:
-    ``{"lengths": {L: {acc, nll, control_nll, gain, n, distance_mean}}, "not_run": reason}``,
-    written to ``probe.json`` and logged as ``eval/probe/<acc|gain|nll>/<L>`` with the
-    accuracy as ``eval/probe/avg/<L>``."""
-    import json
-
-    from transformers import AutoTokenizer
-
-    from benchmarks.probe import run_probe
-    from harness.compare import _probe_set
-    from harness.pipeline import load_eval_model
-    from harness.tracking import eval_avg_key, eval_key
-
-    out: dict = {"lengths": {}, "not_run": None}
-    if spec.corpus.path != "sandbox":
-        out["not_run"] = "the probe needs the sandbox corpus (corpus.path: sandbox)"
-    else:
-        tok = AutoTokenizer.from_pretrained(str(model_path))
-        _, probe = _probe_set(spec, tok)
-        r = run_probe(load_eval_model(model_path), tok, probe, list(spec.eval.lengths),
-                      n=spec.eval.samples_per_task * 4, seed=spec.seed)
-        out["lengths"] = {str(L): v for L, v in r.items()}
-        short = [L for L in spec.eval.lengths if L not in r]
-        if short:
-            out["not_run"] = f"lengths {short} are too short for a profile and a query"
-        m = {}
-        for L, v in r.items():
-            m.update({eval_key("probe", k, L): v[k] for k in ("acc", "gain", "nll")})
-            m[eval_avg_key("probe", L)] = v["acc"]
-        tracker.log_metrics(m, step=0)
-    d = Path(out_dir) if out_dir else eval_dir(spec, model_path)
-    d.mkdir(parents=True, exist_ok=True)
-    path = _write_atomic(d / "probe.json", [json.dumps(out, indent=2)])
-    tracker.log_artifact(path, "eval")
-    return out
-
-
-def format_probe(probe: dict) -> str:
-    if probe.get("not_run") and not probe["lengths"]:
-        return f"not run: probe: {probe['not_run']}"
-    rows = [f"probe  {'length':>7} {'acc':>6} {'nll':>7} {'control':>8} {'gain':>7} {'n':>4}"]
-    for L, v in probe["lengths"].items():
-        rows.append(f"probe  {L:>7} {v['acc']:6.2f} {v['nll']:7.3f} {v['control_nll']:8.3f} "
-                    f"{v['gain']:7.3f} {v['n']:4d}")
-    if probe.get("not_run"):
-        rows.append(f"not run: probe: {probe['not_run']}")
+def format_loss(name: str, res: dict) -> str:
+    """A loss-scored benchmark's table (``loss_benchmarks.json``), one row per length."""
+    if res.get("not_run") and not res["lengths"]:
+        return f"not run: {name}: {res['not_run']}"
+    ms = res["metrics"]
+    rows = [f"{name}  {'length':>7} " + " ".join(f"{m:>8}" for m in ms) + f" {'n':>4}"]
+    for L, v in res["lengths"].items():
+        rows.append(f"{name}  {L:>7} " + " ".join(f"{v[m]:8.3f}" for m in ms)
+                    + f" {int(v.get('n', 0)):4d}")
+    if res.get("not_run"):
+        rows.append(f"not run: {name}: {res['not_run']}")
     return "\n".join(rows)
 
 
-def evaluate_for_compare(spec: Spec, model_path: str | Path, out: str | Path
-                         ) -> dict[str, dict[str, float | None]]:
-    """For ``harness.compare``: the spec's benchmarks except ``probe`` (compare runs that one
-    itself), outputs under ``out/eval`` (``results.json`` there has the provenance); see
-    ``compare_averages`` for what is returned."""
-    names = [e.name for e in spec.eval.benchmarks if e.name != "probe"]
-    if not names:
-        return {}
-    results = evaluate(spec, model_path, Path(out) / "eval", bench_names=names)
-    out_avg = compare_averages(results)
-    if spec.eval.short_context:
-        out_avg.update(short_context_scores(run_short_context(spec, model_path,
-                                                              Path(out) / "eval")))
-    return out_avg
+def format_outputs(out: str | Path) -> str:
+    """The tables of an ``evaluate_checkpoint`` folder: generation results, then loss
+    benchmarks."""
+    out = Path(out)
+    parts = []
+    if results_file(out).exists():
+        parts.append(format_table(json.loads(results_file(out).read_text())))
+    loss = out / "loss_benchmarks.json"
+    if loss.exists():
+        parts += [format_loss(n, r) for n, r in json.loads(loss.read_text()).items()]
+    return "\n".join(parts)
+
+
+def eval_name(spec: Spec) -> str:
+    """Evaluations are cached per evaluation settings, seed and model settings."""
+    from harness.config import stable_hash
+    return "eval-" + stable_hash({"eval": spec.eval.model_dump(mode="json"), "seed": spec.seed,
+                                  "model": spec.model.model_dump(mode="json")}, 10)
+
+
+def scored_by_loss(entry: BenchmarkEntry) -> bool:
+    """Whether the registered benchmark is scored by loss on the model (``scored_by =
+    "loss"``: the sandbox probe) rather than by generation."""
+    from harness.registry import resolve
+
+    return getattr(resolve("benchmark", entry.name), "scored_by", "generation") == "loss"
+
+
+def run_loss_benchmarks(spec: Spec, entries: Sequence[BenchmarkEntry], model_path, tokenizer,
+                        split: str, seed: int) -> dict[str, dict]:
+    """Each loss-scored benchmark's ``{"lengths": {L: {metric: value}}, "not_run": reason,
+    "headline", "metrics"}`` (``LossBenchmark``)."""
+    from harness.registry import resolve
+    from harness.training.model_io import load_eval_model
+
+    out: dict[str, dict] = {}
+    model = None
+    for e in entries:
+        bench = resolve("benchmark", e.name)(e)
+        res: dict = {"lengths": {}, "not_run": None, "headline": bench.headline,
+                     "metrics": list(bench.metrics)}
+        try:
+            reason = getattr(bench, "not_run", lambda spec: None)(spec)
+            if reason:
+                raise NotRun(reason)
+            model = model if model is not None else load_eval_model(model_path)
+            r = bench.score(model, tokenizer, spec, list(spec.eval.lengths), split, seed)
+            res["lengths"] = {str(L): v for L, v in r.items()}
+            short = [L for L in spec.eval.lengths if L not in r]
+            if short:
+                res["not_run"] = f"lengths {short}: too short for the benchmark's inputs"
+        except NotRun as exc:
+            res["not_run"] = str(exc)
+        out[e.name] = res
+    return out
+
+
+def loss_averages(loss: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """``{"<bench>": {L: headline}, "<bench>/<metric>": {L: value}}`` of loss benchmarks."""
+    out: dict[str, dict[str, float]] = {}
+    for bench, res in loss.items():
+        for L, v in res["lengths"].items():
+            for m in res["metrics"]:
+                key = bench if m == res["headline"] else f"{bench}/{m}"
+                out.setdefault(key, {})[L] = v[m]
+    return out
+
+
+LEGACY_ENTRIES = {"probe_gain": "probe/gain"}   # eval.json files written before 0.2
+
+
+def evaluate_checkpoint(spec: Spec, model_path: str | Path, out: str | Path, *,
+                        tracker: Tracker = NULL_TRACKER, split: str = "test",
+                        seed: int | None = None, cache: bool = True, tokenizer=None) -> dict:
+    """The one evaluation of a checkpoint (``compare``, ``eval`` and ``tune`` call it): every
+    benchmark of ``spec.eval``, those scored by loss (the sandbox probe, on entity split
+    ``split`` with ``seed``) and those scored by generation (at the lengths the model
+    reaches; others are skipped with a message), plus the short-context check when
+    ``eval.short_context`` lists tasks. Writes ``out/results.json`` (generation results with
+    provenance), ``out/loss_benchmarks.json`` and ``out/eval.json`` (the averages below, which
+    is also the cache: with ``cache`` a finished evaluation is read back, not rerun), and logs
+    every metric through ``tracker`` under one key each (README "MLflow keys").
+
+    Returns ``{entry: {length: score}}``: ``<bench>`` or ``<bench>/avg<N>`` (generation; see
+    ``compare_averages``), ``<bench>`` and ``<bench>/<metric>`` (loss benchmarks), and
+    ``short_context/<task>``."""
+    from transformers import AutoTokenizer
+
+    from harness.fileio import atomic_write_text, locked
+
+    out = Path(out)
+    seed = spec.seed if seed is None else seed
+    with locked(out, f"the evaluation {out}"):
+        cached = out / "eval.json"
+        if cache and cached.exists():
+            ev = {LEGACY_ENTRIES.get(k, k): v for k, v in json.loads(cached.read_text()).items()}
+            log_averages(tracker, ev)
+            return ev
+        entries = list(spec.eval.benchmarks)
+        by_loss = [e for e in entries if scored_by_loss(e)]
+        generated = [e.name for e in entries if not scored_by_loss(e)]
+        ev: dict = {}
+        tok = tokenizer or AutoTokenizer.from_pretrained(str(model_path))
+        if by_loss:
+            loss = run_loss_benchmarks(spec, by_loss, model_path, tok, split, seed)
+            ev.update(loss_averages(loss))
+            out.mkdir(parents=True, exist_ok=True)
+            path = _write_atomic(out / "loss_benchmarks.json", [json.dumps(loss, indent=2)])
+            tracker.log_artifact(path, "eval")
+        if generated:
+            limit, _ = model_limit(model_path)
+            lengths = [L for L in spec.eval.lengths if L <= limit]
+            if lengths:
+                sub = spec.model_copy(update={"seed": seed, "eval": spec.eval.model_copy(
+                    update={"lengths": lengths})})
+                ev.update(compare_averages(evaluate(sub, model_path, out, tracker=tracker,
+                                                   bench_names=generated)))
+            skipped = [L for L in spec.eval.lengths if L > limit]
+            if skipped:
+                print(f"[eval] {model_path}: lengths {skipped} exceed its context ({limit}); "
+                      f"generation benchmarks not run there", file=sys.stderr, flush=True)
+        if spec.eval.short_context:
+            ev.update(short_context_scores(run_short_context(spec, model_path, out)))
+        faults.point("eval")
+        log_averages(tracker, ev)
+        atomic_write_text(cached, json.dumps(ev, indent=2))
+        return ev
+
+
+def log_averages(tracker: Tracker, ev: dict[str, dict]) -> None:
+    """Each entry of ``evaluate_checkpoint``'s result per length, as
+    ``eval/<bench>/<avg label or metric>/<length>`` (entries that record a not-run reason
+    are not metrics)."""
+    from harness.tracking import eval_avg_key
+
+    metrics = {}
+    for entry, per_len in ev.items():
+        if f"/{NOT_RUN_KEY}/" in entry:
+            continue
+        for L, v in per_len.items():
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                metrics[eval_avg_key(entry, L)] = v
+    tracker.log_metrics(metrics, 0)
 
 
 # ---------------------------------------------------------------- the short-context check
@@ -720,7 +825,7 @@ def run_short_context(spec: Spec, model_path: str | Path, out_dir: str | Path) -
 
 def _lm_eval_run(spec: Spec, model_path: str | Path, tasks: list[str],
                  include_path: str | Path | None = None) -> dict:
-    """lm-eval's command line in a child process (``harness.lm_eval_adapter``: vLLM's workers
+    """lm-eval's command line in a child process (``harness.evaluation.lm_eval_adapter``: vLLM's workers
     and memory end with it, so it never competes with the evaluation engine)."""
     import subprocess
     import sys
@@ -730,7 +835,7 @@ def _lm_eval_run(spec: Spec, model_path: str | Path, tasks: list[str],
     if spec.eval.backend == "vllm":
         args += f",seed={spec.seed}"
     with tempfile.TemporaryDirectory(prefix="short_context_") as tmp:
-        cmd = [sys.executable, "-m", "harness.lm_eval_adapter", "--model", spec.eval.backend,
+        cmd = [sys.executable, "-m", "harness.evaluation.lm_eval_adapter", "--model", spec.eval.backend,
                "--model_args", args, "--tasks", ",".join(tasks), "--batch_size", "1",
                "--seed", str(spec.seed), "--output_path", tmp]
         if spec.eval.short_context_limit:

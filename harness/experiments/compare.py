@@ -17,9 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-from harness import faults
 from harness.config import Spec, resolved, spec_hash
 from harness.fileio import atomic_write_text, locked
+from harness.evaluation.loss_gap import probe_set, short_set
+from harness.evaluation.runner import (eval_name, evaluate_checkpoint, load_benchmarks,
+                                       scored_by_loss)
+from harness.layout import base_eval_dir, eval_dir, method_dir, report_dir
 from harness.logs import phase, timed
 
 
@@ -27,115 +30,28 @@ def _log(msg: str) -> None:
     print(f"[compare] {msg}", file=sys.stderr, flush=True)
 
 
-def _probe_entities(spec: Spec) -> list[dict]:
-    """All of the sandbox's held-out probe entities (``probe.jsonl``), in order."""
-    from harness.pipeline import resolve_inputs
-
-    _, corpus = resolve_inputs(spec)
-    return [json.loads(l) for l in (Path(corpus).parent / "probe.jsonl").read_text().splitlines()]
-
-
-def _probe_set(spec: Spec, tokenizer, split: str = "test"):
-    """(loss-gap triples, probe entities) of one split of the sandbox's probe entities
-    (``harness.probes.PROBE_SPLITS``): ``test`` for the final evaluation and the per-stage
-    ``loss_gap_probe``, ``validation`` for tuning. (None, None) for other corpora. The entities
-    returned are the split's only, so whatever takes ``probe[:n]`` stays inside it."""
-    if spec.corpus.path != "sandbox":
-        return None, None
-    from harness.probes import probe_split, sandbox_triples
-
-    probe = _probe_entities(spec)
-    return sandbox_triples(tokenizer, probe, split), probe_split(probe, split)
-
-
-def short_set(spec: Spec, tokenizer, probe):
-    """Held-out short sequences for the short-context loss: the ``short`` split of the probe
-    entities (sandbox only, i.e. when ``probe`` is not None; None otherwise)."""
-    if probe is None:
-        return None
-    from harness.probes import sandbox_short_set
-    return sandbox_short_set(tokenizer, _probe_entities(spec), "short") or None
-
-
-def eval_name(spec: Spec) -> str:
-    """Evaluations are cached per evaluation settings (and seed)."""
-    from harness.config import stable_hash
-    return "eval-" + stable_hash({"eval": spec.eval.model_dump(mode="json"), "seed": spec.seed,
-                                  "model": spec.model.model_dump(mode="json")}, 10)
-
-
-def _eval_model(spec: Spec, model_path, tokenizer, probe, out: Path) -> dict:
-    """Benchmarks of one checkpoint, cached in ``out/eval.json``: {bench: {length: score}}."""
-    with locked(out, f"the evaluation {out}"):
-        return _eval_model_locked(spec, model_path, tokenizer, probe, out)
-
-
-def _eval_model_locked(spec: Spec, model_path, tokenizer, probe, out: Path) -> dict:
-    cached = out / "eval.json"
-    if cached.exists():
-        return json.loads(cached.read_text())
-    from harness.pipeline import load_eval_model
-
-    results: dict = {}
-    names = [b.name for b in spec.eval.benchmarks]
-    if "probe" in names and probe is not None:
-        from benchmarks.probe import run_probe
-        model = load_eval_model(model_path)
-        r = run_probe(model, tokenizer, probe, spec.eval.lengths, n=spec.eval.samples_per_task * 4,
-                      seed=spec.seed)
-        results["probe"] = {str(L): v["acc"] for L, v in r.items()}
-        results["probe_gain"] = {str(L): v["gain"] for L, v in r.items()}
-    others = [b for b in spec.eval.benchmarks if b.name != "probe"]
-    if others:
-        from harness import evaluate
-
-        # lengths past the model's context are not run for it (the untouched base model)
-        limit, _ = evaluate.model_limit(model_path)
-        lengths = [L for L in spec.eval.lengths if L <= limit]
-        if lengths:
-            sub = spec.model_copy(update={"eval": spec.eval.model_copy(
-                update={"lengths": lengths})})
-            results.update(evaluate.evaluate_for_compare(sub, model_path, out))
-        skipped = [L for L in spec.eval.lengths if L > limit]
-        if skipped:
-            _log(f"{model_path}: lengths {skipped} exceed its context ({limit}); "
-                 f"generation benchmarks not run there")
-    faults.point("eval")
-    atomic_write_text(cached, json.dumps(results, indent=2))
-    return results
-
-
-def _log_eval(tracker, ev: dict) -> None:
-    from harness.tracking import eval_avg_key
-
-    metrics = {}
-    for bench, per_len in ev.items():
-        for L, v in per_len.items():
-            if v is not None and not (isinstance(v, float) and math.isnan(v)):
-                metrics[eval_avg_key(bench, L)] = v
-    tracker.log_metrics(metrics, 0)
-
-
 def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, triples,
-               probe, run_name: str | None = None, on_stage=None, evaluate: bool = True,
+               run_name: str | None = None, on_stage=None, evaluate: bool = True,
                short=None) -> dict:
     """One method's stage loop (and its evaluation) as a nested MLflow run.
 
     ``on_stage(k, checkpoint, metrics, tracker)`` is called after each stage (tuning reports
     intermediate values through it and may stop the loop by raising). ``short``: held-out short
     sequences whose mean NLL is logged as ``stage/short_loss``."""
-    from harness.pipeline import (checkpoint_dir, construct, load_eval_model, method_key,
-                                  resolve_inputs)
-    from harness.probes import (curriculum_metrics, frontier_triples, loss_gap,
+    from harness.layout import checkpoint_dir
+    from harness.training.model_io import load_eval_model
+    from harness.experiments.wiring import construct, resolve_inputs
+    from harness.evaluation.loss_gap import (curriculum_metrics, frontier_triples, loss_gap,
                                 short_context_loss)
-    from harness.stage_data import StageDataset
+    from harness.construction.stage_data import StageDataset
     from harness.tracking import stage_key
-    from harness.training.stage import optimizer_dir, train_stage
+    from harness.layout import optimizer_dir
+    from harness.training.stage import train_stage
 
     base, _ = resolve_inputs(spec)
     row = {"eval": {}, "stages": []}
     # Another process on the same spec waits here, then reuses what this one finished.
-    with locked(Path(spec.output_dir) / label / method_key(spec, label), f"{label}'s stages"), \
+    with locked(method_dir(spec, label), f"{label}'s stages"), \
             tracking.run(run_name or label, parent=parent, tags={"method_label": label}) as child:
         ckpt = base
         step_offset = 0
@@ -193,9 +109,9 @@ def run_method(spec: Spec, label: str, tracking, parent, resources, tokenizer, t
         if not evaluate:
             return row
         with timed(label, None, "eval"):
-            row["eval"] = _eval_model(spec, ckpt, tokenizer, probe,
-                                      Path(ckpt).parent / eval_name(spec))
-        _log_eval(child, row["eval"])
+            row["eval"] = evaluate_checkpoint(
+                spec, ckpt, eval_dir(spec, label, spec.stages.count - 1, eval_name(spec)),
+                tracker=child, tokenizer=tokenizer)
     return row
 
 
@@ -230,9 +146,10 @@ def cross_score(spec: Spec, labels: list[str], tracker=None) -> dict:
     gap}}}``. PolicyLong selects its contexts for a large ΔI under its own model, so its
     own gap is large by construction; the same data under the other checkpoints is the fair
     reading. Logged to ``tracker`` as ``cross/<data>/<model>`` with step = stage."""
-    from harness.pipeline import checkpoint_dir, dataset_dir, load_eval_model
-    from harness.probes import frontier_triples, loss_gap
-    from harness.stage_data import StageDataset
+    from harness.layout import checkpoint_dir, dataset_dir
+    from harness.training.model_io import load_eval_model
+    from harness.evaluation.loss_gap import frontier_triples, loss_gap
+    from harness.construction.stage_data import StageDataset
 
     out: dict = {}
     for k in range(spec.stages.count):
@@ -256,9 +173,8 @@ def close_stale_runs(tracking, config_hash: str) -> list[str]:
     no longer exists (``kill -9``, a lost machine): the dashboard must not show them live."""
     host = socket.gethostname()
     stale = []
-    for r in tracking.client.search_runs(
-            [tracking.experiment_id],
-            filter_string=f"tags.config_hash = '{config_hash}' and attributes.status = 'RUNNING'"):
+    for r in tracking.search(
+            f"tags.config_hash = '{config_hash}' and attributes.status = 'RUNNING'"):
         tags = r.data.tags
         if tags.get("host") != host or not tags.get("pid", "").isdigit():
             continue
@@ -271,9 +187,7 @@ def close_stale_runs(tracking, config_hash: str) -> list[str]:
             continue
         for run in [r, *tracking.children(r.info.run_id)]:
             if run.info.status == "RUNNING":
-                tracking.client.set_tag(run.info.run_id, "failure_reason",
-                                        f"process {tags['pid']} died")
-                tracking.client.set_terminated(run.info.run_id, status="KILLED")
+                tracking.mark_killed(run.info.run_id, f"process {tags['pid']} died")
                 stale.append(run.info.run_id)
     return stale
 
@@ -281,26 +195,26 @@ def close_stale_runs(tracking, config_hash: str) -> list[str]:
 def compare(spec: Spec) -> Path:
     from transformers import AutoTokenizer
 
-    from harness.construct import prepare_resources
-    from harness.pipeline import cache_dir, resolve_inputs
-    from harness.report import write_report
+    from harness.construction.driver import prepare_resources
+    from harness.layout import cache_dir
+    from harness.experiments.wiring import resolve_inputs
+    from harness.experiments.report import write_report
     from harness.tracking import Tracking, check_reachable, resolve_uri
 
     uri = resolve_uri(spec.tracking.uri)
     check_reachable(uri)
-    from harness.pipeline import make_method, preflight
+    from harness.experiments.wiring import make_method, preflight
     for m in spec.methods:  # fail on bad method params before any work
         make_method(spec, m.label or m.name)
-    from harness import evaluate  # and on unknown benchmarks or missing benchmark data
-    evaluate.load_benchmarks(spec, [b.name for b in spec.eval.benchmarks
-                                    if b.name not in evaluate.SCORED_BY_LOSS])
+    # ... and on unknown benchmarks or missing benchmark data
+    load_benchmarks(spec, [b.name for b in spec.eval.benchmarks if not scored_by_loss(b)])
     preflight(spec)
     h = spec_hash(spec)
     t0 = time.perf_counter()
     base, corpus = resolve_inputs(spec)
     tok = AutoTokenizer.from_pretrained(str(base))
     resources = prepare_resources(spec, tok, corpus, cache_dir(spec))
-    triples, probe = _probe_set(spec, tok)
+    triples, probe = probe_set(spec, tok)
     short = short_set(spec, tok, probe)
     tracking = Tracking(uri, spec.tracking.experiment or spec.name)
     results = {"spec": spec.name, "config_hash": h, "rows": {}}
@@ -312,12 +226,11 @@ def compare(spec: Spec) -> Path:
                                             "pid": str(os.getpid())}) as parent:
         parent.log_config(resolved(spec))
         with tracking.run("base", parent=parent, tags={"method_label": "base"}) as child:
-            from harness.pipeline import load_eval_model
-            from harness.probes import loss_gap, short_context_loss
+            from harness.training.model_io import load_eval_model
+            from harness.evaluation.loss_gap import loss_gap, short_context_loss
             with timed("base", None, "eval"):
-                ev = _eval_model(spec, base, tok, probe,
-                                 Path(spec.output_dir) / "base" / eval_name(spec))
-            _log_eval(child, ev)
+                ev = evaluate_checkpoint(spec, base, base_eval_dir(spec, eval_name(spec)),
+                                         tracker=child, tokenizer=tok)
             st = {}
             if triples or short:
                 model = load_eval_model(base)
@@ -331,10 +244,10 @@ def compare(spec: Spec) -> Path:
         labels = [m.label or m.name for m in spec.methods]
         for label in labels:
             results["rows"][label] = run_method(spec, label, tracking, parent, resources, tok,
-                                                triples, probe, short=short)
+                                                triples, short=short)
         check_budgets(results["rows"])
         results["cross"] = cross_score(spec, labels, parent)
-        out = Path(spec.output_dir) / "report"
+        out = report_dir(spec)
         md, html_path, text = write_report(results, out)
         print(text)
         for p in [md, html_path, out / "results.json", *sorted((out / "plots").glob("*.png"))]:

@@ -330,9 +330,8 @@ class StageDataset:
         with p.open(encoding="utf-8") as f:
             return [json.loads(line) for line in f]
 
-    def row_source(self):
-        from harness.training.loop import RowSource
-
+    def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(input_ids, position_ids, pad)``, each ``[rows, T]``: what training reads."""
         gi = np.asarray(self.group_index)
-        return RowSource(np.asarray(self.input_ids, dtype=np.int64),
-                         position_ids_from_groups(gi), pad=gi < 0)
+        return (np.asarray(self.input_ids, dtype=np.int64), position_ids_from_groups(gi),
+                gi < 0)

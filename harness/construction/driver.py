@@ -31,7 +31,7 @@ import numpy as np
 
 from harness import faults
 from harness.config import Spec, stable_hash
-from harness.stage_data import Group, write_stage_dataset
+from harness.construction.stage_data import Group, write_stage_dataset
 
 ROUND = 64   # roots per round (ours); fixed so results do not depend on the process count
 
@@ -58,8 +58,8 @@ class Method(Protocol):
 
 @dataclass
 class ChunkSet:
-    chunks: list            # harness.corpus.Chunk
-    index: Any              # harness.retrieval.ChunkIndex
+    chunks: list            # harness.data.corpus.Chunk
+    index: Any              # harness.data.retrieval.ChunkIndex
     tokens: list[np.ndarray]
 
 
@@ -78,23 +78,23 @@ class Resources:
         self.chars_per_token = chars / max(1, int(lengths.sum()))
 
     def truth(self):
-        """The corpus's ground truth (``harness.ground_truth.load_truth``), or None."""
+        """The corpus's ground truth (``harness.data.ground_truth.load_truth``), or None."""
         if self._truth is False:
-            from harness.ground_truth import load_truth
+            from harness.data.ground_truth import load_truth
             self._truth = load_truth(self.corpus_path) if self.corpus_path else None
         return self._truth
 
     @property
     def encoder(self):
         if self._encoder is None:
-            from harness.retrieval import load_encoder
+            from harness.data.retrieval import load_encoder
             self._encoder = load_encoder(self.spec.retrieval.encoder)
         return self._encoder
 
     def chunkset(self, unit: str | None = None, size: int | None = None) -> ChunkSet:
         """Chunks of the corpus and their index (the spec's retrieval chunking by default)."""
-        from harness.corpus import chunk_documents
-        from harness.retrieval import ChunkIndex
+        from harness.data.corpus import chunk_documents
+        from harness.data.retrieval import ChunkIndex
 
         r = self.spec.retrieval
         unit, size = unit or r.chunk_unit, size or r.chunk_size
@@ -143,7 +143,7 @@ def _dist():
 
 
 def prepare_resources(spec: Spec, tokenizer, corpus_path: str, cache_dir: Path) -> Resources:
-    from harness.corpus import TokenStore, cache_key, read_corpus
+    from harness.data.corpus import TokenStore, cache_key, read_corpus
 
     c = spec.corpus
     docs, report = read_corpus(corpus_path, c.text_field, c.id_field, c.on_error,
@@ -176,7 +176,7 @@ def check_budget(spec: Spec, corpus_path: str, n_docs: int, n_tokens: int) -> No
     """Refuse, before the index is built, a corpus that cannot fill the run's budget: without
     root reuse, the corpus must hold ``stages.count`` x ``tokens_per_stage`` tokens (what the
     ``standard`` baseline consumes, one root token per trained token)."""
-    from harness.corpus import CorpusError
+    from harness.data.corpus import CorpusError
 
     st = spec.stages
     need = st.tokens_per_stage * (1 if st.allow_root_reuse else st.count)
@@ -263,8 +263,8 @@ def build_stage(method: Method, ctx: StageContext, out_dir: Path, root_start: in
     """
     from tqdm.auto import tqdm
 
-    from harness.corpus import CorpusError
-    from harness.stage_data import Packer
+    from harness.data.corpus import CorpusError
+    from harness.construction.stage_data import Packer
 
     res, st = ctx.resources, ctx.spec.stages
     T = ctx.target_length
@@ -346,11 +346,11 @@ def build_stage(method: Method, ctx: StageContext, out_dir: Path, root_start: in
 
 def _ground_truth(res: "Resources", groups: list[dict]) -> dict | None:
     """Verification quality against the corpus's ground truth (sandbox corpora only; methods
-    never read it): see ``harness.ground_truth``."""
+    never read it): see ``harness.data.ground_truth``."""
     truth = res.truth()
     if truth is None:
         return None
-    from harness.ground_truth import group_quality
+    from harness.data.ground_truth import group_quality
     q = group_quality(truth, groups)
     return q if q.get("groups") else None     # methods without contexts: nothing to judge
 

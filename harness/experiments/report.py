@@ -24,7 +24,7 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
 
 
-NOT_RUN = "not_run"    # "<bench>/not_run/<task>: <reason>" keys (harness.evaluate)
+NOT_RUN = "not_run"    # "<bench>/not_run/<task>: <reason>" keys (harness.evaluation.runner)
 _AVG_LABEL = re.compile(r"avg(\d+)")
 
 
@@ -50,7 +50,7 @@ def _bench_view(ev: dict, bench: str) -> tuple[dict[int, float | None], dict[int
     return scores, labels, missing
 
 
-SHORT_CONTEXT = "short_context"   # "short_context/<task>" -> {"0": score} (harness.evaluate)
+SHORT_CONTEXT = "short_context"   # "short_context/<task>" -> {"0": score} (harness.evaluation.runner)
 
 
 def _short_context_table(rows: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
@@ -289,7 +289,7 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
             "\n(average over fewer tasks than the reference's)" if used else ""))
         ax.grid(alpha=0.3)
         ax.legend()
-        p = out_dir / f"score_{b}.png"
+        p = out_dir / f"score_{b.replace('/', '_')}.png"
         fig.tight_layout()
         fig.savefig(p, dpi=110)
         plt.close(fig)
@@ -369,9 +369,21 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path, str]:
     return md_path, html_path, "\n".join(text)
 
 
+# MLflow keys of earlier versions -> (bench, label) of today's scheme (README "MLflow keys")
+LEGACY_KEYS = {("probe_gain", "avg"): ("probe", "gain")}
+
+
+def _loss_scored(bench: str) -> bool:
+    from harness.config import BenchmarkEntry
+    from harness.evaluation.runner import scored_by_loss
+    from harness.registry import entries
+
+    return bench in entries("benchmark") and scored_by_loss(BenchmarkEntry(name=bench))
+
+
 def from_mlflow(tracking, parent_run_id: str) -> dict:
     """Rebuild the results dict from the parent run and its children (MLflow only)."""
-    parent = tracking.client.get_run(parent_run_id)
+    parent = tracking.get_run(parent_run_id)
     rows = {}
     for child in sorted(tracking.children(parent_run_id), key=lambda r: r.info.start_time):
         label = child.data.tags.get("method_label", child.info.run_name)
@@ -380,10 +392,13 @@ def from_mlflow(tracking, parent_run_id: str) -> dict:
         for key in child.data.metrics:
             if key.startswith("eval/"):
                 _, bench, task, length = key.split("/", 3)
+                if (bench, task) in LEGACY_KEYS:                  # runs logged before 0.2
+                    bench, task = LEGACY_KEYS[bench, task]
                 if task == "avg" or _AVG_LABEL.fullmatch(task):   # avg11: a labelled average
                     ev.setdefault(bench if task == "avg" else f"{bench}/{task}", {})[
                         int(length)] = child.data.metrics[key]
-                elif bench == SHORT_CONTEXT:                      # eval/short_context/<task>/0
+                elif bench == SHORT_CONTEXT or _loss_scored(bench):
+                    # eval/short_context/<task>/0; a loss benchmark's eval/probe/gain/<L>
                     ev.setdefault(f"{bench}/{task}", {})[int(length)] = child.data.metrics[key]
             elif key.startswith("stage/"):
                 for step, value in tracking.metric_history(child.info.run_id, key):

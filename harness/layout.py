@@ -1,0 +1,106 @@
+"""Every output path of the harness (one owner for naming).
+
+Layout under ``spec.output_dir``::
+
+    cache/tokens/<key>/           token store of the corpus (shared by every method)
+    cache/index/<key>/            chunk embeddings + FAISS index per chunking (shared)
+    <label>/<key>/stage-<k>/dataset/     stage dataset built for stage k
+    <label>/<key>/stage-<k>/checkpoint/  the model after training on stage k
+    base/eval/                           evaluation of the untouched base model
+
+``<key>`` hashes every setting the method's stages depend on (``method_key``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from harness.config import Spec
+
+
+def method_key(spec: Spec, label: str) -> str:
+    """Hash of everything a method's stages depend on (not eval, tracking or other methods),
+    so a changed setting recomputes only what depends on it."""
+    from harness.config import stable_hash
+
+    d = spec.model_dump(mode="json")
+    entry = next(m for m in d["methods"] if (m["label"] or m["name"]) == label)
+    keep = {k: d[k] for k in ("seed", "sandbox", "model", "corpus", "retrieval", "screening",
+                              "stages", "context_extension", "train")}
+    return stable_hash({**keep, "method": entry}, 10)
+
+
+def stage_dir(spec: Spec, label: str, stage: int) -> Path:
+    return method_dir(spec, label) / f"stage-{stage}"
+
+
+def dataset_dir(spec: Spec, label: str, stage: int) -> Path:
+    return stage_dir(spec, label, stage) / "dataset"
+
+
+def checkpoint_dir(spec: Spec, label: str, stage: int) -> Path:
+    return stage_dir(spec, label, stage) / "checkpoint"
+
+
+def cache_dir(spec: Spec) -> Path:
+    return Path(spec.output_dir) / "cache"
+
+
+def eval_dir(spec: Spec, label: str, stage: int, name: str) -> Path:
+    """A method's evaluation after stage ``stage``, cached per evaluation settings
+    (``name``: ``harness.evaluation.runner.eval_name``)."""
+    return stage_dir(spec, label, stage) / name
+
+
+def base_eval_dir(spec: Spec, name: str) -> Path:
+    """The untouched base model's evaluation."""
+    return Path(spec.output_dir) / "base" / name
+
+
+def model_eval_dir(spec: Spec, model_path) -> Path:
+    """``policylong eval``'s outputs for one model: ``<output_dir>/eval/<model folder name>``."""
+    return Path(spec.output_dir) / "eval" / model_name(model_path)
+
+
+def model_name(model_path) -> str:
+    p = Path(model_path)
+    return p.resolve().name if p.exists() else str(model_path).rstrip("/").split("/")[-1]
+
+
+def report_dir(spec: Spec) -> Path:
+    return Path(spec.output_dir) / "report"
+
+
+def method_dir(spec: Spec, label: str) -> Path:
+    """Every stage of one method under one ``method_key`` (locked while it runs)."""
+    return Path(spec.output_dir) / label / method_key(spec, label)
+
+
+def optimizer_dir(checkpoint_dir: Path | str) -> Path:
+    """Where a stage leaves its optimizer state for the next stage (beside its checkpoint)."""
+    p = Path(checkpoint_dir)
+    return p.with_name(p.name + ".optim")
+
+
+def tune_dir(spec: Spec) -> Path:
+    """A tuning study's trials (their stages, cached like a comparison's) and best spec."""
+    return Path(spec.output_dir) / "tune"
+
+
+def best_spec_file(spec: Spec, study_name: str) -> Path:
+    return tune_dir(spec) / f"{study_name}-best.yaml"
+
+
+def seed_dir(spec: Spec, seed: int) -> Path:
+    """One seed's comparison within a study."""
+    return Path(spec.output_dir) / f"seed-{seed}"
+
+
+def study_times_file(spec: Spec) -> Path:
+    return Path(spec.output_dir) / "study-wall-seconds.json"
+
+
+def sandbox_root() -> Path:
+    """Built sandboxes (``<root>/<key of the SandboxSpec>/``): ``$POLICYLONG_SANDBOX_DIR`` or
+    ``runs/sandbox``."""
+    return Path(os.environ.get("POLICYLONG_SANDBOX_DIR", "runs/sandbox"))
