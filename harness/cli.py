@@ -214,7 +214,9 @@ def _eval(args) -> int:
     spec = spec.model_copy(update={"eval": spec.eval.model_copy(
         update={"benchmarks": E.benchmark_entries(spec, names)})})
     # bad names fail before any run exists
-    E.load_benchmarks(spec, [e.name for e in spec.eval.benchmarks if not E.scored_by_loss(e)])
+    generated = [e.name for e in spec.eval.benchmarks if not E.scored_by_loss(e)]
+    if generated:
+        E.load_benchmarks(spec, generated)
     E.check_lengths(spec.eval.lengths, *E.model_limit(args.model), args.model)
     uri = resolve_uri(spec.tracking.uri)
     check_reachable(uri)

@@ -5,6 +5,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -46,12 +47,34 @@ def atomic_dir(out_dir: Path | str) -> Iterator[Path]:
 
 def atomic_write_text(path: Path | str, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
+    return atomic_write_lines(path, [text])
+
+
+def atomic_write_lines(path: Path | str, lines) -> Path:
+    """Write ``lines`` (strings, newlines included) to ``path`` through a temporary file and a
+    rename: a reader sees the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(lines)
     os.replace(tmp, path)
     return path
+
+
+def check_key(key: str, error: type[Exception] = ValueError) -> str:
+    """A cache key must be a plain folder name (and never look like a build in progress)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=-]*", key) or key.endswith(".tmp"):
+        raise error(f"cache key {key!r} must be a folder name of letters, digits and "
+                    f"'._=-' (not ending in '.tmp')")
+    return key
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub may not be reached (``HF_HUB_OFFLINE`` or
+    ``HF_DATASETS_OFFLINE`` set to 1/true/yes/on): the one rule for every data loader."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 @contextlib.contextmanager

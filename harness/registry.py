@@ -21,6 +21,13 @@ METHODS: dict[str, tuple[str, str]] = {
                     "verified contexts before the root, screened by the base model (ICLR 2026)"),
     "policylong": ("methods.policylong:PolicyLong",
                    "verification re-run with the current checkpoint every stage (2604.07809)"),
+    # controls (ours): a description starting "control:" marks one (the report labels them)
+    "oracle": ("methods.oracle:Oracle",
+               "control: the roots' true profiles from ground truth before the root (sandbox; "
+               "ceiling)"),
+    "random_context": ("methods.random_context:RandomContext",
+                       "control: random chunks of other documents before the root, filling "
+                       "the group (floor)"),
 }
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "probe": ("benchmarks.probe:Probe",

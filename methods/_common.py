@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.api import Group
+from harness.api import Group, RootResult
 from harness.api import Params, validate_params  # noqa: F401  (kept importable from here)
 
 
@@ -109,3 +109,18 @@ def context_provenance(cand, role: str, resources) -> dict:
         out.update(control="length", dI_raw=round(v.raw_gain(sc.signal), 6),
                    dI_control=round(v.control_gain(sc.signal), 6))
     return out
+
+
+def control_result(ctx, root: int, contexts: list[tuple[np.ndarray, dict]]) -> RootResult:
+    """One root of a control method (``oracle``, ``random_context``): EntropyLong's layout
+    (``contexts_then_root`` at ``ctx.target_length``, shuffled by ``ctx.rng("root", root)``)
+    without anchors; no group when no context fits. Statistics: ``roots``, ``root_tokens``,
+    ``contexts`` and ``context_tokens`` (kept in the group), summed over the stage."""
+    store = ctx.resources.store
+    root_tokens = store.doc_tokens(root)
+    g = contexts_then_root(contexts, root_tokens, ctx.target_length, ctx.rng("root", root),
+                           store.ids[root])
+    kept = g.provenance["contexts"] if g else []
+    return RootResult([g] if g else [], {
+        "roots": 1, "root_tokens": len(root_tokens), "contexts": len(kept),
+        "context_tokens": sum(c["end"] - c["start"] for c in kept)})

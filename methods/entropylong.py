@@ -11,7 +11,9 @@ All thresholds live in the spec's ``screening`` section.
 """
 from __future__ import annotations
 
-from harness.api import RootResult, screen_and_verify
+from typing import Sequence
+
+from harness.api import RootResult, StageContext, screen_and_verify
 from methods._common import (Params, context_items, contexts_then_root, positives,
                              validate_params)
 
@@ -27,7 +29,7 @@ class EntropyLong:
     def __init__(self, params: dict | None = None, where: str = "params"):
         self.params = validate_params(EntropyLongParams, params or {}, where)
 
-    def process(self, ctx, roots):
+    def process(self, ctx: StageContext, roots: Sequence[int]) -> list[RootResult]:
         sc, res = ctx.spec.screening, ctx.resources
         out = []
         for rs in screen_and_verify(ctx, list(roots)):

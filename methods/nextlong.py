@@ -15,11 +15,12 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 from pydantic import Field
 
-from harness.api import Group, RootResult
+from harness.api import Group, RootResult, StageContext
 from methods._common import Params, validate_params
 
 
@@ -39,7 +40,7 @@ class NExtLong:
         s, w = self.params.granularity, self.params.w
         return max(0, math.ceil((T * chars_per_token * w - doc_chars) / (p * s)))
 
-    def process(self, ctx, roots):
+    def process(self, ctx: StageContext, roots: Sequence[int]) -> list[RootResult]:
         res, T = ctx.resources, ctx.target_length
         cs = res.chunkset("chars", self.params.granularity)
         by_doc: dict[int, list[int]] = {}

@@ -13,8 +13,9 @@ before positives (ours).
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
-from harness.api import RootResult, screen_and_verify
+from harness.api import RootResult, StageContext, screen_and_verify
 from methods._common import (Params, context_items, contexts_then_root, positives,
                              validate_params)
 
@@ -30,7 +31,7 @@ class PolicyLong:
     def __init__(self, params: dict | None = None, where: str = "params"):
         self.params = validate_params(PolicyLongParams, params or {}, where)
 
-    def process(self, ctx, roots):
+    def process(self, ctx: StageContext, roots: Sequence[int]) -> list[RootResult]:
         sc, res = ctx.spec.screening, ctx.resources
         out = []
         for rs in screen_and_verify(ctx, list(roots)):

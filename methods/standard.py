@@ -9,7 +9,9 @@ document. Roots are the core's seeded root stream, so the order is random and re
 """
 from __future__ import annotations
 
-from harness.api import Group, RootResult
+from typing import Sequence
+
+from harness.api import Group, RootResult, StageContext
 from methods._common import Params, validate_params
 
 
@@ -29,7 +31,7 @@ class Standard:
         """``row``: one attention span per packed row; ``group``: one per document."""
         return "group" if self.params.document_masking else "row"
 
-    def process(self, ctx, roots):
+    def process(self, ctx: StageContext, roots: Sequence[int]) -> list[RootResult]:
         res, T = ctx.resources, ctx.target_length
         eos = res.tokenizer.eos_token_id
         out = []

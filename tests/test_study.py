@@ -16,14 +16,15 @@ LENGTHS, BASE_CTX, STAGES = [512, 1024, 2048, 4096], 512, 3
 def fake_seed(gain: dict[str, list[float]], frontier: dict[str, list[float]],
               short: dict[str, float]) -> dict:
     rows = {}
-    for label in ("base", "standard", "nextlong", "entropylong", "policylong"):
+    for label in ("base", "standard", "nextlong", "entropylong", "policylong", "oracle",
+                  "random_context"):
         g = gain.get(label, [0.0] * len(LENGTHS))
         stages = [{"loss_gap_frontier": f} for f in frontier.get(label, [])] or \
                  [{} for _ in range(STAGES)]
         if label in short:
             k = 0 if label == "base" else STAGES - 1
             stages[k]["short_loss"] = short[label]
-        rows[label] = {"eval": {"probe_gain": dict(zip(LENGTHS, g))}, "stages": stages}
+        rows[label] = {"eval": {"probe/gain": dict(zip(LENGTHS, g))}, "stages": stages}
     return {"rows": rows}
 
 
@@ -54,6 +55,32 @@ def test_each_verdict_is_reachable_and_follows_the_rules():
     # one seed: no interval, no verdict
     assert verdicts(seeds([0.5, 0.5, 0.6, 0.8], [0.3, 0.5], 1.0)[:1]) == \
         ["not resolvable (one seed)"] * 3
+
+
+def test_discrimination_rule_met_not_met_and_unresolvable():
+    """Claim 0: the ceiling control beats every floor control at 2× and 4× the base context,
+    every paired interval above 0."""
+    s = StudySettings(claims=["discrimination"])
+
+    def run(oracle, noise=(0.0, 0.01, -0.01), lengths=LENGTHS):
+        per_seed = [fake_seed({"oracle": [x + e for x in oracle],
+                               "standard": [0.3, 0.1, 0.1, 0.0],
+                               "random_context": [0.3, 0.2, 0.1, 0.0]}, {}, {})
+                    for e in noise]
+        (v,) = judge(s, per_seed, lengths, BASE_CTX, STAGES)
+        return v
+
+    met = run([0.3, 0.6, 0.5, 0.1])
+    assert met["verdict"] == "met" and set(met["detail"]) == {
+        "1024/standard", "1024/random_context", "2048/standard", "2048/random_context"}
+    assert met["detail"]["1024/random_context"]["mean"] == pytest.approx(0.4)
+    # beats standard but not random_context at 4×: not met
+    assert run([0.3, 0.6, 0.1, 0.1])["verdict"] == "not met"
+    # inside the seed noise: the interval reaches 0, not met
+    assert run([0.3, 0.3, 0.2, 0.1], noise=(0.0, 0.3, -0.3))["verdict"] == "not met"
+    assert run([0.3, 0.6, 0.5, 0.1], noise=(0.0,))["verdict"] == "not resolvable (one seed)"
+    assert run([0.3, 0.6, 0.5], lengths=[512, 1024, 1536])["verdict"].startswith(
+        "not resolvable (a length")
 
 
 def test_interval_is_the_student_t_interval():

@@ -40,9 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -50,7 +48,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
-from harness.fileio import sha256_file
+
+from harness.fileio import atomic_dir, check_key, hub_offline, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -349,9 +348,7 @@ def read_dataset(ds, label: str, text_field: str, id_field: str | None, problems
 
 
 def _hub_offline() -> bool:
-    truthy = {"1", "ON", "YES", "TRUE"}
-    return any(os.environ.get(v, "").upper() in truthy
-               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return hub_offline()
 
 
 def load_hub_dataset(spec: str):
@@ -499,10 +496,7 @@ def tokenize_batches(texts: Sequence[str], tokenizer, batch_size: int = TOKENIZE
 
 
 def _check_key(key: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=-]*", key) or key.endswith(".tmp"):
-        raise CorpusError(f"cache key {key!r} must be a folder name of letters, digits and "
-                          f"'._=-' (not ending in '.tmp')")
-    return key
+    return check_key(key, CorpusError)
 
 
 def _write_tokens(path: Path, texts: Sequence[str], tokenizer, batch_size: int,
@@ -586,20 +580,15 @@ class TokenStore:
         """Tokenize into ``cache_dir/<key>.tmp``, then rename it to ``cache_dir/<key>``."""
         folder = cls.folder_for(cache_dir, key)
         _check_docs(docs)
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)    # a killed build's leftover is never used
-        tmp.mkdir(parents=True)
         t0 = time.perf_counter()
-        offsets, sha = _write_tokens(tmp / "tokens.bin", [d.text for d in docs], tokenizer,
-                                     batch_size, progress)
-        np.save(tmp / "offsets.npy", offsets)
-        (tmp / "ids.json").write_text(json.dumps([d.id for d in docs]), encoding="utf-8")
-        manifest = _manifest(key, len(docs), int(offsets[-1]), tokenizer, sha,
-                             time.perf_counter() - t0)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        if folder.exists():                       # incomplete, or rebuilt on purpose
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        with atomic_dir(folder) as tmp:           # a killed build leaves no complete-looking folder
+            offsets, sha = _write_tokens(tmp / "tokens.bin", [d.text for d in docs], tokenizer,
+                                         batch_size, progress)
+            np.save(tmp / "offsets.npy", offsets)
+            (tmp / "ids.json").write_text(json.dumps([d.id for d in docs]), encoding="utf-8")
+            manifest = _manifest(key, len(docs), int(offsets[-1]), tokenizer, sha,
+                                 time.perf_counter() - t0)
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         log.info("token store %s: %d documents, %d tokens in %.1f s", folder, len(docs),
                  manifest["n_tokens"], manifest["build_seconds"])
         return cls.open(folder)

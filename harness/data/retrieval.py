@@ -25,9 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import re
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,7 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from harness import faults
-from harness.fileio import locked, sha256_file
+from harness.fileio import atomic_dir, check_key, locked, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -323,10 +320,7 @@ class ChunkIndex:
 
 
 def _check_key(key: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=-]*", key) or key.endswith(".tmp"):
-        raise RetrievalError(f"cache key {key!r} must be a folder name of letters, digits and "
-                             f"'._=-' (not ending in '.tmp')")
-    return key
+    return check_key(key, RetrievalError)
 
 
 def _build_folder(folder: Path, key: str, chunk_texts, chunk_doc: np.ndarray,
@@ -338,29 +332,25 @@ def _build_folder(folder: Path, key: str, chunk_texts, chunk_doc: np.ndarray,
     encoder = encoder if encoder is not None else load_encoder(encoder_name)
     if kind == "ivfpq":
         _check_pq_m(encoder_dim(encoder), pq_m)   # fail before embedding
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)        # a leftover of a killed build is never used
-    tmp.mkdir(parents=True)
     log.info("embedding %d chunks with %s (batch %d)", len(chunk_texts), encoder_name,
              batch_size)
-    t0 = time.perf_counter()
-    emb = embed(encoder, chunk_texts, batch_size)
-    embed_s = time.perf_counter() - t0
-    np.save(tmp / "embeddings.npy", emb)
-    np.save(tmp / "chunk_doc.npy", chunk_doc)
-    faults.point("index")
-    index, built = build_faiss_index(emb, kind, pq_m)
-    faiss.write_index(index, str(tmp / "index.faiss"))
-    manifest = {"version": MANIFEST_VERSION, "key": key, "encoder": encoder_name, "kind": kind,
-                "index_kind": built, "n": int(len(emb)), "dim": int(emb.shape[1]),
-                "embeddings_sha256": sha256_file(tmp / "embeddings.npy"),
-                "embed_seconds": round(embed_s, 3),
-                "build_seconds": round(time.perf_counter() - start, 3),
-                "faiss_version": faiss.__version__}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    if folder.exists():                       # an incomplete folder without a manifest
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with atomic_dir(folder) as tmp:           # a killed build leaves no complete-looking folder
+        t0 = time.perf_counter()
+        emb = embed(encoder, chunk_texts, batch_size)
+        embed_s = time.perf_counter() - t0
+        np.save(tmp / "embeddings.npy", emb)
+        np.save(tmp / "chunk_doc.npy", chunk_doc)
+        faults.point("index")
+        index, built = build_faiss_index(emb, kind, pq_m)
+        faiss.write_index(index, str(tmp / "index.faiss"))
+        manifest = {"version": MANIFEST_VERSION, "key": key, "encoder": encoder_name,
+                    "kind": kind, "index_kind": built, "n": int(len(emb)),
+                    "dim": int(emb.shape[1]),
+                    "embeddings_sha256": sha256_file(tmp / "embeddings.npy"),
+                    "embed_seconds": round(embed_s, 3),
+                    "build_seconds": round(time.perf_counter() - start, 3),
+                    "faiss_version": faiss.__version__}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     log.info("chunk index %s built in %.1f s (%s, n=%d)", folder, manifest["build_seconds"],
              built, len(emb))
 

@@ -4,7 +4,7 @@ For each method: for k in 0..R-1, construct stage k with the method's screening 
 θ_0, or θ_k), train on it (checkpoint k), probe (loss gap on the fixed probe set and on the
 stage's data, curriculum metrics → ``stage/*`` with step = k); then evaluate the final
 checkpoint. The untouched base model is the ``base`` row. Everything expensive is cached on
-disk under names that change when what produced it changes (``pipeline`` owns the layout), so a
+disk under names that change when what produced it changes (``harness.layout`` owns them), so a
 rerun of a finished spec does no work and a killed run resumes where it stopped.
 """
 from __future__ import annotations
@@ -207,7 +207,9 @@ def compare(spec: Spec) -> Path:
     for m in spec.methods:  # fail on bad method params before any work
         make_method(spec, m.label or m.name)
     # ... and on unknown benchmarks or missing benchmark data
-    load_benchmarks(spec, [b.name for b in spec.eval.benchmarks if not scored_by_loss(b)])
+    generated = [b.name for b in spec.eval.benchmarks if not scored_by_loss(b)]
+    if generated:
+        load_benchmarks(spec, generated)
     preflight(spec)
     h = spec_hash(spec)
     t0 = time.perf_counter()

@@ -46,6 +46,16 @@ def stop(proc: subprocess.Popen) -> None:
             pass
 
 
+def controls_line() -> str:
+    """The MLflow UI names a comparison's nested runs by method label; this line says which
+    registered methods are controls (``harness.experiments.report.control_names``)."""
+    from harness.experiments.report import control_names
+
+    names = ", ".join(sorted(control_names())) or "none registered"
+    return (f"Controls: runs labelled {names} are controls (a ceiling and a floor), not "
+            f"data-construction methods; the report marks them \"(control)\".")
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -58,6 +68,7 @@ def run_dashboard(uri: str, port: int, optuna_storage: str | None, optuna_port: 
     procs = [start_mlflow_ui(uri, port)]
     wait_healthy(port)
     print(f"MLflow UI: http://127.0.0.1:{port}  (store {uri})", flush=True)
+    print(controls_line(), flush=True)
     if optuna_storage and shutil.which("optuna-dashboard"):
         procs.append(subprocess.Popen(["optuna-dashboard", optuna_storage, "--host",
                                        "127.0.0.1", "--port", str(optuna_port)],

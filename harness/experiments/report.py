@@ -24,18 +24,71 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
 
 
+CONTROL = " (control)"   # a control method's label in tables, plots and the dashboard note
+
+
+def control_names() -> set[str]:
+    """Registered methods that are controls (``oracle``, ``random_context``): their registry
+    description starts with ``control:``. A row is a control when its label is one of them."""
+    from harness.registry import entries
+
+    return {n for n, (_, desc) in entries("method").items() if desc.startswith("control:")}
+
+
+def shown(label: str, controls: set[str]) -> str:
+    """A method label as the report shows it: a control's with `` (control)``."""
+    return label + CONTROL if label in controls else label
+
+
+def control_note(labels, controls: set[str] | None = None) -> str | None:
+    """One sentence on the controls among ``labels``, or None when there are none."""
+    controls = control_names() if controls is None else controls
+    found = [lab for lab in labels if lab in controls]
+    if not found:
+        return None
+    return (f"Controls ({', '.join(found)}): not data-construction methods but a ceiling "
+            f"(oracle: the true contexts from ground truth) and a floor (random_context: random "
+            f"contexts); a world or recipe in which the oracle does not beat the random control "
+            f"cannot tell methods apart.")
+
+
 NOT_RUN = "not_run"    # "<bench>/not_run/<task>: <reason>" keys (harness.evaluation.runner)
+SUBSTITUTE = "substitute"   # "<bench>/substitute/<what>: <label>" keys (the same)
+ALL_TASKS = "all tasks"     # "<bench>/not_run/all tasks: <reason>": nothing ran at a length
 _AVG_LABEL = re.compile(r"avg(\d+)")
 
 
-def _bench_view(ev: dict, bench: str) -> tuple[dict[int, float | None], dict[int, str],
-                                               dict[str, set[int]]]:
-    """One method's scores of ``bench`` per length (from ``<bench>`` and the labelled
-    ``<bench>/avg<N>`` keys), the label per length (``avg`` or ``avg<N>``), and the tasks left
-    out of its averages (``"<task>: <reason>"`` -> lengths)."""
+def _is_average(rest: str) -> bool:
+    return rest in ("", "avg") or bool(_AVG_LABEL.fullmatch(rest))
+
+
+def _is_note(rest: str) -> bool:
+    return rest.startswith((NOT_RUN + "/", SUBSTITUTE + "/"))
+
+
+def table_names(rows: dict) -> list[str]:
+    """A table per benchmark (its averages, with its not-run and substitute notes) and one
+    per other metric of a loss-scored benchmark (``probe/gain``, ``probe/nll``)."""
+    names = set()
+    for r in rows.values():
+        for key in r.get("eval", {}):
+            head, _, rest = key.partition("/")
+            names.add(head if head == SHORT_CONTEXT or _is_average(rest) or _is_note(rest)
+                      else key)
+    return sorted(names)
+
+
+def _bench_view(ev: dict, name: str) -> tuple[dict[int, float | None], dict[int, str],
+                                              dict[str, set[int]], list[str]]:
+    """One method's scores of table ``name`` per length (a benchmark's from ``<bench>`` and
+    the labelled ``<bench>/avg<N>`` keys; a metric's from ``<bench>/<metric>``), the label per
+    length (``avg`` or ``avg<N>``), the tasks left out (``"<task>: <reason>"`` -> lengths)
+    and the benchmark's data substitutions (``"<what>: <label>"``)."""
+    bench, _, metric = name.partition("/")
     scores: dict[int, float | None] = {}
     labels: dict[int, str] = {}
     missing: dict[str, set[int]] = {}
+    subs: list[str] = []
     for key, per in ev.items():
         head, _, rest = key.partition("/")
         if head != bench:
@@ -43,11 +96,54 @@ def _bench_view(ev: dict, bench: str) -> tuple[dict[int, float | None], dict[int
         if rest.startswith(NOT_RUN + "/"):
             missing.setdefault(rest[len(NOT_RUN) + 1:], set()).update(int(L) for L in per)
             continue
-        label = rest or "avg"
+        if rest.startswith(SUBSTITUTE + "/"):
+            subs.append(rest[len(SUBSTITUTE) + 1:])
+            continue
+        if (rest != metric) if metric else not _is_average(rest):
+            continue
+        label = "avg" if metric else (rest or "avg")
         for L, v in per.items():
             if v is not None or int(L) not in scores:
                 scores[int(L)], labels[int(L)] = v, label
-    return scores, labels, missing
+    return scores, labels, missing, subs
+
+
+def _scored(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def not_run_reason(missing: dict[str, set[int]], length: int) -> str:
+    """Why a cell has no score: the reasons recorded for its length."""
+    why = sorted(t for t, ls in missing.items() if length in ls)
+    whole = [t.partition(": ")[2] for t in why if t.startswith(ALL_TASKS + ": ")]
+    if whole:
+        return "; ".join(whole)
+    if why:
+        return "no task ran: " + "; ".join(why)
+    return ("no score and no reason recorded at this length (typically a length past the "
+            "model's context; results read back from MLflow carry no reasons)")
+
+
+def ran_nowhere(results: dict) -> dict[str, str]:
+    """``{table name: sentence}`` for each benchmark (or metric) that has no score for any
+    method at any length: why, from the reasons recorded, instead of an empty plot."""
+    rows = results["rows"]
+    out = {}
+    for name in table_names(rows):
+        if name == SHORT_CONTEXT:
+            continue
+        views = [_bench_view(r.get("eval", {}), name) for r in rows.values()]
+        if any(_scored(v) for sc, _, _, _ in views for v in sc.values()):
+            continue
+        by_reason: dict[str, set[str]] = {}
+        for _, _, missing, _ in views:
+            for t in missing:
+                task, _, why = t.partition(": ")
+                by_reason.setdefault(why, set()).add(task)
+        why = "; ".join(f"{', '.join(sorted(ts))}: {r}" for r, ts in by_reason.items()) \
+            or "no scores and no reasons recorded"
+        out[name] = f"{name} ran for no method at any length, so it has no plot. Why: {why}"
+    return out
 
 
 SHORT_CONTEXT = "short_context"   # "short_context/<task>" -> {"0": score} (harness.evaluation.runner)
@@ -83,6 +179,7 @@ def _short_context_table(rows: dict) -> dict[str, tuple[list[str], list[list[str
         return sum(vals) / len(vals) if vals else None
 
     base_ran = {t for t, v in per.get(BASELINE, {}).items() if v is not None}
+    controls = control_names()
     for label in rows:
         cells = []
         for t in tasks:
@@ -100,7 +197,7 @@ def _short_context_table(rows: dict) -> dict[str, tuple[list[str], list[list[str
         if label != BASELINE and common:
             delta = (sum(per[label][t] for t in common)
                      - sum(per[BASELINE][t] for t in common)) / len(common)
-        body.append([label, *cells, _fmt(mean(label)), _fmt(delta)])
+        body.append([shown(label, controls), *cells, _fmt(mean(label)), _fmt(delta)])
     import textwrap
 
     for i, n in enumerate(notes, 1):
@@ -120,17 +217,20 @@ def score_tables(results: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
     was not run shows ``not run [n]`` and a footnote row ``[n] ...`` says why, as do the tasks
     each labelled average leaves out."""
     rows = results["rows"]
-    benches = sorted({b.partition("/")[0] for r in rows.values() for b in r.get("eval", {})})
     out = {}
-    for b in benches:
+    controls = control_names()
+    for b in table_names(rows):
         if b == SHORT_CONTEXT:
             out.update(_short_context_table(rows))
             continue
         views = {label: _bench_view(r.get("eval", {}), b) for label, r in rows.items()}
-        lengths = sorted({L for sc, _, _ in views.values() for L in sc})
-        labels_used = sorted({lab for _, labs, _ in views.values() for L, lab in labs.items()
-                              if lab != "avg"}, key=lambda x: int(x[3:]))
-        mixed = len({lab for _, labs, _ in views.values() for lab in labs.values()}) > 1
+        lengths = sorted({L for sc, _, _, _ in views.values() for L in sc}
+                         | {L for _, _, missing, _ in views.values()
+                            for ls in missing.values() for L in ls})
+        labels_used = sorted({lab for _, labs, _, _ in views.values()
+                              for L, lab in labs.items() if lab != "avg"},
+                             key=lambda x: int(x[3:]))
+        mixed = len({lab for _, labs, _, _ in views.values() for lab in labs.values()}) > 1
         header = ["method"] + [str(L) for L in lengths] + ["Δ base (longest)", "Δ EntropyLong (longest)"]
         body, notes = [], []
 
@@ -139,13 +239,13 @@ def score_tables(results: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
                 notes.append(text)
             return f"[{notes.index(text) + 1}]"
 
-        for label, (sc, labs, missing) in views.items():
+        for label, (sc, labs, missing, _) in views.items():
             longest = sc.get(lengths[-1]) if lengths else None
 
             def delta(other):
                 if other == label or other not in views or not lengths:
                     return None
-                o_sc, o_labs, _ = views[other]
+                o_sc, o_labs, _, _ = views[other]
                 o = o_sc.get(lengths[-1])
                 if longest is None or o is None or o_labs.get(lengths[-1]) != labs.get(
                         lengths[-1]):
@@ -155,18 +255,16 @@ def score_tables(results: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
             cells = []
             for L in lengths:
                 v = sc.get(L)
-                if v is None or (isinstance(v, float) and math.isnan(v)):
-                    why = sorted(t for t, ls in missing.items() if L in ls)
-                    reason = ("no task ran: " + "; ".join(why)) if why else (
-                        "no score at this length (past this model's context, or not "
-                        "evaluated)")
-                    cells.append("not run " + note(f"{label} at {L}: {reason}"))
+                if not _scored(v):
+                    cells.append("not run " + note(f"{label} at {L}: "
+                                                   f"{not_run_reason(missing, L)}"))
                     continue
                 cell = _fmt(v)
                 if mixed and labs.get(L, "avg") != "avg":
                     cell += f" {labs[L]}"
                 cells.append(cell)
-            body.append([label] + cells + [_fmt(delta(BASELINE)), _fmt(delta(REFERENCE))])
+            body.append([shown(label, controls)] + cells
+                        + [_fmt(delta(BASELINE)), _fmt(delta(REFERENCE))])
             for lab in sorted(set(labs.values()) - {"avg"}):
                 at = [L for L in lengths if labs.get(L) == lab and sc.get(L) is not None]
                 by_reason: dict[str, list[str]] = {}
@@ -178,6 +276,12 @@ def score_tables(results: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
                     note(f"{b} {lab}: mean of {lab[3:]} tasks, fewer than the reference's; "
                          f"not comparable with a published full average"
                          + ("; left out: " + left if left else ""))
+        subs: dict[str, list[str]] = {}
+        for label, (_, _, _, used) in views.items():
+            for text in used:
+                subs.setdefault(text, []).append(label)
+        for text, labels in subs.items():
+            note(f"substitute data ({', '.join(labels)}): {text}")
         import textwrap
 
         for i, n in enumerate(notes, 1):   # wrapped, so the method column stays narrow
@@ -186,6 +290,8 @@ def score_tables(results: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
                 body.append([line] + [""] * (len(header) - 1))
         name = b if not labels_used else f"{b} ({', '.join(labels_used)}: average over fewer " \
             f"tasks than the reference's)"
+        if subs:
+            name += " [substitute data, see the footnotes]"
         out[name] = (header, body)
     return out
 
@@ -193,9 +299,10 @@ def score_tables(results: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
 def stage_table(results: dict, keys: list[str]) -> tuple[list[str], list[list[str]]]:
     header = ["method", "stage"] + keys
     body = []
+    controls = control_names()
     for label, r in results["rows"].items():
         for k, st in enumerate(r.get("stages", [])):
-            body.append([label, str(k)] + [_fmt(st.get(key)) for key in keys])
+            body.append([shown(label, controls), str(k)] + [_fmt(st.get(key)) for key in keys])
     return header, body
 
 
@@ -252,11 +359,13 @@ def cross_table(results: dict) -> tuple[list[str], list[list[str]]] | None:
     if not cross:
         return None
     models = sorted({m for per_stage in cross.values() for d in per_stage.values() for m in d})
-    header = ["data of", "stage"] + [f"gap under {m}" for m in models]
+    controls = control_names()
+    header = ["data of", "stage"] + [f"gap under {shown(m, controls)}" for m in models]
     body = []
     for data_label, per_stage in cross.items():
         for k in sorted(per_stage, key=int):
-            body.append([data_label, str(k)] + [_fmt(per_stage[k].get(m)) for m in models])
+            body.append([shown(data_label, controls), str(k)]
+                        + [_fmt(per_stage[k].get(m)) for m in models])
     return header, body
 
 
@@ -268,32 +377,28 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     rows = results["rows"]
-    benches = sorted({b.partition("/")[0] for r in rows.values() for b in r.get("eval", {})})
-    for b in (b for b in benches if b != SHORT_CONTEXT):   # short-context: a table only
+    controls = control_names()
+    nowhere = ran_nowhere(results)    # a sentence in the report instead of an empty frame
+    # short-context: a table only
+    for b in (b for b in table_names(rows) if b != SHORT_CONTEXT and b not in nowhere):
         fig, ax = plt.subplots(figsize=(6, 4))
         used = set()
         for label, r in rows.items():
-            scores, labs, _ = _bench_view(r.get("eval", {}), b)
-            sc = sorted((L, v) for L, v in scores.items()
-                        if v is not None and not (isinstance(v, float) and math.isnan(v)))
+            scores, labs, _, _ = _bench_view(r.get("eval", {}), b)
+            sc = sorted((L, v) for L, v in scores.items() if _scored(v))
             partial = sorted({labs[L] for L, _ in sc} - {"avg"})
             used.update(partial)
             if sc:   # a labelled (partial) average says so in the legend
                 ax.plot([x for x, _ in sc], [y for _, y in sc], marker="o",
-                        label=label + (f" ({', '.join(partial)})" if partial else ""))
+                        label=shown(label, controls)
+                        + (f" ({', '.join(partial)})" if partial else ""))
         ax.set_xscale("log", base=2)
         ax.set_xlabel("context length (tokens)")
         tag = f" {', '.join(sorted(used))}" if used else ""
         ax.set_ylabel(f"{b}{tag} score")
         ax.set_title(f"{b}{tag}: score vs length" + (
             "\n(average over fewer tasks than the reference's)" if used else ""))
-        ax.grid(alpha=0.3)
-        ax.legend()
-        p = out_dir / f"score_{b.replace('/', '_')}.png"
-        fig.tight_layout()
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        files.append(p)
+        files.append(_save(fig, ax, out_dir / f"score_{b.replace('/', '_')}.png"))
     for key, ylabel in [("loss_gap_probe", "loss gap on the probe set (nats)"),
                         ("loss_gap_frontier", "loss gap on the stage's held-out groups (nats)"),
                         ("verify_precision", "precision of accepted contexts"),
@@ -308,20 +413,31 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, pts in series.items():
-            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=label)
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o",
+                    label=shown(label, controls))
         from matplotlib.ticker import MaxNLocator
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("stage")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{ylabel} per stage")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        p = out_dir / f"stage_{key}.png"
-        fig.tight_layout()
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        files.append(p)
+        files.append(_save(fig, ax, out_dir / f"stage_{key}.png"))
     return files
+
+
+def _save(fig, ax, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _said(nowhere: dict[str, str], table: str) -> list[str]:
+    """The ran-nowhere sentence of a score table (its title may carry a label suffix)."""
+    return [x for n, x in nowhere.items() if table == n or table.startswith(n + " ")]
 
 
 def write_report(results: dict, out_dir: Path) -> tuple[Path, Path, str]:
@@ -332,9 +448,16 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path, str]:
     md = [f"# Comparison report: {results.get('spec', '')}",
           f"config hash `{results.get('config_hash', '')}`", ""]
     text = []
-    for b, (h, body) in score_tables(results).items():
-        md += [f"## {b}", "", _md(h, body), ""]
-        text += [f"{b}", _text(h, body), ""]
+    note = control_note(results["rows"])
+    if note:
+        md += [note, ""]
+        text += [note, ""]
+    nowhere = ran_nowhere(results)
+    tables = score_tables(results)
+    for b, (h, body) in tables.items():
+        said = _said(nowhere, b)
+        md += [f"## {b}", "", _md(h, body), ""] + [f"*{x}*" for x in said] + [""] * bool(said)
+        text += [f"{b}", _text(h, body)] + said + [""]
     for title, h, body in stage_sections(results):
         md += [f"## {title}", "", _md(h, body), ""]
         text += [title, _text(h, body), ""]
@@ -344,21 +467,26 @@ def write_report(results: dict, out_dir: Path) -> tuple[Path, Path, str]:
                  "method's checkpoint (same data, different models)")
         md += [f"## {title}", "", _md(*cross), ""]
         text += [title, _text(*cross), ""]
-    md += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in pngs]
+    md += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in pngs] + [
+        f"No plot for {n}: it ran nowhere (see its table)." for n in nowhere]
     md_path = out_dir / "report.md"
     md_path.write_text("\n".join(md) + "\n")
     html_parts = ["<html><head><meta charset='utf-8'><title>report</title><style>"
                   "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}"
                   "</style></head><body>", f"<h1>Comparison report: {html.escape(results.get('spec', ''))}</h1>"]
-    tables = list(score_tables(results).items()) + [
+    if note:
+        html_parts.append(f"<p>{html.escape(note)}</p>")
+    html_tables = list(tables.items()) + [
         (title, (h, body)) for title, h, body in stage_sections(results)]
     if cross:
-        tables.append(("cross-scoring", cross))
-    for b, (h, body) in tables:
+        html_tables.append(("cross-scoring", cross))
+    for b, (h, body) in html_tables:
         html_parts.append(f"<h2>{html.escape(b)}</h2><table><tr>"
                           + "".join(f"<th>{html.escape(x)}</th>" for x in h) + "</tr>"
                           + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r)
-                                    + "</tr>" for r in body) + "</table>")
+                                    + "</tr>" for r in body) + "</table>"
+                          + "".join(f"<p><em>{html.escape(x)}</em></p>"
+                                    for x in _said(nowhere, b)))
     for p in pngs:
         data = base64.b64encode(p.read_bytes()).decode()
         html_parts.append(f"<h3>{p.stem}</h3><img src='data:image/png;base64,{data}'/>")
@@ -379,6 +507,24 @@ def _loss_scored(bench: str) -> bool:
     from harness.registry import entries
 
     return bench in entries("benchmark") and scored_by_loss(BenchmarkEntry(name=bench))
+
+
+def _substitutes_from_params(params: dict, ev: dict) -> dict:
+    """The substitute notes of a run's benchmarks, from its ``provenance.<bench>.substitutes``
+    params (``harness.evaluation.runner.provenance_params``), at the lengths it has scores."""
+    out = {}
+    for key, value in params.items():
+        bench, dot, field = key.removeprefix("provenance.").partition(".")
+        if not key.startswith("provenance.") or not dot or field != "substitutes":
+            continue
+        lengths = {L for k, per in ev.items() if k.partition("/")[0] == bench for L in per}
+        try:
+            subs = json.loads(value)
+        except ValueError:    # a value MLflow cut at its length limit
+            continue
+        for what, text in subs.items():
+            out[f"{bench}/{SUBSTITUTE}/{what}: {text}"] = {L: None for L in sorted(lengths)}
+    return out
 
 
 def from_mlflow(tracking, parent_run_id: str) -> dict:
@@ -403,6 +549,7 @@ def from_mlflow(tracking, parent_run_id: str) -> dict:
             elif key.startswith("stage/"):
                 for step, value in tracking.metric_history(child.info.run_id, key):
                     stages.setdefault(step, {})[key[len("stage/"):]] = value
+        ev.update(_substitutes_from_params(child.data.params, ev))
         rows[label] = {"eval": ev, "stages": [stages[k] for k in sorted(stages)]}
     cross: dict = {}
     for key in parent.data.metrics:

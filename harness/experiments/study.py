@@ -7,9 +7,18 @@ own output folder (``<output_dir>/seed-<s>``); finished seeds are cached like an
 rerun only does what is missing. The report (``study.report``, by default ``docs/study.md``, with
 its plots beside it) is generated from the MLflow runs of the seeds, never from memory.
 
-The claims (PolicyLong paper, on Qwen2.5-3B; REFERENCES.md) and how each is judged. Every
-difference is paired by seed (the methods of one seed share the probe sample and the corpus), and
-judged by its two-sided Student-t confidence interval over seeds (``study.confidence``):
+What is judged (``study.claims``) and how. Every difference is paired by seed (the methods of
+one seed share the probe sample and the corpus), and judged by its two-sided Student-t confidence
+interval over seeds (``study.confidence``).
+
+``discrimination`` (ours; the check that the world can tell methods apart at all, judged before
+any method is compared): the ceiling control (``study.ceiling``, default ``oracle``: the true
+profiles before each root) beats every floor control (``study.floors``, default ``standard``
+and ``random_context``) in probe gain at each multiple of the base context in
+``study.discrimination_multiples`` (default 2× and 4×). d = gain(ceiling) − gain(floor) per
+seed. Met: every d's interval above 0. Not met: any interval that reaches 0 or lies below it.
+
+``paper``: the PolicyLong paper's claims (on Qwen2.5-3B; REFERENCES.md):
 
 1. *PolicyLong beats EntropyLong and NExtLong, with gains that grow with context length.*
    d(L) = probe gain of the treatment minus that of the best baseline at L (best by mean), at
@@ -33,6 +42,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from typing import Literal
+
 from pydantic import Field, ValidationError, field_validator
 
 from harness.layout import seed_dir, study_times_file
@@ -50,6 +61,22 @@ class StudySettings(Strict):
     static_baseline: str = "entropylong"   # claim 2: the same screening, done once with θ_0
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     short_loss_tolerance: float = Field(0.05, gt=0.0)   # claim 3: relative rise allowed
+    claims: list[Literal["discrimination", "paper"]] = Field(
+        default_factory=lambda: ["paper"], min_length=1)
+    ceiling: str = "oracle"
+    floors: list[str] = Field(default_factory=lambda: ["standard", "random_context"],
+                              min_length=1)
+    discrimination_multiples: list[int] = Field(default_factory=lambda: [2, 4], min_length=1)
+
+    def roles(self) -> list[tuple[str, str]]:
+        """(setting, method label) pairs the chosen claims need among the spec's methods."""
+        out = []
+        if "paper" in self.claims:
+            out += [("treatment", self.treatment), ("static_baseline", self.static_baseline),
+                    *[("baselines", b) for b in self.baselines]]
+        if "discrimination" in self.claims:
+            out += [("ceiling", self.ceiling), *[("floors", f) for f in self.floors]]
+        return out
 
     @field_validator("seeds")
     @classmethod
@@ -77,9 +104,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None
                                        "study settings")) from None
     spec = spec_from_data(data, str(path))
     labels = [m.label or m.name for m in spec.methods]
-    for role, name in [("treatment", settings.treatment),
-                       ("static_baseline", settings.static_baseline),
-                       *[("baselines", b) for b in settings.baselines]]:
+    for role, name in settings.roles():
         if name not in labels:
             import difflib
             hint = difflib.get_close_matches(name, labels, n=1)
@@ -162,9 +187,53 @@ def _stage(results: dict, label: str, k: int, key: str):
     return float("nan") if v is None else v
 
 
+def judge_discrimination(settings: StudySettings, per_seed: list[dict], lengths: list[int],
+                         base_ctx: int) -> dict:
+    """Does the ceiling control beat every floor control at each multiple of the base context
+    (module doc)?"""
+    conf, C = settings.confidence, settings.ceiling
+    parts, sides, detail = [], [], {}
+    for m in settings.discrimination_multiples:
+        L = m * base_ctx
+        if L not in lengths:
+            parts.append(f"{m}× ({L}): not evaluated (eval.lengths {lengths})")
+            sides.append("missing")
+            continue
+        for f in settings.floors:
+            d = interval([_get(r, C, "probe/gain", L) - _get(r, f, "probe/gain", L)
+                          for r in per_seed], conf)
+            detail[f"{L}/{f}"] = d
+            sides.append(_side(d))
+            parts.append(f"{m}× ({L}): {C} − {f} = {_fmt_iv(d)} nats")
+    if len(per_seed) < 2:
+        v = "not resolvable (one seed)"
+    elif "missing" in sides:
+        v = "not resolvable (a length is not evaluated)"
+    elif all(s == "above" for s in sides):
+        v = "met"
+    else:
+        v = "not met"
+    return {"claim": f"0. the world discriminates: {C} beats {' and '.join(settings.floors)} "
+                     f"in probe gain at "
+                     f"{', '.join(f'{m}×' for m in settings.discrimination_multiples)} the base "
+                     f"context",
+            "verdict": v, "numbers": "; ".join(parts), "detail": detail}
+
+
 def judge(settings: StudySettings, per_seed: list[dict], lengths: list[int], base_ctx: int,
           stages: int) -> list[dict]:
-    """The three verdicts, each with the numbers behind it."""
+    """The verdicts of ``study.claims``, each with the numbers behind it."""
+    verdicts = []
+    if "discrimination" in settings.claims:
+        verdicts.append(judge_discrimination(settings, per_seed, lengths, base_ctx))
+    if "paper" in settings.claims:
+        verdicts += judge_paper(settings, per_seed, lengths, base_ctx, stages)
+    return verdicts
+
+
+def judge_paper(settings: StudySettings, per_seed: list[dict], lengths: list[int],
+                base_ctx: int, stages: int) -> list[dict]:
+    """The paper's three claims."""
     conf, T = settings.confidence, settings.treatment
     one_seed = len(per_seed) < 2
     verdicts = []
