@@ -3,20 +3,29 @@ Recall, registered in ``harness.registry.BENCHMARKS``. Each is built from the sp
 ``BenchmarkEntry`` (``name``, ``tasks``, ``params``); an unknown task or param is an error.
 
 Data files, in this order: the entry's ``params``; an environment variable (a location);
-the staged copy in ``../shared/data`` next to the repository if present; else the online route
-(Hugging Face hub), and when that fails too the task is reported as not run with the reason.
+the staged copy in ``../shared/data`` next to the repository (``$POLICYLONG_SHARED_DATA``
+names another folder; an empty one simulates a fresh clone) if present; else the online route
+(Hugging Face hub); when the corpus is the sandbox, ``ruler`` and ``longbench_v2`` then fall
+back on substitutes generated from the sandbox world (below), labelled as such in their
+provenance (``substitutes``) and in the reports; otherwise the task is reported as not run
+with the reason.
 
 - ``ruler``: tasks = the entry's or all 13. params: ``essay_path`` (RULER's
   ``PaulGrahamEssays.json``; env ``POLICYLONG_ESSAYS``), ``squad_path`` (qa_1, SQuAD v2 dev),
   ``hotpotqa_path`` (qa_2, HotpotQA distractor dev), ``seed`` (42). qa_1/qa_2 without their
   file, and a length too short for a task (RULER's ``TooShort``), are not run.
+  ``sandbox_dir`` (the built sandbox; set by the runner when the spec's corpus is the
+  sandbox): without the essays, the essay tasks use the sandbox's filler as the haystack
+  (``harness.api.world.haystack``, in the essays file's schema).
 - ``longbench_v2``: one task, ``overall``, with ``easy/hard/short/medium/long`` logged beside it.
   params: ``path`` (official schema; env ``POLICYLONG_LONGBENCH_V2``), ``prompt``
   (``completion``, the default, for base models: the official text + "The correct answer is";
   or ``chat``: the official user message in the tokenizer's chat template), ``reserve``
   (tokens kept free for the answer: the prompt is middle-truncated to ``length - reserve``
   tokens, so prompt + generation fit ``length``, as for the other benchmarks; default 160).
-  ``samples_per_task`` takes the file's first items.
+  ``samples_per_task`` takes the file's first items. ``sandbox_dir`` (set by the runner for
+  the sandbox): without a data file, multiple-choice items generated from the sandbox's
+  test-split probe entities (``harness.api.world.mc_items``) in LongBench-v2's schema.
 - ``helmet_recall``: json_kv, ruler_niah_mk_2, ruler_niah_mk_3, ruler_niah_mv, generated per
   tokenizer. params: ``essay_path`` (for ruler_niah_mv; env ``POLICYLONG_ESSAYS``), ``seed``
   (42), ``shots`` (2).
@@ -30,9 +39,15 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.api import BenchmarkEntry, NotRun, Sample, TaskScore
+from harness.api import PROBE_SPLITS, BenchmarkEntry, NotRun, Sample, TaskScore
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data() -> Path:
+    """The folder of staged reference data: ``$POLICYLONG_SHARED_DATA`` or ``../shared/data``
+    beside the repository."""
+    return Path(os.environ.get("POLICYLONG_SHARED_DATA") or SHARED_DATA)
 
 
 def check_params(bench: str, params: dict[str, Any], allowed: Sequence[str]) -> None:
@@ -56,7 +71,7 @@ def check_tasks(bench: str, tasks: Sequence[str] | None, known: Sequence[str]) -
 
 def data_file(bench: str, params: dict, key: str, env: str | None = None,
               staged: str | None = None) -> str | None:
-    """A data file from ``params[key]``, else ``$env``, else ``../shared/data/<staged>`` if
+    """A data file from ``params[key]``, else ``$env``, else ``<shared_data()>/<staged>`` if
     present, else None (the online route). A file named explicitly must exist."""
     for given, where in ((params.get(key), f"params.{key}"),
                          (os.environ.get(env) if env else None, env)):
@@ -65,9 +80,21 @@ def data_file(bench: str, params: dict, key: str, env: str | None = None,
             if not path.is_file():
                 raise FileNotFoundError(f"{bench}: {where}: file not found: {path}")
             return str(path)
-    if staged and (SHARED_DATA / staged).is_file():
-        return str(SHARED_DATA / staged)
+    if staged and (shared_data() / staged).is_file():
+        return str(shared_data() / staged)
     return None
+
+
+def sandbox_folder(params: dict) -> Path | None:
+    """``params.sandbox_dir``: the built sandbox whose world stands in for absent data (the
+    runner sets it when the spec's corpus is the sandbox), or None."""
+    given = params.get("sandbox_dir")
+    return Path(given).expanduser() if given else None
+
+
+def substitute_text(what: str, for_what: str, detail: str) -> str:
+    """How a substitution is labelled in provenance and reports."""
+    return f"{what} (substitute for {for_what}): {detail}"
 
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
@@ -116,7 +143,10 @@ def _samples_param(bench: str, params: dict, default: str | int | None) -> str |
 
 class Ruler:
     name = "ruler"
-    PARAMS = ("essay_path", "squad_path", "hotpotqa_path", "seed")
+    # sandbox_split is accepted for the runner's sake and unused: the haystack has no entities
+    PARAMS = ("essay_path", "squad_path", "hotpotqa_path", "seed", "sandbox_dir",
+              "sandbox_split")
+    uses_sandbox = True     # the runner passes params.sandbox_dir for a sandbox corpus
 
     def __init__(self, entry: BenchmarkEntry):
         from benchmarks.ruler import TASKS
@@ -130,6 +160,9 @@ class Ruler:
         self.qa = {"qa_1": data_file(self.name, p, "squad_path"),
                    "qa_2": data_file(self.name, p, "hotpotqa_path")}
         self.seed = int(p.get("seed", DEFAULT_SEED))
+        self.sandbox_dir = sandbox_folder(p)
+        self._substitute: tuple[tuple[str, ...], dict] | None = None  # (words, record)
+        self._hub_failed: str | None = None
         self.preset = entry.preset
         if self.preset != "harness":
             raise ValueError(f"{self.name}: preset {self.preset!r} is not implemented yet "
@@ -148,27 +181,66 @@ class Ruler:
         from benchmarks.ruler import GENERATOR_VERSION
         from benchmarks.ruler.templates import TASKS
 
+        essay = file_record(self.essay) or (
+            "hub baber/paul_graham_essays" if any(
+                TASKS[t].args.get("type_haystack") == "essay" for t in self._tasks) else None)
+        subs = {}
+        if self._substitute is not None:
+            essay = self._substitute[1]
+            subs["essay"] = substitute_text(
+                "sandbox filler", "PaulGrahamEssays",
+                f"the world's filler sentences (harness.sandbox.world.haystack "
+                f"v{essay['version']}), because no essays file was found and the hub route "
+                f"failed")
         return {"preset": self.preset,
                 "data": {"generated": True, "generator": "benchmarks.ruler",
                          "version": GENERATOR_VERSION, "seed": self.seed,
-                         "essay": file_record(self.essay) or (
-                             "hub baber/paul_graham_essays" if any(
-                                 TASKS[t].args.get("type_haystack") == "essay"
-                                 for t in self._tasks) else None),
+                         "essay": essay,
                          "squad": file_record(self.qa["qa_1"]),
                          "hotpotqa": file_record(self.qa["qa_2"])},
+                **({"substitutes": subs} if subs else {}),
                 "template": "RULER task templates + answer prefix, model template 'base'",
                 "sentence_split": "regex (benchmarks.ruler.common.split_sentences)",
                 "decoding": {"temperature": 0.0, "max_new_tokens": "per task (RULER's "
                              "tokens_to_generate: niah 128, vt 30, cwe 120, fwe 50, qa 32)"},
                 "samples": {"selection": "eval.samples_per_task generated per task and length"}}
 
+    def sandbox_haystack(self) -> tuple[str, ...] | None:
+        """The sandbox's filler haystack, when the corpus is the sandbox and the essays are
+        absent (no file, and the hub route failed once); else None."""
+        from benchmarks.ruler.common import essay_words, text_words
+
+        if self.essay is not None or self.sandbox_dir is None:
+            return None
+        if self._substitute is None and self._hub_failed is None:
+            try:
+                essay_words(None)
+            except Exception as exc:  # noqa: BLE001 - offline, or the hub route failed
+                self._hub_failed = f"{type(exc).__name__}: {exc}"
+        if self._hub_failed is not None and self._substitute is None:
+            import hashlib
+
+            from harness.api import world
+
+            text = world.haystack()["text"]
+            self._substitute = (text_words(text), {
+                "generated": True, "generator": "harness.sandbox.world.haystack",
+                "version": world.HAYSTACK_VERSION, "seed": 0,
+                "sentences": world.HAYSTACK_SENTENCES,
+                "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                "hub_error": self._hub_failed[:300]})
+        return self._substitute[0] if self._substitute else None
+
     def samples(self, task: str, length: int, tokenizer: Any, n: int) -> list[Sample]:
         from benchmarks import ruler
+        from benchmarks.ruler.templates import TASKS
 
+        essay = self.sandbox_haystack() if TASKS[task].args.get("type_haystack") == "essay" \
+            else None
         try:
             recs = ruler.generate(task, tokenizer, length, n, seed=self.seed,
-                                  essay_path=self.essay, qa_path=self.qa.get(task))
+                                  essay_path=self.essay, qa_path=self.qa.get(task),
+                                  essay=essay)
         except ruler.NotRun as exc:
             reason = exc.reason
             if task in self.qa and self.qa[task] is None:
@@ -207,7 +279,9 @@ class LongBenchV2:
     """
 
     name = "longbench_v2"
-    PARAMS = ("path", "prompt", "reserve", "cot", "samples", "seed")
+    PARAMS = ("path", "prompt", "reserve", "cot", "samples", "seed", "sandbox_dir",
+              "sandbox_split")
+    uses_sandbox = True     # the runner passes params.sandbox_dir for a sandbox corpus
     BREAKDOWN = ("easy", "hard", "short", "medium", "long")
 
     def __init__(self, entry: BenchmarkEntry):
@@ -220,6 +294,12 @@ class LongBenchV2:
         self.official = self.preset == "official"
         self.path = data_file(self.name, p, "path", "POLICYLONG_LONGBENCH_V2",
                               "longbench_v2_sample.json")
+        self.sandbox_dir = sandbox_folder(p)
+        self.sandbox_split = str(p.get("sandbox_split", "test"))
+        if self.sandbox_split not in PROBE_SPLITS:
+            raise ValueError(f"{self.name}: params.sandbox_split must be one of "
+                             f"{', '.join(PROBE_SPLITS)}, got {self.sandbox_split!r}")
+        self.substitute: dict | None = None      # the substitute's data record
         prompt = p.get("prompt", "chat" if self.official else "completion")
         if prompt not in ("completion", "chat"):
             raise ValueError(f"{self.name}: params.prompt must be 'completion' or 'chat', "
@@ -259,10 +339,39 @@ class LongBenchV2:
                 try:  # the online route; offline (or failing) the benchmark is not run
                     self._items = lb.load_items(None)
                 except Exception as exc:  # noqa: BLE001 - any failure of the hub route
-                    raise NotRun(f"no LongBench-v2 file (params.path, POLICYLONG_LONGBENCH_V2"
-                                 f" or {SHARED_DATA / 'longbench_v2_sample.json'}) and the hub "
-                                 f"route failed: {type(exc).__name__}: {exc}") from None
+                    why = (f"no LongBench-v2 file (params.path, POLICYLONG_LONGBENCH_V2 or "
+                           f"{shared_data() / 'longbench_v2_sample.json'}) and the hub route "
+                           f"failed: {type(exc).__name__}: {exc}")
+                    if self.sandbox_dir is None:
+                        raise NotRun(why) from None
+                    self._items = self.sandbox_items(why)
+                    self.substitute["hub_error"] = f"{type(exc).__name__}: {exc}"[:300]
         return self._items
+
+    def sandbox_items(self, why: str) -> list[dict]:
+        """The sandbox's substitute: one multiple-choice item per probe entity of the split
+        evaluated (``params.sandbox_split``: ``test`` in a comparison or ``policylong eval``,
+        never the entities tuning scores; ``validation`` in tuning), none in the corpus or in
+        pre-training (``harness.api.world.mc_items``), in LongBench-v2's schema."""
+        import json
+
+        from benchmarks import longbench_v2 as lb
+        from harness.api import probe_split, world
+
+        probe_file = self.sandbox_dir / "probe.jsonl"
+        if not probe_file.is_file():
+            raise NotRun(f"{why}; the sandbox substitute needs the built sandbox, and "
+                         f"{probe_file} is missing (policylong sandbox build)")
+        probe = [json.loads(line) for line in probe_file.read_text().splitlines()]
+        items = world.mc_items(probe_split(probe, self.sandbox_split), seed=self.seed)
+        lb.validate_items(items, f"sandbox multiple-choice from {probe_file}")
+        start, end = PROBE_SPLITS[self.sandbox_split]
+        self.substitute = {"generated": True, "generator": "harness.sandbox.world.mc_items",
+                           "version": world.MC_VERSION, "seed": self.seed,
+                           "entities": f"{self.sandbox_split} split of the probe entities "
+                                       f"({start}-{end - 1})",
+                           "probe": file_record(probe_file)}
+        return items
 
     def select(self, n: int) -> list[dict]:
         """``samples: all`` → every item; ``samples: N`` → a seeded random N; else (preset
@@ -399,6 +508,14 @@ class LongBenchV2:
 
         data = file_record(self.path) if self.path else {
             "source": f"hub {lb.HF_DATASET} (split {lb.HF_SPLIT})"}
+        subs = {}
+        if self.substitute is not None:
+            data = self.substitute
+            subs["data"] = substitute_text(
+                "sandbox multiple-choice", "LongBench-v2",
+                f"questions on planted facts of the {data['entities']} "
+                f"(harness.sandbox.world.mc_items v{data['version']}, seed {data['seed']}), "
+                f"because no LongBench-v2 file was found and the hub route failed")
         if self.completion:
             fmt = (f"completion (ours, base models): the official text + "
                    f"{lb.COMPLETION_SEPARATOR!r} + {lb.COMPLETION_ANSWER_PREFIX!r}")
@@ -420,6 +537,7 @@ class LongBenchV2:
             "empty_outputs": "dropped and counted (pred.py)" if self.drop_empty
             else "scored wrong",
             "samples": {"selection": self.selection_text()},
+            **({"substitutes": subs} if subs else {}),
         }
 
 

@@ -109,6 +109,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from benchmarks.ruler import common as ruler_common
+from harness.api import hub_offline
 from benchmarks.ruler.common import TooShort, fit_sample, search_size
 from benchmarks.ruler.niah import essay_context, random_needle_part
 from benchmarks.ruler.templates import NEEDLE
@@ -417,7 +418,7 @@ def essay_words(path: str | os.PathLike | None = None) -> tuple[str, ...]:
     """RULER's essay haystack as words (``ruler.common.essay_words``: RULER's
     ``PaulGrahamEssays.json``, or online HF ``baber/paul_graham_essays``); offline without a
     path, a FileNotFoundError that says what to pass."""
-    if path is None and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if path is None and hub_offline():
         raise FileNotFoundError(
             "ruler_niah_mv needs the Paul Graham essay haystack: pass essay_path (RULER's "
             "PaulGrahamEssays.json); the hub is offline, so baber/paul_graham_essays is "

@@ -157,8 +157,8 @@ def _read_json_or_jsonl(path: Path) -> list[Any]:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    from harness.api import hub_offline
+    return hub_offline()
 
 
 def _load_hf() -> list[dict[str, Any]]:

@@ -10,7 +10,9 @@ A **benchmark** (``benchmarks/``, or a ``policylong.benchmarks`` entry point) im
 ``Benchmark`` (scored by generation: ``tasks``, ``samples``, ``score``) or ``LossBenchmark``
 (scored by loss on the model: ``scored_by = "loss"``, ``headline``, ``metrics``, ``score``),
 and is built as ``Class(entry)`` from its ``BenchmarkEntry``. The sandbox's world, its probe
-entity splits and ``resolve`` (the registry) are here for the benchmarks that need them.
+entity splits and ``resolve`` (the registry) are here for the benchmarks that need them; a
+benchmark class with ``uses_sandbox = True`` gets the built sandbox's folder as
+``params.sandbox_dir`` when the spec's corpus is the sandbox (its substitutes for absent data).
 
 Everything else in ``harness`` is internal and may move between releases; the names below keep
 working (the test ``tests/test_layout.py`` enforces that plugins import nothing else).
@@ -23,8 +25,9 @@ from harness.construction.params import Params, validate_params
 from harness.construction.screening import (Candidate, RootScreening, Verdict,
                                             screen_and_verify)
 from harness.construction.stage_data import Group
-from harness.evaluation.loss_gap import PROBE_SPLITS, probe_set, split_seed
-from harness.evaluation.runner import (Benchmark, LossBenchmark, NotRun, Sample, TaskScore)
+from harness.evaluation.loss_gap import PROBE_SPLITS, probe_set, probe_split, split_seed
+from harness.evaluation.runner import Benchmark, LossBenchmark, NotRun, Sample, TaskScore
+from harness.fileio import hub_offline
 from harness.registry import resolve
 from harness.sandbox import world
 
@@ -34,7 +37,7 @@ __all__ = [
     "screen_and_verify", "RootScreening", "Candidate", "Verdict",
     # benchmarks
     "Benchmark", "LossBenchmark", "BenchmarkEntry", "NotRun", "Sample", "TaskScore",
-    "PROBE_SPLITS", "probe_set", "split_seed", "world", "resolve",
+    "PROBE_SPLITS", "probe_set", "probe_split", "split_seed", "world", "resolve", "hub_offline",
     # both
     "Spec", "SpecError",
 ]

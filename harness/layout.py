@@ -15,14 +15,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from harness.config import Spec
+from harness.config import Spec, stable_hash
 
 
 def method_key(spec: Spec, label: str) -> str:
     """Hash of everything a method's stages depend on (not eval, tracking or other methods),
     so a changed setting recomputes only what depends on it."""
-    from harness.config import stable_hash
-
     d = spec.model_dump(mode="json")
     entry = next(m for m in d["methods"] if (m["label"] or m["name"]) == label)
     keep = {k: d[k] for k in ("seed", "sandbox", "model", "corpus", "retrieval", "screening",
@@ -104,3 +102,8 @@ def sandbox_root() -> Path:
     """Built sandboxes (``<root>/<key of the SandboxSpec>/``): ``$POLICYLONG_SANDBOX_DIR`` or
     ``runs/sandbox``."""
     return Path(os.environ.get("POLICYLONG_SANDBOX_DIR", "runs/sandbox"))
+
+
+def sandbox_dir(sandbox, root: str | Path | None = None) -> Path:
+    """The folder of the sandbox built for ``sandbox`` (a ``SandboxSpec``), built or not."""
+    return Path(root or sandbox_root()) / stable_hash(sandbox.model_dump(mode="json"))

@@ -288,7 +288,10 @@ def test_half_written_cache_is_ignored_and_rebuilt(tmp_path, tokenizer, monkeypa
     with pytest.raises(KeyboardInterrupt):
         TokenStore.get_or_build(docs, tokenizer, cache, key, batch_size=2)
     monkeypatch.setattr(corpus, "tokenize_batches", real)
-    assert (cache / f"{key}.tmp" / "tokens.bin").is_file() and not (cache / key).exists()
+    # an interrupted build leaves nothing that looks complete (fileio.atomic_dir cleans up)
+    assert not (cache / key).exists() and not (cache / f"{key}.tmp").exists()
+    (cache / f"{key}.tmp").mkdir(parents=True)  # what a kill -9 would leave: a partial build
+    (cache / f"{key}.tmp" / "tokens.bin").write_bytes(b"\0" * 4)
     (cache / key).mkdir()                       # and a final folder without its manifest
     (cache / key / "tokens.bin").write_bytes(b"\0" * 8)
     with pytest.raises(CorpusError, match="not a complete token store"):

@@ -252,8 +252,9 @@ def test_evaluate_checkpoint_returns_averages_per_length(tokenizer, tmp_path, mo
                                            {"name": "ruler", "tasks": RULER_TASKS}]))
     seen = {}
 
-    def fake_evaluate(spec, model_path, out_dir, tracker, bench_names):
-        seen.update(names=bench_names, out=out_dir, calls=seen.get("calls", 0) + 1)
+    def fake_evaluate(spec, model_path, out_dir, tracker, bench_names, split):
+        seen.update(names=bench_names, out=out_dir, calls=seen.get("calls", 0) + 1,
+                    split=split)
         return oracle_run(tokenizer, tmp_path)[1]
 
     monkeypatch.setattr(E, "evaluate", fake_evaluate)
@@ -272,6 +273,9 @@ def test_evaluate_checkpoint_returns_averages_per_length(tokenizer, tmp_path, mo
     assert got.pop("short_context/hellaswag") == {"0": 41.0}
     assert got.pop("short_context/not_run/mmlu: not run: no data (offline)") == {"0": None}
     assert seen["names"] == ["ruler"] and seen["out"] == tmp_path / "ckpt"
+    assert seen["split"] == "test"
+    probe_why = next(k for k in got if k.startswith("probe/not_run/probe: "))
+    assert "sandbox corpus" in probe_why and got[probe_why] == {"512": None, "1024": None}
     assert got["ruler/avg1"] == {"512": 100.0} and got["ruler/avg2"] == {"1024": 50.0}
     assert "ruler" not in got and "probe" not in got
     qa = next(k for k in got if k.startswith("ruler/not_run/qa_1: "))

@@ -123,7 +123,6 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
             if len(comp) > 1:
                 out.append(sorted(comp))
 
-    sys.setrecursionlimit(10_000)
     for v in sorted(g):
         if v not in index:
             visit(v)

@@ -226,6 +226,9 @@ def test_tuning_and_final_evaluation_never_share_a_probe_entity_or_seed(tmp_path
         def run(self, *a, **k):
             yield _Run()
 
+        def tracker(self, run_id):
+            return _Run()
+
     monkeypatch.setattr(harness.tracking, "Tracking", _Tracking)
     monkeypatch.setattr(harness.tracking, "Tracker", lambda *a, **k: _Run())
     seen_triples = []

@@ -140,6 +140,11 @@ def essay_words(essay_path: str | None) -> tuple[str, ...]:
         from datasets import load_dataset
 
         text = " ".join(load_dataset("baber/paul_graham_essays", split="train")["text"])
+    return text_words(text)
+
+
+def text_words(text: str) -> tuple[str, ...]:
+    """A haystack text as words, as RULER splits the essays."""
     return tuple(re.sub(r"\s+", " ", text).split(" "))
 
 

@@ -9,7 +9,7 @@ prompt plus ``max_new_tokens`` and never exceeds ``max_seq_length``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from benchmarks.ruler import cwe, fwe, niah, qa, vt
 from benchmarks.ruler.common import Context, essay_words, token_counter
@@ -47,10 +47,13 @@ def _essay(task: str, essay_path: str | Path | None):
 
 def generate(task: str, tokenizer: Any, max_seq_length: int, num_samples: int,
              seed: int = DEFAULT_SEED, essay_path: str | Path | None = None,
-             qa_path: str | Path | None = None) -> list[dict]:
+             qa_path: str | Path | None = None,
+             essay: Sequence[str] | None = None) -> list[dict]:
     """Generate ``num_samples`` samples of ``task`` sized for ``tokenizer`` and
     ``max_seq_length``. Raises ``NotRun`` for qa_1/qa_2 without ``qa_path`` (or an essay task
-    whose haystack cannot be had), ``TooShort`` when the length cannot hold the task at all."""
+    whose haystack cannot be had), ``TooShort`` when the length cannot hold the task at all.
+    ``essay``: the haystack's words themselves (``common.text_words``), in place of
+    ``essay_path`` (the sandbox's substitute)."""
     if task not in TASKS:
         import difflib
         hint = difflib.get_close_matches(task, TASKS, n=1)
@@ -66,7 +69,10 @@ def generate(task: str, tokenizer: Any, max_seq_length: int, num_samples: int,
                   template=prompt_template(spec.family), answer_prefix=family.answer_prefix,
                   seed=seed)
     if spec.family == "niah":
-        essay = _essay(task, essay_path) if a["type_haystack"] == "essay" else None
+        if a["type_haystack"] != "essay":
+            essay = None
+        elif essay is None:
+            essay = _essay(task, essay_path)
         return niah.generate(task, a, ctx, num_samples, essay)
     if spec.family == "variable_tracking":
         return vt.generate(task, a, ctx, num_samples)

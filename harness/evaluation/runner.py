@@ -2,7 +2,11 @@
 
     policylong eval runs/smoke.yaml --model PATH [--bench ruler ...] [--lengths 512 1024]
                                     [--backend vllm|hf] [-o key=value ...]
-    evaluate(spec, model_path, out_dir, tracker)            # the same, as a library call
+    evaluate_checkpoint(spec, model_path, out_dir, tracker=...)   # what compare, eval, tune call
+
+``evaluate_checkpoint`` is the one evaluation of a checkpoint: the benchmarks scored by loss
+(``LossBenchmark``: the sandbox probe) and those scored by generation (``evaluate``, below), the
+short-context check, one MLflow key per metric (README "MLflow keys"), cached in ``eval.json``.
 
 A benchmark is an adapter with four members (``Benchmark``), registered in
 ``harness.registry.BENCHMARKS`` as a lazy ``"module:Class"`` and built as ``Class(entry)`` from
@@ -28,7 +32,7 @@ same way for every benchmark:
    ``write_outputs`` writes ``<bench>.samples.jsonl`` (prompt tokens, prediction, references,
    score per sample) and ``results.json`` (with the provenance), logged as artifacts.
 
-For ``harness.experiments.compare``, ``evaluate_for_compare`` also runs the short-context check
+``evaluate_checkpoint`` also runs the short-context check
 (``eval.short_context``: lm-eval stock tasks in a child process, ``run_short_context``); a
 task whose dataset cannot be had is reported "not run: no data (...)", never scored.
 
@@ -40,7 +44,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -110,6 +113,13 @@ class Benchmark(Protocol):
     #   followup(task, samples, predictions, tokenizer, step) -> list[Sample | None] | None:
     #       generation pass ``step + 1`` from the last pass's predictions (None: no more); a
     #       None entry ends that sample with the prediction "".
+    #   uses_sandbox = True (a class attribute): when the spec's corpus is the sandbox,
+    #       ``load_benchmarks`` passes the sandbox's folder as ``params.sandbox_dir`` (unless
+    #       the entry sets it) and the probe split being evaluated as
+    #       ``params.sandbox_split`` (``test``; tuning: ``validation``), for substitutes of
+    #       absent data drawn from that split's entities only; the benchmark names each
+    #       substitution in ``provenance()["substitutes"]`` ({what: label}), which the tables
+    #       and the comparison report show.
 
 
 class LossBenchmark(Protocol):
@@ -154,7 +164,7 @@ def benchmark_entries(spec: Spec, names: Sequence[str] | None = None) -> list[Be
     if len(listed) != len(spec.eval.benchmarks):
         raise ValueError("eval.benchmarks: each benchmark may be listed once (its metrics are "
                          "keyed by its name)")
-    if names:
+    if names is not None:
         return [listed.get(n) or BenchmarkEntry(name=n) for n in dict.fromkeys(names)]
     if not listed:
         raise ValueError("no benchmarks to run: list them under eval.benchmarks in the spec "
@@ -162,8 +172,26 @@ def benchmark_entries(spec: Spec, names: Sequence[str] | None = None) -> list[Be
     return list(spec.eval.benchmarks)
 
 
-def load_benchmarks(spec: Spec, names: Sequence[str] | None = None) -> list[Benchmark]:
-    return [load_benchmark(e) for e in benchmark_entries(spec, names)]
+def load_benchmarks(spec: Spec, names: Sequence[str] | None = None, split: str = "test"
+                    ) -> list[Benchmark]:
+    return [load_benchmark(with_sandbox(spec, e, split))
+            for e in benchmark_entries(spec, names)]
+
+
+def with_sandbox(spec: Spec, entry: BenchmarkEntry, split: str = "test") -> BenchmarkEntry:
+    """``entry`` with ``params.sandbox_dir`` (the folder of the spec's sandbox, built or not)
+    and ``params.sandbox_split`` (the probe split evaluated: ``test``, or ``validation`` in
+    tuning) when the spec's corpus is the sandbox and the benchmark declares
+    ``uses_sandbox``; the benchmark then substitutes the sandbox's own material for data
+    that is absent, and says so in its provenance."""
+    from harness.layout import sandbox_dir
+    from harness.registry import resolve
+
+    if spec.corpus.path != "sandbox" or \
+            not getattr(resolve("benchmark", entry.name), "uses_sandbox", False):
+        return entry
+    given = {"sandbox_dir": str(sandbox_dir(spec.sandbox)), "sandbox_split": split}
+    return entry.model_copy(update={"params": {**given, **entry.params}})
 
 
 def load_benchmark(entry: BenchmarkEntry) -> Benchmark:
@@ -443,11 +471,8 @@ def results_file(out_dir: Path) -> Path:
 
 
 def _write_atomic(path: Path, lines: Sequence[str]) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(lines)
-    os.replace(tmp, path)
-    return path
+    from harness.fileio import atomic_write_lines
+    return atomic_write_lines(path, lines)
 
 
 def write_outputs(out_dir: Path, units: Sequence[Unit], results: dict) -> list[Path]:
@@ -534,6 +559,8 @@ def format_table(results: dict) -> str:
         if prov:
             notes.append(f"provenance: {bench}: preset {prov.get('preset')}; "
                          f"{_data_text(prov.get('data'))}")
+            notes += [f"substitute: {bench} {what}: {text}"
+                      for what, text in (prov.get("substitutes") or {}).items()]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     text = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
                       enumerate(zip(r, widths))) for r in rows]
@@ -566,16 +593,18 @@ def run_name(model_path: str | Path) -> str:
 
 def evaluate(spec: Spec, model_path: str | Path, out_dir: str | Path | None = None,
              tracker: Tracker = NULL_TRACKER, bench_names: Sequence[str] | None = None,
-             benches: Sequence[Benchmark] | None = None) -> dict:
+             benches: Sequence[Benchmark] | None = None, split: str = "test") -> dict:
     """Run ``spec.eval`` on the model at ``model_path`` (the spec's benchmarks, those named,
     or ``benches`` already built); return (and write, and log) the results. Everything that
-    can fail on bad input fails before the backend starts."""
+    can fail on bad input fails before the backend starts. ``split``: the sandbox's probe
+    split that substitutes may draw entities from (``with_sandbox``)."""
     from transformers import AutoTokenizer
 
     from harness.evaluation.backends import make_backend, stop_token_ids
 
     ev = spec.eval
-    benches = list(benches) if benches is not None else load_benchmarks(spec, bench_names)
+    benches = list(benches) if benches is not None else load_benchmarks(spec, bench_names,
+                                                                        split)
     limit, how = model_limit(model_path)
     check_lengths(ev.lengths, limit, how, model_path)
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
@@ -716,21 +745,25 @@ def evaluate_checkpoint(spec: Spec, model_path: str | Path, out: str | Path, *,
         if by_loss:
             loss = run_loss_benchmarks(spec, by_loss, model_path, tok, split, seed)
             ev.update(loss_averages(loss))
+            ev.update(loss_not_run(loss, spec.eval.lengths))
             out.mkdir(parents=True, exist_ok=True)
             path = _write_atomic(out / "loss_benchmarks.json", [json.dumps(loss, indent=2)])
             tracker.log_artifact(path, "eval")
         if generated:
-            limit, _ = model_limit(model_path)
+            limit, how = model_limit(model_path)
             lengths = [L for L in spec.eval.lengths if L <= limit]
             if lengths:
                 sub = spec.model_copy(update={"seed": seed, "eval": spec.eval.model_copy(
                     update={"lengths": lengths})})
                 ev.update(compare_averages(evaluate(sub, model_path, out, tracker=tracker,
-                                                   bench_names=generated)))
+                                                   bench_names=generated, split=split)))
             skipped = [L for L in spec.eval.lengths if L > limit]
             if skipped:
                 print(f"[eval] {model_path}: lengths {skipped} exceed its context ({limit}); "
                       f"generation benchmarks not run there", file=sys.stderr, flush=True)
+                why = f"length past the model's context ({limit} tokens: {how})"
+                for name in generated:
+                    ev[not_run_entry(name, ALL_TASKS, why)] = {str(L): None for L in skipped}
         if spec.eval.short_context:
             ev.update(short_context_scores(run_short_context(spec, model_path, out)))
         faults.point("eval")
@@ -747,7 +780,7 @@ def log_averages(tracker: Tracker, ev: dict[str, dict]) -> None:
 
     metrics = {}
     for entry, per_len in ev.items():
-        if f"/{NOT_RUN_KEY}/" in entry:
+        if f"/{NOT_RUN_KEY}/" in entry or f"/{SUBSTITUTE_KEY}/" in entry:
             continue
         for L, v in per_len.items():
             if v is not None and not (isinstance(v, float) and math.isnan(v)):
@@ -866,6 +899,25 @@ def short_context_scores(short: dict) -> dict[str, dict[str, float | None]]:
 
 
 NOT_RUN_KEY = "not_run"
+SUBSTITUTE_KEY = "substitute"
+ALL_TASKS = "all tasks"
+
+
+def not_run_entry(bench: str, task: str, reason: str) -> str:
+    """``<bench>/not_run/<task>: <reason>``: an entry of ``evaluate_checkpoint``'s result
+    with ``None`` at the lengths where ``task`` did not run (``ALL_TASKS``: none ran); the
+    report turns it into a footnote."""
+    return f"{bench}/{NOT_RUN_KEY}/{task}: {reason}"
+
+
+def loss_not_run(loss: dict[str, dict], lengths: Sequence[int]) -> dict[str, dict]:
+    """``not_run_entry`` for each loss-scored benchmark at the lengths it has no score."""
+    out = {}
+    for bench, res in loss.items():
+        missing = {str(L): None for L in lengths if str(L) not in res["lengths"]}
+        if res.get("not_run") and missing:
+            out[not_run_entry(bench, bench, res["not_run"])] = missing
+    return out
 
 
 def compare_averages(results: dict) -> dict[str, dict[str, float | None]]:
@@ -873,8 +925,10 @@ def compare_averages(results: dict) -> dict[str, dict[str, float | None]]:
     reference's tasks and ``<bench>/avg<N>`` where it covers N of them (so that
     ``eval_avg_key`` makes ``eval/<bench>/avg<N>/<length>``); a length where no task ran has
     ``None`` under ``<bench>``. Each task not in an average adds
-    ``<bench>/not_run/<task>: <reason>`` with ``None`` at those lengths (not logged as
-    metrics; the report turns them into footnotes)."""
+    ``<bench>/not_run/<task>: <reason>`` with ``None`` at those lengths, and each
+    substitution of the benchmark's data (``provenance()["substitutes"]``)
+    ``<bench>/substitute/<what>: <label>`` with ``None`` at every length (neither is logged as
+    a metric; the report turns them into footnotes)."""
     out: dict[str, dict[str, float | None]] = {}
     for bench, b in results["benchmarks"].items():
         for ln, a in b["average"].items():
@@ -882,5 +936,8 @@ def compare_averages(results: dict) -> dict[str, dict[str, float | None]]:
             key = bench if label == "avg" else f"{bench}/{label}"
             out.setdefault(key, {})[ln] = a["mean"]
             for task, reason in (a.get("missing") or {}).items():
-                out.setdefault(f"{bench}/{NOT_RUN_KEY}/{task}: {reason}", {})[ln] = None
+                out.setdefault(not_run_entry(bench, task, reason), {})[ln] = None
+        subs = (b.get("provenance") or {}).get("substitutes") or {}
+        for what, text in subs.items():
+            out[f"{bench}/{SUBSTITUTE_KEY}/{what}: {text}"] = {ln: None for ln in b["average"]}
     return out

@@ -256,8 +256,8 @@ def score_tables(results: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
             for L in lengths:
                 v = sc.get(L)
                 if not _scored(v):
-                    cells.append("not run " + note(f"{label} at {L}: "
-                                                   f"{not_run_reason(missing, L)}"))
+                    # one footnote per reason: cells not run for the same reason share it
+                    cells.append("not run " + note(not_run_reason(missing, L)))
                     continue
                 cell = _fmt(v)
                 if mixed and labs.get(L, "avg") != "avg":
@@ -307,8 +307,21 @@ def stage_table(results: dict, keys: list[str]) -> tuple[list[str], list[list[st
 
 
 def _md(header, body) -> str:
+    """A markdown table; footnote rows (text in the first cell only, ``[n] ...`` and its
+    wrapped lines) follow the table as one paragraph per note."""
+    rows = [r for r in body if any(r[1:])]
+    notes: list[str] = []
+    for r in body:
+        if not any(r[1:]):
+            line = r[0].strip()
+            if line.startswith("[") or not notes:
+                notes.append(line)
+            else:
+                notes[-1] += " " + line
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    if notes:
+        lines += [""] + [f"{n}  " for n in notes]
     return "\n".join(lines)
 
 

@@ -63,6 +63,17 @@ class PretrainRecipe:
     continue_lr: float = 2e-3
     continue_warmup_steps: int = 50
     continue_stream_offset: int = 1000
+    # An optional third phase (off while format_steps is 0, which keeps version 3's weights
+    # and model key): the benchmarks' own formats within the base context, RULER niah prompts
+    # and LongBench-v2 multiple-choice prompts with their answers, from entities that are not
+    # the probe's (``format_pretraining``). Every ``format_retain_every``-th step is a batch of
+    # phase 2's mix, so that the planted-fact copying is kept.
+    format_steps: int = 0
+    format_lr: float = 1e-3
+    format_warmup_steps: int = 20
+    format_retain_every: int = 4
+    format_mc_share: float = 0.4      # multiple-choice examples among the format examples
+    format_seed_offset: int = 2000
 
 
 RECIPE = PretrainRecipe()
@@ -75,7 +86,12 @@ def world_spec(s: SandboxSpec) -> W.WorldSpec:
 
 
 def model_key(s: SandboxSpec, recipe: PretrainRecipe | None = None) -> str:
-    return stable_hash({"seed": s.seed, "recipe": dataclasses.asdict(recipe or RECIPE)})
+    """The model's identity: the world seed and the recipe (a phase that is off does not
+    count, so adding an optional phase leaves the shipped model's key as it was)."""
+    r = dataclasses.asdict(recipe or RECIPE)
+    if not r["format_steps"]:
+        r = {k: v for k, v in r.items() if not k.startswith("format_")}
+    return stable_hash({"seed": s.seed, "recipe": r})
 
 
 def sandbox_spec_from(spec_path: str | None, overrides: list[str]) -> SandboxSpec:
@@ -85,11 +101,6 @@ def sandbox_spec_from(spec_path: str | None, overrides: list[str]) -> SandboxSpe
             raise SpecError("--override needs --spec (it overrides keys of a spec file)")
         return SandboxSpec()
     return load_spec(spec_path, overrides).sandbox
-
-
-def default_root() -> Path:
-    from harness.layout import sandbox_root
-    return sandbox_root()
 
 
 def _log(msg: str) -> None:
@@ -168,6 +179,181 @@ def continue_pretraining(s: SandboxSpec, model, tokenizer, recipe: PretrainRecip
     train_loop(model, RowSource(ids, pos), settings, Accelerator(cpu=True), log=log)
 
 
+# ---------------------------------------------------------------- phase 3: benchmark formats
+
+# RULER's niah tasks and the lengths (RULER's budget: prompt + 128 tokens to generate) at which
+# their prompts fit the base context with the sandbox tokenizer
+FORMAT_RULER = {"niah_single_1": (448, 512, 576, 640), "niah_single_2": (384, 448, 512, 576, 640),
+                "niah_single_3": (384, 448, 512, 576, 640), "niah_multikey_1": (512, 576, 640),
+                "niah_multikey_2": (448, 512, 576, 640), "niah_multivalue": (512, 576, 640),
+                "niah_multiquery": (576, 640)}
+FORMAT_MC_RESERVES = (12, 60, 110, 160, 260)       # LongBench-v2's prompt: 512 - reserve
+FORMAT_MC_CONTEXT_CHARS = 3000                     # longer than any prompt: always truncated
+
+
+def format_entities(s: SandboxSpec, n: int, seed: int) -> list[dict]:
+    """``n`` entities (with look-alikes and profiles, as in ``probe.jsonl``) from their own
+    stream, none of them an entity of the seed's default world (corpus or probe); in another
+    world a name may coincide by chance, never its drawn values on purpose."""
+    import random
+
+    ws = world_spec(SandboxSpec(seed=s.seed))
+    docs, probe = W.generate_corpus(ws)
+    used = {d["entity"] for d in docs if d["entity"]} | {p["entity"] for p in probe} | {
+        p["lookalike"]["name"] for p in probe}
+    world, rng = W.World(ws), random.Random(f"format-{s.seed}-{seed}")
+    return [W.entity_record(world, rng, used, f"format-{i:06d}") for i in range(n)]
+
+
+def _benchmark(name: str, **entry):
+    from harness.config import BenchmarkEntry
+    from harness.registry import resolve
+
+    return resolve("benchmark", name)(BenchmarkEntry(name=name, **entry))
+
+
+def ruler_examples(tokenizer, n: int, seed: int, haystack: Path) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs of RULER's niah tasks, built by the registered ``ruler``
+    benchmark itself (its templates, needles and sizing) with the sandbox's filler as the
+    essay haystack and seeds of their own (the evaluation's is 42)."""
+    import random
+
+    rng, out, chunk = random.Random(seed), [], 0
+    tasks = sorted(FORMAT_RULER)
+    while len(out) < n:
+        chunk += 1
+        task = rng.choice(tasks)
+        bench = _benchmark("ruler", tasks=[task],
+                           params={"essay_path": str(haystack), "seed": seed * 1000 + chunk})
+        try:
+            got = bench.samples(task, rng.choice(FORMAT_RULER[task]), tokenizer, 16)
+        except Exception as exc:  # noqa: BLE001 - the benchmark's NotRun (a layer above)
+            if "too short" not in str(exc):   # another tokenizer: draw another length
+                raise
+            continue
+        out += [(x.prompt, " " + ", ".join(x.references) + ".") for x in got]
+    return out[:n]
+
+
+def mc_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, context: int
+                ) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs of multiple-choice items (``world.mc_items``) about entities
+    that are not the probe's, in the registered ``longbench_v2`` benchmark's own prompt
+    (completion form, middle truncation to ``context - reserve`` tokens); items whose
+    evidence the truncation cut are left out."""
+    import random
+
+    rng, out, group = random.Random(seed), [], 0
+    entities = format_entities(s, 2 * n, seed)
+    while len(out) < n and group * 100 < len(entities):
+        block = entities[group * 100:(group + 1) * 100]
+        group += 1
+        items = W.mc_items(block, seed, FORMAT_MC_CONTEXT_CHARS, prefix="format-mc")
+        path = tmp / f"mc-{group}.json"
+        path.write_text(json.dumps(items))
+        bench = _benchmark("longbench_v2", params={
+            "path": str(path), "reserve": rng.choice(FORMAT_MC_RESERVES), "samples": "all"})
+        for e, x in zip(block, bench.samples("overall", context, tokenizer, 0)):
+            attr, value = W.mc_question(e, seed)
+            if W.fact(attr, e["first"], e["last"], value) in x.prompt:
+                out.append((x.prompt, f" ({x.references[0]})"))
+    return out[:n]
+
+
+def format_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None):
+    """Phase 3's rows, in training order: ``(ids, pos, pad)``. Format examples (prompt,
+    answer, EOS) are packed whole into rows of ``recipe.context`` tokens; only the answer and
+    EOS carry loss (``pad`` marks the rest). Every ``format_retain_every``-th batch is rows of
+    phase 2's mix from their own streams, with the loss on every token."""
+    import random
+    import tempfile
+
+    import numpy as np
+
+    recipe = recipe or RECIPE
+    T, B, every = recipe.context, recipe.micro_batch, recipe.format_retain_every
+    retain = [k for k in range(recipe.format_steps) if every and k % every == every - 1]
+    n_rows = (recipe.format_steps - len(retain)) * B
+    seed = recipe.format_seed_offset + s.seed
+    n_mc = int(round(n_rows * recipe.format_mc_share))
+    with tempfile.TemporaryDirectory(prefix="format_") as tmp:
+        hay = Path(tmp) / "haystack.json"
+        hay.write_text(json.dumps(W.haystack(seed)))
+        examples = ruler_examples(tokenizer, n_rows - n_mc, seed, hay) + \
+            mc_examples(s, tokenizer, n_mc, seed, Path(tmp), T)
+    random.Random(seed).shuffle(examples)
+    ids, pos, pad = (np.full((n_rows, T), tokenizer.eos_token_id, dtype=np.int64),
+                     np.zeros((n_rows, T), dtype=np.int64), np.ones((n_rows, T), dtype=bool))
+    row, fill, left = 0, 0, list(examples)
+    while left and row < n_rows:
+        prompt, answer = left.pop()
+        p = tokenizer(prompt)["input_ids"]
+        a = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(p) + len(a) > T:
+            continue
+        if fill + len(p) + len(a) > T:
+            row, fill = row + 1, 0
+            if row == n_rows:
+                break
+        n = len(p) + len(a)
+        ids[row, fill:fill + n] = p + a
+        pos[row, fill:fill + n] = np.arange(n)
+        pad[row, fill + len(p) - 1:fill + n] = False   # the last prompt token predicts
+        fill += n
+    rows = row + (fill > 0)
+    if rows < n_rows:   # too few examples: the rows that have them, cycled
+        ids, pos, pad = (np.resize(x[:rows], x.shape) for x in (ids, pos, pad))
+    ids, pos, pad = _with_retention(s, tokenizer, recipe, retain, ids, pos, pad)
+    return ids, pos, pad
+
+
+def _with_retention(s, tokenizer, recipe, retain, ids, pos, pad):
+    """The format rows with a batch of phase 2's mix at each step in ``retain``."""
+    import numpy as np
+
+    if not retain:
+        return ids, pos, pad
+    B = recipe.micro_batch
+    r_ids, r_pos = pretraining_rows(s, tokenizer, dataclasses.replace(
+        recipe, steps=len(retain), drill_warmup_steps=0, curriculum_fraction=1e-6),
+        stream_offset=recipe.format_seed_offset)
+    out = [np.empty((recipe.format_steps * B, recipe.context), dtype=x.dtype)
+           for x in (ids, pos, pad)]
+    f = r = 0
+    for k in range(recipe.format_steps):
+        dst = slice(k * B, (k + 1) * B)
+        if r < len(retain) and retain[r] == k:
+            src = slice(r * B, (r + 1) * B)
+            out[0][dst], out[1][dst], out[2][dst] = r_ids[src], r_pos[src], False
+            r += 1
+        else:
+            src = slice(f * B, (f + 1) * B)
+            out[0][dst], out[1][dst], out[2][dst] = ids[src], pos[src], pad[src]
+            f += 1
+    return tuple(out)
+
+
+def format_pretraining(s: SandboxSpec, model, tokenizer, recipe: PretrainRecipe | None = None,
+                       log=None) -> None:
+    """Phase 3 of the recipe, in place on ``model`` (phase 2's weights), when
+    ``recipe.format_steps`` is set: a fresh optimizer and schedule on ``format_rows``."""
+    from accelerate import Accelerator
+
+    from harness.training.loop import LoopSettings, RowSource, train_loop
+
+    recipe = recipe or RECIPE
+    t0 = time.perf_counter()
+    ids, pos, pad = format_rows(s, tokenizer, recipe)
+    _log(f"phase 3 (benchmark formats): {recipe.format_steps} steps, "
+         f"{int((~pad).sum()):,} loss-carrying tokens; rows built in "
+         f"{time.perf_counter() - t0:.0f} s")
+    settings = LoopSettings(steps=recipe.format_steps, micro_batch=recipe.micro_batch,
+                            grad_accum=1, lr=recipe.format_lr,
+                            warmup_steps=recipe.format_warmup_steps,
+                            min_lr_ratio=recipe.min_lr_ratio, log_every=25, seed=s.seed + 2)
+    train_loop(model, RowSource(ids, pos, pad), settings, Accelerator(cpu=True), log=log)
+
+
 def pretrain(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe | None = None,
              log=None, on_step=None) -> Path:
     """Train the tokenizer and the tiny Qwen2 base model; save an HF folder at ``out_dir``."""
@@ -197,6 +383,8 @@ def pretrain(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe | None = None
     train_loop(model, RowSource(ids, pos), settings, Accelerator(cpu=True), log=log)
     if recipe.continue_steps:
         continue_pretraining(s, model, tok, recipe, log=log)
+    if recipe.format_steps:
+        format_pretraining(s, model, tok, recipe, log=log)
     save_checkpoint(model, tok, out_dir)
     shutil.rmtree(tok_dir, ignore_errors=True)
     return out_dir
@@ -217,10 +405,10 @@ def measure_properties(model_dir: Path, probe: list[dict], alpha: float = 2.0,
 def build_sandbox(s: SandboxSpec | None = None, from_scratch: bool = False,
                   out_root: str | Path | None = None) -> Path:
     """Build the sandbox for ``s`` (or find it built) and return its folder."""
+    from harness.layout import sandbox_dir
+
     s = s or SandboxSpec()
-    root = Path(out_root) if out_root else default_root()
-    key = stable_hash(s.model_dump(mode="json"))
-    out = root / key
+    out = sandbox_dir(s, out_root)
     manifest = out / "manifest.json"
     shipped_ok = ASSET.is_dir() and json.loads(
         (ASSET / "recipe.json").read_text()).get("model_key") == model_key(s)

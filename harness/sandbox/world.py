@@ -195,18 +195,134 @@ def generate_corpus(spec: WorldSpec) -> tuple[list[dict], list[dict]]:
         docs.append({"id": f"filler-{i:05d}", "text": filler(rng, rng.randint(8, 20)),
                      "kind": "filler", "entity": None, "facts": [], "lookalike_of": None})
     rng.shuffle(docs)
-    probe = []
-    for i in range(spec.n_probe_entities):
-        e = world.entity(rng, used)
-        la = world.lookalike(rng, e, used)
-        probe.append({"id": f"probe-{i:05d}", "entity": e.name, "first": e.first,
-                      "last": e.last, "facts": [list(f) for f in e.facts],
-                      "lookalike": {"name": la.name, "last": la.last,
-                                    "facts": [list(f) for f in la.facts]},
-                      "profile": profile_text(rng, e),
-                      "lookalike_profile": profile_text(rng, la),
-                      "reference_seed": rng.randrange(2**31)})
+    probe = [entity_record(world, rng, used, f"probe-{i:05d}")
+             for i in range(spec.n_probe_entities)]
     return docs, probe
+
+
+def entity_record(world: World, rng: Rng, used: set[str], record_id: str) -> dict:
+    """An entity with its look-alike and both profiles, as a ``probe.jsonl`` line."""
+    e = world.entity(rng, used)
+    la = world.lookalike(rng, e, used)
+    return {"id": record_id, "entity": e.name, "first": e.first,
+            "last": e.last, "facts": [list(f) for f in e.facts],
+            "lookalike": {"name": la.name, "last": la.last,
+                          "facts": [list(f) for f in la.facts]},
+            "profile": profile_text(rng, e),
+            "lookalike_profile": profile_text(rng, la),
+            "reference_seed": rng.randrange(2**31)}
+
+
+# ---------------------------------------------------------------- benchmark substitutes
+# Used by the benchmarks only when the corpus is the sandbox and the real data is absent
+# (README "Evaluation"), and labelled as substitutes in their provenance.
+
+HAYSTACK_VERSION = 1
+HAYSTACK_SENTENCES = 20_000      # about 160K tokens of the sandbox tokenizer
+
+
+def haystack(seed: int = 0, n_sentences: int = HAYSTACK_SENTENCES) -> dict:
+    """The world's filler as a haystack, in the schema of RULER's ``PaulGrahamEssays.json``
+    (``{"text": ...}``): paragraphs of 4-9 filler sentences between blank lines. RULER's essay
+    tasks use it in place of the essays; a pure function of ``seed``."""
+    rng = random.Random(f"haystack-{seed}")
+    paragraphs, left = [], n_sentences
+    while left > 0:
+        k = min(left, rng.randint(4, 9))
+        paragraphs.append(filler(rng, k))
+        left -= k
+    return {"text": "\n\n".join(paragraphs)}
+
+
+MC_VERSION = 1
+MC_CONTEXT_CHARS = 60_000        # about 12K tokens of the sandbox tokenizer, 10K words
+MC_PROFILE_SHARE = 0.35          # share of profiles among the documents after the head
+MC_CHOICES = ("A", "B", "C", "D")
+
+
+def mc_question(entity: dict, seed: int) -> tuple[str, str]:
+    """The planted fact (attribute, value) that the item about ``entity`` asks."""
+    attr, value = _mc_rng(entity, seed).choice(entity["facts"])
+    return attr, value
+
+
+def _mc_rng(entity: dict, seed: int) -> Rng:
+    return random.Random(f"mc-{seed}-{entity['id']}")
+
+
+def mc_items(entities: list[dict], seed: int = 0, context_chars: int = MC_CONTEXT_CHARS,
+             prefix: str = "sandbox-mc") -> list[dict]:
+    """One multiple-choice item per entity (records as in ``probe.jsonl``), in LongBench-v2's
+    item schema (``_id, domain, sub_domain, difficulty, length, question, choice_A..D,
+    answer, context``); a pure function of ``entities``, ``seed`` and ``context_chars``.
+
+    The question asks one planted fact, ``Which <attribute> does <First> <Last> keep?``; the
+    choices are the true value and three other values of the same attribute, the true one
+    under ``A, A, B, B, C, C, D, D, A, ...`` in turn (easy and hard alternate), so that any
+    run of 8 items is balanced and a model that always answers one letter scores 25 %. The
+    context is documents between blank lines, about ``context_chars`` characters:
+
+    * the **head**: the entity's profile and a second profile, in random order: for a *hard*
+      item (odd positions) its look-alike's (same first name, same attribute, another value,
+      which is one of the choices), for an *easy* item another entity's;
+    * then profiles of the other entities (and of their look-alikes) among filler documents.
+      A hard item's two other distractors are values of the same attribute stated in these
+      profiles where there are enough; an easy item's three distractors occur nowhere in the
+      context.
+
+    Where the evidence sits: LongBench-v2's middle truncation keeps the head and the tail of
+    the prompt, so a profile at the head survives every length whose half budget holds the
+    instruction and the two head profiles (about 170 tokens of the sandbox tokenizer: with the
+    default reserve, 89 of the 100 test-split items keep it at 512, all of them from 1024),
+    while the question at the end moves away from it as the length
+    grows and more distractor profiles are kept between them: the task gets harder with the
+    length, and the items are truncated at every length up to about 12K tokens. ``length`` is
+    ``short`` for all of them (LongBench-v2's buckets: under 32K words)."""
+    return [_mc_item(e, i, entities, seed, context_chars, prefix)
+            for i, e in enumerate(entities)]
+
+
+def _mc_item(e: dict, i: int, entities: list[dict], seed: int, context_chars: int,
+             prefix: str) -> dict:
+    import re
+
+    rng = _mc_rng(e, seed)
+    attr, value = rng.choice(e["facts"])              # as mc_question
+    hard = i % 2 == 1
+    others = [x for x in entities if x["id"] != e["id"]]
+    head = [e["profile"], e["lookalike_profile"] if hard else rng.choice(others)["profile"]]
+    rng.shuffle(head)
+    body, stated, size = [], [], sum(len(d) + 2 for d in head)
+    while size < context_chars:
+        if others and rng.random() < MC_PROFILE_SHARE:
+            o = rng.choice(others)
+            own = rng.random() < 0.5
+            body.append(o["profile"] if own else o["lookalike_profile"])
+            stated += o["facts"] if own else o["lookalike"]["facts"]
+        else:
+            body.append(filler(rng, rng.randint(4, 10)))
+        size += len(body[-1]) + 2
+    context = "\n\n".join(head + body)
+    taken = {value}
+    if hard:
+        la_value = dict(map(tuple, e["lookalike"]["facts"]))[attr]
+        taken.add(la_value)
+        in_context = sorted({v for a, v in stated if a == attr} - taken)
+        distractors = [la_value] + rng.sample(in_context, min(2, len(in_context)))
+        words = set()
+    else:
+        distractors, words = [], set(re.findall(r"[A-Za-z]+", context))
+    pool = sorted({v for x in others for a, v in x["facts"] + x["lookalike"]["facts"]
+                   if a == attr} - taken - set(distractors) - words)
+    distractors += rng.sample(pool, 3 - len(distractors))
+    rng.shuffle(distractors)
+    choices = distractors[:]
+    choices.insert((i // 2) % len(MC_CHOICES), value)
+    return {"_id": f"{prefix}-{seed}-{e['id']}", "domain": "Sandbox planted facts",
+            "sub_domain": "Profile lookup", "difficulty": "hard" if hard else "easy",
+            "length": "short", "question": f"Which {attr} does {e['first']} {e['last']} keep?",
+            **{f"choice_{c}": v for c, v in zip(MC_CHOICES, choices)},
+            "answer": MC_CHOICES[choices.index(value)], "context": context}
 
 
 def _record(doc_id: str, text: str, kind: str, e: Entity,

@@ -1,0 +1,61 @@
+"""Run the sandbox recipe's optional phase 3 (benchmark formats) on a base model and save the
+result into another folder; the shipped asset is never touched.
+
+    .venv/bin/python scripts/sandbox_format_phase.py --out /tmp/sandbox-format [--steps 600]
+        [--model harness/assets/sandbox-model/model] [--max-positions 4096]
+
+``--steps`` sets ``PretrainRecipe.format_steps`` (the other ``format_*`` fields keep their
+defaults); ``--max-positions`` writes a larger ``max_position_embeddings`` into the saved
+config (RoPE unchanged: extrapolation), so that ``policylong eval`` may run it past 512.
+Prints the wall time of building the rows and of training.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+ASSET_MODEL = Path(__file__).resolve().parents[1] / "harness" / "assets" / "sandbox-model" / "model"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--model", type=Path, default=ASSET_MODEL)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0, help="the sandbox world's seed")
+    p.add_argument("--max-positions", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.out.resolve() == args.model.resolve() or ASSET_MODEL.parent in args.out.resolve(
+            ).parents:
+        p.error("--out must be a new folder outside the shipped asset")
+
+    from transformers import AutoTokenizer
+
+    from harness.config import SandboxSpec
+    from harness.sandbox.build import RECIPE, format_pretraining
+    from harness.training.model_io import load_model, save_checkpoint
+
+    recipe = dataclasses.replace(RECIPE, format_steps=args.steps)
+    tok = AutoTokenizer.from_pretrained(str(args.model))
+    model = load_model(args.model)
+    t0 = time.perf_counter()
+    format_pretraining(SandboxSpec(seed=args.seed), model, tok, recipe)
+    seconds = time.perf_counter() - t0
+    save_checkpoint(model, tok, args.out)
+    if args.max_positions:
+        cfg = args.out / "config.json"
+        c = json.loads(cfg.read_text())
+        c["max_position_embeddings"] = args.max_positions
+        cfg.write_text(json.dumps(c, indent=2))
+    (args.out / "format_phase.json").write_text(json.dumps(
+        {"from": str(args.model), "recipe": dataclasses.asdict(recipe),
+         "seconds": round(seconds, 1)}, indent=2))
+    print(f"phase 3: {args.steps} steps in {seconds:.0f} s -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,369 @@
+"""Sandbox substitutes for absent benchmark data, and how reports show what did not run.
+
+A fresh clone has no ``../shared/data``: ``$POLICYLONG_SHARED_DATA`` pointed at an empty folder
+simulates it (the hub is offline in the tests). With the sandbox corpus, RULER's essay tasks
+then use the world's filler as the haystack and LongBench-v2 a multiple-choice set made from
+the test-split probe entities; both only when the real data is absent, both labelled as
+substitutes in the provenance, the ``policylong eval`` table and the comparison report. A
+benchmark that ran nowhere gets a sentence saying why instead of an empty plot."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from benchmarks import longbench_v2 as lb
+from harness.config import BenchmarkEntry, load_spec
+from harness.evaluation import runner as E
+from harness.evaluation.loss_gap import PROBE_SPLITS
+from harness.experiments import report as R
+from harness.sandbox import world as W
+
+REPO = Path(__file__).resolve().parents[1]
+TOKENIZER = REPO / "harness" / "assets" / "sandbox-model" / "model"
+
+
+@pytest.fixture(autouse=True)
+def fresh_clone(tmp_path, monkeypatch):
+    """No staged reference data, no data env vars, the hub offline."""
+    empty = tmp_path / "no-shared-data"
+    empty.mkdir()
+    monkeypatch.setenv("POLICYLONG_SHARED_DATA", str(empty))
+    for var in ("POLICYLONG_ESSAYS", "POLICYLONG_LONGBENCH_V2"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return empty
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(TOKENIZER))
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory) -> Path:
+    """A folder like a built sandbox's, with only what the substitutes read: probe.jsonl."""
+    _, probe = W.generate_corpus(W.WorldSpec(seed=3, n_entities=40, n_filler_docs=4,
+                                             n_probe_entities=300))
+    root = tmp_path_factory.mktemp("sandbox")
+    W.write_jsonl(root / "probe.jsonl", probe)
+    return root
+
+
+def no_hub_essays(monkeypatch):
+    """The essays' hub route fails at once (as offline), without importing datasets."""
+    from benchmarks.ruler import common
+
+    def essay_words(path):
+        if path is None:
+            raise ConnectionError("hub offline")
+        return common.text_words(json.loads(Path(path).read_text())["text"])
+
+    monkeypatch.setattr(common, "essay_words", essay_words)
+
+
+def ruler(**params):
+    return E.load_benchmark(BenchmarkEntry(name="ruler", tasks=["niah_single_1",
+                                                               "niah_single_2"], params=params))
+
+
+def mc(**params):
+    return E.load_benchmark(BenchmarkEntry(name="longbench_v2", params=params))
+
+
+# ---------------------------------------------------------------- A: the RULER haystack
+
+def test_haystack_is_the_world_filler_in_the_essays_schema_and_deterministic(tmp_path):
+    h = W.haystack()
+    assert set(h) == {"text"} and h == W.haystack()
+    assert W.haystack(seed=1) != h
+    sentences = re.findall(r"[^.]+\.", h["text"])
+    assert len(sentences) == W.HAYSTACK_SENTENCES
+    assert all(s.strip().startswith("The ") for s in sentences[:50])
+
+
+def test_ruler_essay_tasks_use_the_filler_only_without_the_essays(tokenizer, sandbox,
+                                                                  tmp_path, monkeypatch):
+    no_hub_essays(monkeypatch)
+    bench = ruler(sandbox_dir=str(sandbox))
+    noise = bench.samples("niah_single_1", 512, tokenizer, 2)
+    assert "substitutes" not in bench.provenance()     # the noise haystack needs no essays
+    got = bench.samples("niah_single_2", 512, tokenizer, 2)
+    assert "The " in got[0].prompt and "special magic number" in got[0].prompt
+    assert got[0].prompt.split("\n")[1][:40] in W.haystack()["text"]
+    prov = bench.provenance()
+    label = prov["substitutes"]["essay"]
+    assert label.startswith("sandbox filler (substitute for PaulGrahamEssays)")
+    assert f"v{W.HAYSTACK_VERSION}" in label and "no essays file was found" in label
+    assert prov["data"]["essay"]["generator"] == "harness.sandbox.world.haystack"
+    assert prov["data"]["essay"]["sha256"]
+    again = ruler(sandbox_dir=str(sandbox)).samples("niah_single_2", 512, tokenizer, 2)
+    assert [s.prompt for s in again] == [s.prompt for s in got] and noise
+    # the substitute is the haystack file's text: the same samples from it as essay_path
+    path = tmp_path / "haystack.json"
+    path.write_text(json.dumps(W.haystack()))
+    from_file = ruler(essay_path=str(path)).samples("niah_single_2", 512, tokenizer, 2)
+    assert [s.prompt for s in from_file] == [s.prompt for s in got]
+
+
+def test_ruler_keeps_real_essays_and_does_not_substitute_off_the_sandbox(
+        tokenizer, sandbox, fresh_clone, monkeypatch):
+    no_hub_essays(monkeypatch)
+    essays = "Essays are long. " * 4000
+    (fresh_clone / "PaulGrahamEssays.json").write_text(json.dumps({"text": essays}))
+    bench = ruler(sandbox_dir=str(sandbox))
+    assert "Essays are long." in bench.samples("niah_single_2", 512, tokenizer, 1)[0].prompt
+    prov = bench.provenance()
+    assert "substitutes" not in prov and prov["data"]["essay"]["path"].endswith(
+        "PaulGrahamEssays.json")
+    (fresh_clone / "PaulGrahamEssays.json").unlink()
+    with pytest.raises(E.NotRun, match="essay haystack unavailable"):
+        ruler().samples("niah_single_2", 512, tokenizer, 1)     # not the sandbox: not run
+
+
+# ---------------------------------------------------------------- B: the multiple-choice set
+
+def test_mc_items_follow_longbench_v2_schema_and_ask_planted_facts(sandbox):
+    probe = [json.loads(x) for x in (sandbox / "probe.jsonl").read_text().splitlines()]
+    test = probe[slice(*PROBE_SPLITS["test"])]
+    items = W.mc_items(test, seed=0, context_chars=8000)
+    assert items == W.mc_items(test, seed=0, context_chars=8000)            # deterministic
+    assert items != W.mc_items(test, seed=1, context_chars=8000)
+    lb.validate_items(items)
+    assert all(list(it) == list(lb.FIELDS) for it in items)
+    assert [it["difficulty"] for it in items[:4]] == ["easy", "hard"] * 2
+    assert "".join(it["answer"] for it in items[:10]) == "AABBCCDDAA"     # balanced
+    for it, e in zip(items, test):
+        attr, value = W.mc_question(e, 0)
+        choices = [it[f"choice_{c}"] for c in "ABCD"]
+        assert it["question"] == f"Which {attr} does {e['entity']} keep?"
+        assert it[f"choice_{it['answer']}"] == value and len(set(choices)) == 4
+        same_attr = {v for x in test for a, v in x["facts"] + x["lookalike"]["facts"]
+                     if a == attr}
+        assert set(choices) <= same_attr                      # all values of that attribute
+        head = it["context"].split("\n\n")[:2]
+        assert e["profile"] in head                           # the evidence sits at the head
+        words = set(re.findall(r"[A-Za-z]+", it["context"]))
+        if it["difficulty"] == "hard":
+            la = dict(map(tuple, e["lookalike"]["facts"]))[attr]
+            assert e["lookalike_profile"] in head and la in choices
+        else:
+            assert not {c for c in choices if c != value} & words
+        assert len(it["context"]) >= 8000
+
+
+def test_longbench_v2_substitutes_test_split_items_only_when_its_data_is_absent(
+        tokenizer, sandbox, fresh_clone):
+    bench = mc(sandbox_dir=str(sandbox))
+    got = bench.samples("overall", 1024, tokenizer, 4)
+    items = bench.items()
+    probe = [json.loads(x) for x in (sandbox / "probe.jsonl").read_text().splitlines()]
+    start, end = PROBE_SPLITS["test"]
+    assert [it["_id"].rsplit("-", 2)[-2:] for it in items] == [
+        p["id"].split("-") for p in probe[start:end]]
+    outside = [p["entity"] for p in probe[:start] + probe[end:]]
+    assert not any(name in it["context"] for it in items for name in outside)
+    prov = bench.provenance()
+    label = prov["substitutes"]["data"]
+    assert label.startswith("sandbox multiple-choice (substitute for LongBench-v2)")
+    assert f"v{W.MC_VERSION}, seed 0" in label
+    assert f"test split of the probe entities ({start}-{end - 1})" in label
+    assert prov["data"]["generator"] == "harness.sandbox.world.mc_items"
+    assert prov["data"]["probe"]["path"] == str((sandbox / "probe.jsonl").resolve())
+    for s in got:   # truncated in the middle like real items; the evidence kept at the head
+        assert len(tokenizer(s.prompt)["input_ids"]) <= 1024 - bench.reserve + 16
+        assert s.prompt.endswith(lb.COMPLETION_ANSWER_PREFIX)
+    item = items[0]
+    attr, value = W.mc_question(probe[start], 0)
+    assert W.fact(attr, probe[start]["first"], probe[start]["last"], value) in got[0].prompt
+    assert got[0].references == [item["answer"]]
+    # tuning's split: the validation entities, never the test split's
+    val = mc(sandbox_dir=str(sandbox), sandbox_split="validation").items()
+    assert val[0]["_id"].endswith(probe[PROBE_SPLITS["validation"][0]]["id"])
+    with pytest.raises(ValueError, match="sandbox_split"):
+        mc(sandbox_dir=str(sandbox), sandbox_split="train")
+    # the real data wins whenever it is there
+    real = [dict(items[0], _id="real-1", context="Real text.")]
+    (fresh_clone / "longbench_v2_sample.json").write_text(json.dumps(real))
+    bench = mc(sandbox_dir=str(sandbox))
+    assert bench.items() == real and "substitutes" not in bench.provenance()
+
+
+def test_longbench_v2_without_data_or_built_sandbox_is_not_run(tmp_path):
+    with pytest.raises(E.NotRun, match="hub route failed"):
+        mc().items()
+    with pytest.raises(E.NotRun, match="policylong sandbox build"):
+        mc(sandbox_dir=str(tmp_path / "unbuilt")).items()
+
+
+def test_the_runner_passes_the_sandbox_only_for_a_sandbox_corpus(tmp_path):
+    spec = load_spec(REPO / "runs" / "smoke.yaml")
+    from harness.layout import sandbox_dir
+
+    benches = {b.name: b for b in E.load_benchmarks(spec, ["ruler", "longbench_v2"])}
+    assert benches["ruler"].sandbox_dir == sandbox_dir(spec.sandbox)
+    assert benches["longbench_v2"].sandbox_dir == sandbox_dir(spec.sandbox)
+    assert benches["longbench_v2"].sandbox_split == "test"
+    entry = BenchmarkEntry(name="longbench_v2", params={"reserve": 100})
+    tuned = E.with_sandbox(spec, entry, "validation")
+    assert tuned.params == {"sandbox_dir": str(sandbox_dir(spec.sandbox)),
+                            "sandbox_split": "validation", "reserve": 100}
+    assert E.with_sandbox(spec, BenchmarkEntry(name="helmet_recall")).params == {}
+    other = spec.model_copy(update={"corpus": spec.corpus.model_copy(
+        update={"path": str(tmp_path / "docs.jsonl")})})
+    assert E.with_sandbox(other, entry) is entry
+
+
+def test_substitutes_reach_the_eval_table_and_the_comparison_entries():
+    label = "sandbox multiple-choice (substitute for LongBench-v2): generated"
+    results = {"lengths": [512], "benchmarks": {"longbench_v2": {
+        "tasks": {"overall": {"512": 25.0}}, "breakdown": {}, "not_run": {},
+        "average": {"512": {"mean": 25.0, "num_tasks": 1, "tasks": ["overall"],
+                            "reference_tasks": 1, "label": "avg", "missing": {}}},
+        "provenance": {"preset": "harness", "data": label,
+                       "substitutes": {"data": label}}}}}
+    assert f"substitute: longbench_v2 data: {label}" in E.format_table(results)
+    ev = E.compare_averages(results)
+    assert ev == {"longbench_v2": {"512": 25.0},
+                  f"longbench_v2/substitute/data: {label}": {"512": None}}
+
+    class Recorder:
+        def log_metrics(self, metrics, step):
+            self.metrics = metrics
+
+    rec = Recorder()
+    E.log_averages(rec, ev)
+    assert rec.metrics == {"eval/longbench_v2/avg/512": 25.0}
+    tables = R.score_tables({"rows": {"base": {"eval": ev}}})
+    name = next(iter(tables))
+    assert name.startswith("longbench_v2") and "substitute data" in name
+    notes = " ".join(r[0] for r in tables[name][1] if not any(r[1:]))
+    assert "substitute data (base): data: sandbox multiple-choice" in notes
+
+
+# ---------------------------------------------------------------- D: not-run cells and plots
+
+LB_WHY = ("no LongBench-v2 file (params.path, POLICYLONG_LONGBENCH_V2 or "
+          "/x/longbench_v2_sample.json) and the hub route failed: offline")
+CONTEXT_WHY = "length past the model's context (512 tokens: max_position_embeddings 512)"
+
+
+def fresh_clone_results() -> dict:
+    """LongBench-v2 not run anywhere; the base model past its context at 1024."""
+    def row(lengths, past=()):
+        ev = {"ruler/avg3": {str(L): 10.0 for L in lengths},
+              "longbench_v2": {str(L): None for L in lengths},
+              f"longbench_v2/not_run/overall: {LB_WHY}": {str(L): None for L in lengths}}
+        if past:
+            for b in ("ruler", "longbench_v2"):
+                ev[f"{b}/not_run/all tasks: {CONTEXT_WHY}"] = {str(L): None for L in past}
+        return ev
+
+    return {"spec": "fresh", "config_hash": "h",
+            "rows": {"base": {"eval": row([512], past=[1024])},
+                     "policylong": {"eval": row([512, 1024])}}}
+
+
+def test_every_not_run_cell_says_why_and_a_benchmark_run_nowhere_has_no_plot(tmp_path):
+    res = fresh_clone_results()
+    assert R.ran_nowhere(res) == {"longbench_v2": (
+        f"longbench_v2 ran for no method at any length, so it has no plot. Why: "
+        f"overall: {LB_WHY}; all tasks: {CONTEXT_WHY}")}
+    tables = R.score_tables(res)
+    for name, (header, body) in tables.items():
+        notes = " ".join(r[0].strip() for r in body if not any(r[1:]))
+        for r in body:
+            for cell in r[1:]:
+                if cell.startswith("not run"):
+                    ref = cell.split()[-1]
+                    assert ref in notes
+    ruler_body = next(v for k, v in tables.items() if k.startswith("ruler"))[1]
+    base = next(r for r in ruler_body if r[0] == "base")
+    assert base[2].startswith("not run [")
+    joined = " ".join(r[0].strip() for r in ruler_body if not any(r[1:]))
+    assert "length past the model's context (512 tokens:" in joined
+    md, html_path, text = R.write_report(res, tmp_path)
+    assert not (tmp_path / "plots" / "score_longbench_v2.png").exists()
+    assert (tmp_path / "plots" / "score_ruler.png").exists()
+    for out in (md.read_text(), html_path.read_text(), text):
+        assert "longbench_v2 ran for no method at any length, so it has no plot" in out
+        assert "no LongBench-v2 file" in out
+
+
+def test_loss_benchmark_metrics_get_their_own_tables():
+    ev = {"probe": {"512": 0.5}, "probe/gain": {"512": 2.0}, "probe/nll": {"512": 3.0},
+          "probe/not_run/probe: lengths [256]: too short": {"256": None}}
+    tables = R.score_tables({"rows": {"base": {"eval": ev}}})
+    assert sorted(tables) == ["probe", "probe/gain", "probe/nll"]
+    assert tables["probe"][1][0][1:3] == ["not run [1]", "0.500"]
+    assert tables["probe/gain"][1][0][2] == "2.000"
+
+
+def test_evaluate_checkpoint_records_lengths_past_the_model(tmp_path, monkeypatch, tokenizer):
+    spec = load_spec(REPO / "runs" / "smoke.yaml", [
+        f"output_dir={tmp_path}", "eval.lengths=[512, 1024]", "eval.short_context=[]",
+        "eval.benchmarks=[{name: ruler, tasks: [niah_single_1]}]"])
+    monkeypatch.setattr(E, "model_limit", lambda path: (512, "max_position_embeddings 512"))
+    monkeypatch.setattr(E, "evaluate", lambda *a, **k: {"benchmarks": {}})
+    ev = E.evaluate_checkpoint(spec, "m", tmp_path / "ev", tokenizer=tokenizer)
+    assert ev == {f"ruler/not_run/all tasks: {CONTEXT_WHY}": {"1024": None}}
+
+
+def test_mlflow_round_trip_keeps_the_substitution(tmp_path):
+    from harness.tracking import Tracking, eval_avg_key
+
+    label = "sandbox filler (substitute for PaulGrahamEssays): v1"
+    tracking = Tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", "t")
+    with tracking.run("compare-x", tags={"spec": "t"}) as parent:
+        with tracking.run("base", parent=parent, tags={"method_label": "base"}) as child:
+            child.log_metrics({eval_avg_key("ruler/avg3", 512): 10.0}, 0)
+            child.log_params(E.provenance_params({"ruler": {"provenance": {
+                "preset": "harness", "substitutes": {"essay": label}}}}))
+    got = R.from_mlflow(tracking, parent.run_id)["rows"]["base"]["eval"]
+    assert got[f"ruler/substitute/essay: {label}"] == {512: None}
+
+
+# ---------------------------------------------------------------- C: the optional format phase
+
+def test_format_phase_is_off_by_default_and_keeps_the_shipped_model_key():
+    import dataclasses
+
+    from harness.config import SandboxSpec
+    from harness.sandbox import build as Bd
+
+    shipped = json.loads((Bd.ASSET / "recipe.json").read_text())["model_key"]
+    assert Bd.RECIPE.format_steps == 0 and Bd.model_key(SandboxSpec()) == shipped
+    on = dataclasses.replace(Bd.RECIPE, format_steps=10)
+    assert Bd.model_key(SandboxSpec(), on) != shipped
+
+
+def test_format_rows_teach_the_answers_of_non_probe_entities(tokenizer):
+    import dataclasses
+
+    import numpy as np
+
+    from harness.config import SandboxSpec
+    from harness.sandbox import build as Bd
+
+    s = SandboxSpec()
+    entities = Bd.format_entities(s, 50, seed=2000)
+    _, probe = W.generate_corpus(Bd.world_spec(s))
+    assert not {e["entity"] for e in entities} & {p["entity"] for p in probe}
+    recipe = dataclasses.replace(Bd.RECIPE, format_steps=4, format_retain_every=4)
+    ids, pos, pad = Bd.format_rows(s, tokenizer, recipe)
+    B, T = recipe.micro_batch, recipe.context
+    assert ids.shape == (4 * B, T) and pos.shape == ids.shape == pad.shape
+    assert not pad[3 * B:].any()                      # step 3: phase 2's mix, every token
+    texts = [tokenizer.decode(ids[r]) for r in range(3 * B)]
+    assert any("special magic" in t for t in texts)
+    assert any(lb.COMPLETION_ANSWER_PREFIX + " (" in t for t in texts)
+    for r in range(3 * B):   # loss only on the answers: each run = last prompt token, answer, EOS
+        carried = np.flatnonzero(~pad[r])
+        runs = np.split(carried, np.flatnonzero(np.diff(carried) > 1) + 1)
+        assert runs and all(2 < len(run) < 80 for run in runs)
+        for run in runs:
+            answer = tokenizer.decode(ids[r, run[1:]])
+            assert re.fullmatch(r" \([ABCD]\)<\|endoftext\|>", answer) or re.fullmatch(
+                r" [0-9a-f-]+(, [0-9a-f-]+)*\.<\|endoftext\|>", answer), answer
