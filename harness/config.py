@@ -164,6 +164,12 @@ class ScreeningSpec(Strict):
     # context, so any prepended text "helps" there (the length effect); w = 16 by default.
     skip_start: int = Field(16, ge=0)
     batch_size: int = Field(8, gt=0)
+    # Candidate chunks' key/value caches kept for reuse across the roots that retrieve them
+    # (MiB per screening model; 0: off). Speed only: the values are the full forward's.
+    prefix_cache_mb: int = Field(512, ge=0)
+    # Stop verifying a root's candidates (in retrieval order) once its positives fill the
+    # group's room (ours; changes which contexts can be chosen, so off by default).
+    early_stop: bool = False
 
     @model_validator(mode="after")
     def _neg_below_pos(self):

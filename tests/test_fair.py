@@ -124,6 +124,13 @@ def test_stage_config_hash_sees_method_stage_and_parameters():
         update={"epsilon": 0.5})})
     assert base != h(Standard(), spec=eps)                            # construction settings
 
+    def screening(**kw):
+        return spec.model_copy(update={"screening": spec.screening.model_copy(update=kw)})
+
+    assert base == h(Standard(), spec=screening(prefix_cache_mb=0))   # speed only
+    assert base != h(Standard(), spec=screening(early_stop=True))     # changes the data
+    assert base == h(Standard(), spec=screening(early_stop=False))
+
 
 def _tiny_dataset(tmp_path, tok_dir, name, rows=8, T=64, seed=0):
     from transformers import AutoTokenizer

@@ -273,3 +273,93 @@ def test_screen_and_verify_length_control_is_deterministic(model):
             differs.append(not np.allclose(va.control_dI_nll, co.verdict.control_dI_nll,
                                            atol=1e-6))
     assert sum(differs) >= len(differs) // 2
+
+
+# ------------------------------------------------------------ candidate prefixes computed once
+
+def test_prefix_cache_leaves_every_gain_unchanged(model, root):
+    """Rows that continue a chunk's cached keys/values give the plain per-pair ΔI to 1e-5, for
+    candidates of mixed lengths and a truncated one, and the second root reuses the cache."""
+    from harness.construction.screening import PrefixCache
+
+    cands = _candidates(root)
+    masks = _masks(root.anchors.size)
+    cache = PrefixCache(model, 1 << 30, batch_size=2)
+    ids = [10, 11, 12, 13]
+    for rnd in range(2):
+        got = verify(model, root, cands, WINDOW, PAD, batch_size=3, retrieving=masks,
+                     prefix_cache=cache, chunk_ids=ids)
+        for cand, v in zip(cands, got):
+            ref_h, ref_n, truncated = _reference(model, root, cand)
+            np.testing.assert_allclose(v.dI_entropy, ref_h, atol=1e-5, rtol=0)
+            np.testing.assert_allclose(v.dI_nll, ref_n, atol=1e-5, rtol=0)
+            assert v.truncated is truncated
+        assert (cache.misses, cache.hits) == (4, 4 * rnd)
+    assert cache.computed_tokens == sum(len(c) for c in cands)
+    # a different root continuing the same cached chunks: still the plain values
+    (other,) = screen_roots(model, [_tokens(90, 5)], WINDOW, 0.5, 5, PAD, skip_start=4)
+    got = verify(model, other, cands, WINDOW, PAD, prefix_cache=cache, chunk_ids=ids)
+    for cand, v in zip(cands, got):
+        ref_h, ref_n, _ = _reference(model, other, cand)
+        np.testing.assert_allclose(v.dI_entropy, ref_h, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(v.dI_nll, ref_n, atol=1e-5, rtol=0)
+    assert cache.hits == 8 and cache.computed_tokens == sum(len(c) for c in cands)
+
+
+def test_prefix_cache_evicts_within_its_budget(model, root):
+    from harness.construction.screening import PrefixCache
+
+    cands = _candidates(root)
+    one = PrefixCache(model, 1 << 30)
+    one.get([0], [cands[3]])
+    per_token = one._bytes / len(cands[3])
+    cache = PrefixCache(model, int(per_token * (len(cands[2]) + len(cands[3]))))
+    cache.get([0, 1, 2, 3], cands)
+    assert set(cache._kv) == {2, 3} and cache._bytes <= cache.budget
+    a = verify(model, root, cands, WINDOW, PAD, prefix_cache=cache, chunk_ids=[0, 1, 2, 3])
+    b = verify(model, root, cands, WINDOW, PAD)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x.dI_entropy, y.dI_entropy, atol=1e-5, rtol=0)
+    assert cache.misses == 6            # 0 and 1 had been evicted, 2 and 3 were hits
+
+
+def test_screen_and_verify_same_verdicts_with_and_without_prefix_cache(model):
+    """The core path, length control on (its rows always run whole): cache on vs off."""
+    on = screen_and_verify(_ctx(model, control="length")[0], [0, 1])
+    off = screen_and_verify(_ctx(model, control="length", prefix_cache_mb=0)[0], [0, 1])
+    for p, q in zip(on, off):
+        assert [c.chunk_id for c in p.candidates] == [c.chunk_id for c in q.candidates]
+        for cp, cq in zip(p.candidates, q.candidates):
+            for f in ("dI_entropy", "dI_nll", "control_dI_entropy", "control_dI_nll"):
+                np.testing.assert_allclose(getattr(cp.verdict, f), getattr(cq.verdict, f),
+                                           atol=1e-5, rtol=0)
+
+
+def test_early_stop_verifies_in_retrieval_order_until_the_room_is_full(model):
+    """``screening.early_stop``: the verified candidates are a prefix (in retrieval order) of
+    the full verification's, with the same verdicts; it stops at the first batch whose positives
+    fill the room, and counts what it skipped. Off, nothing is skipped or counted."""
+    full = screen_and_verify(_ctx(model, batch_size=1)[0], [0, 1])
+    assert "candidates_skipped" not in full[0].stats("entropy", 0.4)
+    # ε between root 0's gains (this random model's gains are tiny): some pass, some fail
+    gains = sorted({c.verdict.gain("entropy") for c in full[0].candidates})
+    eps = (gains[-2] + gains[-3]) / 2
+    ctx, _ = _ctx(model, batch_size=1, epsilon=eps, early_stop=True)
+    pos_tokens = [[len(ctx.resources.chunkset().tokens[c.chunk_id])
+                   * (c.verdict.gain("entropy") > eps) for c in rs.candidates] for rs in full]
+    # a room the first positive of root 0 fills: the stop must come right after it
+    first = next(j for j, t in enumerate(pos_tokens[0]) if t)
+    ctx.target_length = 70 + pos_tokens[0][first]        # root 0 has 70 tokens
+    early = screen_and_verify(ctx, [0, 1])
+    skipped = 0
+    for f, e, toks in zip(full, early, pos_tokens):
+        n = len(e.candidates)
+        assert [c.chunk_id for c in e.candidates] == [c.chunk_id for c in f.candidates[:n]]
+        for ce, cf in zip(e.candidates, f.candidates):
+            np.testing.assert_allclose(ce.verdict.dI_entropy, cf.verdict.dI_entropy, atol=1e-5)
+        need = ctx.target_length - min(len(e.screened.tokens), ctx.target_length)
+        filled = np.cumsum(toks) >= need
+        assert n == (int(np.argmax(filled)) + 1 if filled.any() else len(f.candidates))
+        assert e.stats("entropy", eps)["candidates_skipped"] == len(f.candidates) - n
+        skipped += len(f.candidates) - n
+    assert len(early[0].candidates) == first + 1 and skipped > 0

@@ -355,10 +355,19 @@ def _ground_truth(res: "Resources", groups: list[dict]) -> dict | None:
     return q if q.get("groups") else None     # methods without contexts: nothing to judge
 
 
+EXECUTION_ONLY = ("prefix_cache_mb",)
+ADDED_WITH_DEFAULT = {"early_stop": False}
+
+
 def stage_config_hash(ctx: StageContext, method: Method) -> str:
     """Hash of what a stage dataset depends on: method, stage, lengths, budget, seed, the
     method's parameters and the spec's construction settings."""
     d = ctx.spec.model_dump(mode="json")
+    for name in EXECUTION_ONLY:           # how fast, not what: the same data either way
+        d["screening"].pop(name, None)
+    for name, default in ADDED_WITH_DEFAULT.items():    # earlier stage hashes stay valid
+        if d["screening"].get(name) == default:
+            d["screening"].pop(name)
     key = {"method": method.name, "stage": ctx.stage, "target_length": ctx.target_length,
            "token_budget": ctx.token_budget, "seed": ctx.seed,
            "attention": getattr(method, "attention", "group"),

@@ -21,10 +21,10 @@ def _reduce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def _hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-            position_ids: torch.Tensor | None) -> torch.Tensor:
+            position_ids: torch.Tensor | None, past_key_values=None) -> torch.Tensor:
     base = model.get_decoder()
     out = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-               use_cache=False)
+               past_key_values=past_key_values, use_cache=past_key_values is not None)
     return out.last_hidden_state
 
 
@@ -63,10 +63,14 @@ def score_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
 @torch.no_grad()
 def score_positions(model, input_ids: torch.Tensor, positions: list[torch.Tensor],
                     attention_mask: torch.Tensor | None = None,
-                    position_ids: torch.Tensor | None = None
+                    position_ids: torch.Tensor | None = None, past_key_values=None
                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Anchor-only mode: entropy and NLL only at ``positions[b]`` (token indices ≥ 1) of row b."""
-    hidden = _hidden(model, input_ids, attention_mask, position_ids)
+    """Anchor-only mode: entropy and NLL only at ``positions[b]`` (token indices ≥ 1) of row b.
+
+    With ``past_key_values`` (a cache of a prefix shared in length by every row), ``input_ids``
+    continue that prefix; ``positions`` index ``input_ids`` and ``position_ids`` must continue
+    the prefix's positions."""
+    hidden = _hidden(model, input_ids, attention_mask, position_ids, past_key_values)
     head = model.get_output_embeddings()
     out = []
     for b, pos in enumerate(positions):

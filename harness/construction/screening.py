@@ -40,9 +40,23 @@ aggregated like the plain gain (entropy: the max over the deciding anchors of th
 excess; nll: the mean, which equals mean ΔI_C − mean ΔI_control). The control's own gains are
 kept (per anchor, and ``Verdict.control_gain``). With ``control = "none"`` (the papers') the
 deciding gain is ΔI_C itself.
+
+Candidate prefixes computed once (``screening.prefix_cache_mb``, ours). In a row ``[C; D_cut]``
+the candidate comes first, so its keys and values do not depend on the root: a chunk retrieved
+by many roots (about 14 per chunk in a smoke stage) would otherwise be run through the model
+once per root. ``PrefixCache`` keeps each chunk's key/value cache, computed once per screening
+model, and a root's rows are then only ``D_cut`` continuing that cache (positions continue the
+prefix's, as in the full row). A truncated candidate uses the first ``len(C_used)`` positions of
+its chunk's cache: the model is causal, so they are the cache of the truncated prefix. Rows are
+batched among a root's candidates of equal used length (no padding: ``D_cut`` is the same in
+every row of a root). The values equal the full forward's to float rounding
+(``tests/test_verify.py``); the cache is least-recently-used within its byte budget; 0 turns it
+off (every row a full forward, as before). Length-control rows are unique and always run whole.
 """
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -225,12 +239,121 @@ def _mask(r, n: int) -> np.ndarray:
     return m
 
 
+class PrefixCache:
+    """Key/value caches of candidate chunks for one screening model (frozen weights), keyed by
+    chunk id, least recently used evicted past ``budget_bytes``. ``hits``/``misses`` count
+    lookups; ``computed_tokens`` the chunk tokens run through the model."""
+
+    def __init__(self, model, budget_bytes: int, device: str = "cpu", batch_size: int = 8):
+        self.model, self.budget, self.device, self.batch_size = model, int(budget_bytes), device, batch_size
+        self._kv: OrderedDict[int, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self._tokens: dict[int, np.ndarray] = {}     # what each cached chunk id held
+        self._bytes = 0
+        self.hits = self.misses = self.computed_tokens = 0
+
+    @staticmethod
+    def _size(kv) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+
+    @torch.no_grad()
+    def get(self, chunk_ids: list[int], tokens: list[np.ndarray]
+            ) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Per chunk, per layer ``(keys, values)`` of shape ``[1, heads, len(chunk), dim]``."""
+        out: dict[int, list] = {}
+        missing: dict[int, list[int]] = defaultdict(list)      # length -> chunk ids
+        for c, t in zip(chunk_ids, tokens):
+            c = int(c)
+            if c in out:
+                continue
+            if c in self._kv and not np.array_equal(self._tokens[c], t):
+                raise ValueError(f"prefix cache: chunk {c} holds other tokens than when it was "
+                                 f"cached (one cache per screening model and chunk set)")
+            if c in self._kv:
+                self._kv.move_to_end(c)
+                out[c] = self._kv[c]
+                self.hits += 1
+            elif len(t) and c not in missing[len(t)]:
+                missing[len(t)].append(c)
+                self.misses += 1
+        toks = {int(c): t for c, t in zip(chunk_ids, tokens)}
+        decoder = self.model.get_decoder()
+        for length, ids in sorted(missing.items()):
+            for i in range(0, len(ids), self.batch_size):
+                part = ids[i:i + self.batch_size]
+                x = torch.as_tensor(np.stack([np.asarray(toks[c], dtype=np.int64) for c in part]),
+                                    device=self.device)
+                cache = decoder(input_ids=x, use_cache=True).past_key_values
+                layers = [(layer.keys, layer.values) for layer in cache.layers]
+                self.computed_tokens += x.numel()
+                for b, c in enumerate(part):
+                    kv = [(k[b:b + 1].clone(), v[b:b + 1].clone()) for k, v in layers]
+                    out[c] = kv
+                    self._kv[c] = kv
+                    self._tokens[c] = np.asarray(toks[c]).copy()
+                    self._bytes += self._size(kv)
+        while self._bytes > self.budget and self._kv:
+            c, kv = self._kv.popitem(last=False)
+            del self._tokens[c]
+            self._bytes -= self._size(kv)
+        return [out[int(c)] if len(t) else [] for c, t in zip(chunk_ids, tokens)]
+
+
+_PREFIX_CACHES: "weakref.WeakKeyDictionary[object, PrefixCache]" = weakref.WeakKeyDictionary()
+
+
+def prefix_cache_for(model, budget_mb: int, device: str = "cpu", batch_size: int = 8
+                     ) -> PrefixCache | None:
+    """The prefix cache of ``model`` (one per screening model object, kept while it lives),
+    or None when ``budget_mb`` is 0."""
+    if budget_mb <= 0:
+        return None
+    cache = _PREFIX_CACHES.get(model)
+    if cache is None:
+        cache = _PREFIX_CACHES[model] = PrefixCache(model, budget_mb << 20, device, batch_size)
+    cache.budget = budget_mb << 20
+    return cache
+
+
+def _cached_rows(model, d_cut: np.ndarray, anchors: np.ndarray, lengths: list[int],
+                 kvs: list[list[tuple[torch.Tensor, torch.Tensor]]], batch_size: int,
+                 device: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Entropy and NLL at ``anchors`` of ``D_cut`` after each cached prefix cut to
+    ``lengths[i]``; rows of equal prefix length batched."""
+    from transformers import DynamicCache
+
+    out: list = [None] * len(lengths)
+    by_len: dict[int, list[int]] = defaultdict(list)
+    for i, n in enumerate(lengths):
+        by_len[n].append(i)
+    d = torch.as_tensor(np.asarray(d_cut, dtype=np.int64), device=device)
+    pos_d = torch.as_tensor(anchors)
+    for n, rows in sorted(by_len.items()):
+        for s in range(0, len(rows), batch_size):
+            part = rows[s:s + batch_size]
+            ids = d.unsqueeze(0).expand(len(part), -1)
+            past = None
+            if n > 0:
+                layers = [(torch.cat([kvs[i][l][0][:, :, :n] for i in part]),
+                           torch.cat([kvs[i][l][1][:, :, :n] for i in part]))
+                          for l in range(len(kvs[part[0]]))]
+                past = DynamicCache(ddp_cache_data=layers, config=model.config)
+            position_ids = torch.arange(n, n + len(d_cut), device=device).unsqueeze(0).expand(
+                len(part), -1)
+            scored = score_positions(model, ids, [pos_d] * len(part), position_ids=position_ids,
+                                     past_key_values=past)
+            for i, r in zip(part, scored):
+                out[i] = r
+    return out
+
+
 @torch.no_grad()
 def verify(model, root: Screened, candidates: list[np.ndarray], window: int, pad_id: int,
            batch_size: int = 8, device: str = "cpu",
            retrieving: list[np.ndarray] | None = None,
            verify_against: str = "retrieving_anchor",
-           controls: list[np.ndarray] | None = None) -> list[Verdict]:
+           controls: list[np.ndarray] | None = None,
+           prefix_cache: PrefixCache | None = None,
+           chunk_ids: list[int] | None = None) -> list[Verdict]:
     """ΔI of every candidate context at every anchor of ``root`` (both signals), one forward
     pass per ``[C; D_cut]`` row, LM head only at the anchors, rows batched ``batch_size`` at a
     time (right-padded).
@@ -238,7 +361,10 @@ def verify(model, root: Screened, candidates: list[np.ndarray], window: int, pad
     ``retrieving[i]``: the anchors whose queries retrieved candidate i (a bool mask over
     ``root.anchors`` or anchor indices); None: every anchor. ``controls[i]``: tokens of an
     unrelated context for candidate i, at least as long as the part of C that is used; it is
-    cut to that length and scored as an extra row (the length control)."""
+    cut to that length and scored as an extra row (the length control).
+
+    ``prefix_cache`` with ``chunk_ids`` (the candidates' chunk ids): candidate rows continue the
+    chunks' cached keys and values instead of running ``C`` again (module docstring)."""
     if verify_against not in VERIFY_AGAINST:
         raise ValueError(f"verify_against must be one of {VERIFY_AGAINST}, got {verify_against!r}")
     for name, extra in (("retrieving", retrieving), ("controls", controls)):
@@ -262,18 +388,29 @@ def verify(model, root: Screened, candidates: list[np.ndarray], window: int, pad
                 raise ValueError(f"length control of {len(ctl)} tokens for a context of "
                                  f"{len(c)} tokens")
             rows.append(np.asarray(ctl[:len(c)]))
+    if prefix_cache is not None and chunk_ids is not None and len(chunk_ids) != len(candidates):
+        raise ValueError(f"chunk_ids: {len(chunk_ids)} entries for {len(candidates)} candidates")
     gains: list[tuple[np.ndarray, np.ndarray]] = []
-    for i in range(0, len(rows), batch_size):
-        ctxs = rows[i:i + batch_size]
+
+    def gain(h_cd, n_cd):
+        h_cd = h_cd.double().cpu().numpy()
+        n_cd = n_cd.double().cpu().numpy()
+        return ((h_d - h_cd) / np.maximum(h_d, 1e-8), (n_d - n_cd) / np.maximum(n_d, 1e-8))
+
+    full_rows = rows
+    if prefix_cache is not None and chunk_ids is not None and int(root.anchors.min()) >= 1:
+        kvs = prefix_cache.get(list(chunk_ids), list(candidates))
+        scored = _cached_rows(model, d_cut, root.anchors, [len(u) for u in used], kvs,
+                              batch_size, device)
+        gains.extend(gain(h, n) for h, n in scored)
+        full_rows = rows[len(used):]            # the length-control rows, if any
+    for i in range(0, len(full_rows), batch_size):
+        ctxs = full_rows[i:i + batch_size]
         seqs = [np.concatenate([c, d_cut]) for c in ctxs]
         ids, mask = _pad(seqs, pad_id)
         pos = [torch.as_tensor(root.anchors + len(c)) for c in ctxs]
         scored = score_positions(model, ids.to(device), pos, attention_mask=mask.to(device))
-        for h_cd, n_cd in scored:
-            h_cd = h_cd.double().cpu().numpy()
-            n_cd = n_cd.double().cpu().numpy()
-            gains.append(((h_d - h_cd) / np.maximum(h_d, 1e-8),
-                          (n_d - n_cd) / np.maximum(n_d, 1e-8)))
+        gains.extend(gain(h_cd, n_cd) for h_cd, n_cd in scored)
     n = len(candidates)
     verdicts: list[Verdict] = []
     for j, (c, u) in enumerate(zip(candidates, used)):
@@ -324,7 +461,8 @@ class Candidate:
 class RootScreening:
     root: int                 # document index
     screened: Screened
-    candidates: list[Candidate]
+    candidates: list[Candidate]           # the verified candidates, in retrieval order
+    skipped: int | None = None            # with early stop: retrieved but not verified
 
     def stats(self, signal: str, epsilon: float) -> dict:
         gains = [c.verdict.gain(signal) for c in self.candidates]
@@ -336,7 +474,8 @@ class RootScreening:
                 "contexts_truncated": int(sum(c.verdict.truncated for c in self.candidates)),
                 "anchor_entropy": [float(x) for x in self.screened.anchor_entropy],
                 "tau_H": [float(self.screened.tau)] if np.isfinite(self.screened.tau) else [],
-                "root_nll": [float(np.nanmean(self.screened.nll))] if n > 1 else []}
+                "root_nll": [float(np.nanmean(self.screened.nll))] if n > 1 else [],
+                **({"candidates_skipped": self.skipped} if self.skipped is not None else {})}
 
 
 def screen_and_verify(ctx, roots: list[int]) -> list[RootScreening]:
@@ -344,7 +483,14 @@ def screen_and_verify(ctx, roots: list[int]) -> list[RootScreening]:
     screening model: screen → anchors → ±w queries → top-K retrieval (other documents only)
     → verification of every distinct candidate (ΔI at every anchor of its root, recorded
     with the mask of the anchors whose queries retrieved it; ``screening.verify_against``
-    says which anchors decide; ``screening.control`` adds the length control)."""
+    says which anchors decide; ``screening.control`` adds the length control).
+
+    ``screening.early_stop`` (ours, off by default): candidates are verified a batch at a time
+    in retrieval order (most similar first), and a root's remaining candidates are not verified
+    once its positives (ΔI > ε under the signal) hold enough tokens to fill the group's room
+    (``target_length − len(root)``). The group then chooses among the verified candidates only,
+    so the data can differ from a full verification's; ``candidates_skipped`` counts what was
+    not verified. Off, every candidate is verified in one call, as before."""
     from harness.data.retrieval import embed, query_text
 
     res, sc, model = ctx.resources, ctx.spec.screening, ctx.screening_model
@@ -352,6 +498,7 @@ def screen_and_verify(ctx, roots: list[int]) -> list[RootScreening]:
         raise ValueError("screening needs a screening model")
     pad = res.tokenizer.pad_token_id if res.tokenizer.pad_token_id is not None else 0
     cs = res.chunkset()
+    cache = prefix_cache_for(model, sc.prefix_cache_mb, ctx.device, sc.batch_size)
     tokens = [np.asarray(res.store.doc_tokens(r), dtype=np.int64) for r in roots]
     screened = screen_roots(model, tokens, sc.window, sc.alpha, sc.max_anchors, pad,
                             sc.batch_size, ctx.device, sc.skip_start)
@@ -382,10 +529,26 @@ def screen_and_verify(ctx, roots: list[int]) -> list[RootScreening]:
             controls = [length_control(min(len(t), room), cs.tokens, cs.index.chunk_doc,
                                        exclude, control_rng(ctx.seed, roots[i], c))
                         for c, t in zip(ids, cand_tokens)]
-        verdicts = verify(model, s, cand_tokens, sc.window, pad, sc.batch_size, ctx.device,
-                          retrieving=[by[i][c] for c in ids], verify_against=sc.verify_against,
-                          controls=controls)
+        # without early stop, one call (every candidate); with it, a batch at a time in
+        # retrieval order until the positives' tokens fill the group's room
+        step = sc.batch_size if sc.early_stop else max(1, len(ids))
+        need = (ctx.target_length - min(len(tokens[i]), ctx.target_length)
+                if sc.early_stop else 0)
+        verdicts, have = [], 0
+        for a in range(0, len(ids), step):
+            part = slice(a, a + step)
+            vs = verify(model, s, cand_tokens[part], sc.window, pad, sc.batch_size, ctx.device,
+                        retrieving=[by[i][c] for c in ids[part]],
+                        verify_against=sc.verify_against,
+                        controls=controls[part] if controls is not None else None,
+                        prefix_cache=cache, chunk_ids=ids[part])
+            verdicts.extend(vs)
+            have += sum(len(t) for t, v in zip(cand_tokens[part], vs)
+                        if v.gain(sc.signal) > sc.epsilon)
+            if sc.early_stop and have >= need:
+                break
         cands = [Candidate(c, int(cs.index.chunk_doc[c]), best[i][c], v)
                  for c, v in zip(ids, verdicts)]
-        out.append(RootScreening(roots[i], s, cands))
+        out.append(RootScreening(roots[i], s, cands,
+                                 skipped=len(ids) - len(verdicts) if sc.early_stop else None))
     return out
