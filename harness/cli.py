@@ -195,6 +195,16 @@ def _bench(args) -> int:
     return 0
 
 
+def _cost(args) -> int:
+    from harness.config import load_spec
+    from harness.tools.cost import run_cost
+
+    spec = load_spec(args.spec, args.override)
+    run_cost(spec, args.gpu_tflops, calibrate_here=not args.no_calibrate,
+             validate=args.validate)
+    return 0
+
+
 def _eval(args) -> int:
     from harness.evaluation import runner as E
     from harness.config import load_spec, resolved, spec_hash
@@ -341,6 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--stages", type=int, default=None,
                     help="overhead: the number of stages (default: the smoke spec's)")
     be.set_defaults(func=_bench)
+
+    cs = sub.add_parser("cost", allow_abbrev=False,
+                        help="predicted compute and time per method, stage and phase")
+    cs.add_argument("spec")
+    cs.add_argument("--gpu-tflops", type=float, default=989.0,
+                    help="a GPU's dense bf16 peak in TFLOP/s (default 989: H100 SXM); 0: none")
+    cs.add_argument("--no-calibrate", action="store_true",
+                    help="skip the short calibration run on this machine")
+    cs.add_argument("--validate", action="store_true",
+                    help="set predictions beside the measured times of the spec's built run")
+    cs.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
+    cs.set_defaults(func=_cost)
     for parser in (p, *sub.choices.values(), *sbs.choices.values()):
         parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                             help="show the INFO logs of vLLM, transformers, MLflow, FAISS and "

@@ -250,6 +250,11 @@ class EvalSpec(Strict):
     benchmarks: list[BenchmarkEntry] = Field(default_factory=list)
     short_context: list[str] = Field(default_factory=lambda: list(SHORT_CONTEXT_TASKS))
     short_context_limit: int | None = Field(None, gt=0)   # lm-eval --limit (None: every doc)
+    # vLLM only: GPUs per engine (tensor parallel: one 128K KV cache of an 8B model needs more
+    # than one GPU's memory) and engines (data parallel: prompts split between them, each on
+    # its own tensor_parallel_size GPUs); data_parallel_size × tensor_parallel_size GPUs in all
+    tensor_parallel_size: int = Field(1, gt=0)
+    data_parallel_size: int = Field(1, gt=0)
 
     @field_validator("lengths")
     @classmethod
@@ -261,6 +266,14 @@ class EvalSpec(Strict):
         if any(b <= a for a, b in zip(v, v[1:])):
             raise ValueError(f"lengths must be strictly increasing, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _parallel_needs_vllm(self):
+        if self.backend != "vllm" and (self.tensor_parallel_size > 1
+                                       or self.data_parallel_size > 1):
+            raise ValueError(f"tensor_parallel_size / data_parallel_size need backend vllm "
+                             f"(backend is {self.backend!r})")
+        return self
 
 
 class TrackingSpec(Strict):

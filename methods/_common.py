@@ -124,3 +124,26 @@ def control_result(ctx, root: int, contexts: list[tuple[np.ndarray, dict]]) -> R
     return RootResult([g] if g else [], {
         "roots": 1, "root_tokens": len(root_tokens), "contexts": len(kept),
         "context_tokens": sum(c["end"] - c["start"] for c in kept)})
+
+
+MAX_MISSES = 1000   # random draws that hit the root's own document or a chunk already drawn
+
+
+def random_chunks(cs, root: int, room: int, rng, role: str, source: str = "random") -> list:
+    """(tokens, provenance) of retrieval chunks drawn uniformly from documents other than
+    ``root``, no chunk twice, in draw order, until the next one would not fit in ``room``
+    tokens (``random_context``'s contexts; ``oracle``'s fill)."""
+    out, used, misses = [], set(), 0
+    while room > 0 and misses < MAX_MISSES:
+        cid = rng.randrange(len(cs.chunks))
+        chunk = cs.chunks[cid]
+        if chunk.doc_index == root or cid in used or not len(cs.tokens[cid]):
+            misses += 1
+            continue
+        if len(cs.tokens[cid]) > room:
+            break
+        used.add(cid)
+        room -= len(cs.tokens[cid])
+        out.append((cs.tokens[cid], {"chunk_id": int(cid), "doc_id": chunk.doc_id,
+                                     "role": role, "source": source}))
+    return out

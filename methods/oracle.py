@@ -14,17 +14,28 @@ frontier loss gap).
 Each context is recorded with ``role: "positive"`` (the role the ground-truth report scores,
 so ``verify_precision`` is 1 by construction) and ``source: "oracle"``. A world or recipe in
 which this control does not beat ``random_context`` cannot tell methods apart.
+
+``fill`` (ours): with ``random`` (the default), the rest of the group is filled with the chunks
+``random_context`` would draw for the same root and stage (the same generator, ``role:
+"filler"``, not scored by the ground-truth report) until the next one does not fit, and the
+true profile is shuffled in among them: the oracle's group is then as long as
+``random_context``'s, and the two differ only in whether the true context is there and how
+far it sits from the root (anywhere up to the target length). With ``none`` the group is the
+profile and the root alone (about 175 tokens in the sandbox): measured in ``docs/controls.md``,
+that ceiling taught the dependency only at short distances (probe gain 6.0 nats at 2× the base
+context, 0.4 at 4×), because no training row put a profile farther from its reference than
+one group.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 from harness.api import RootResult, SpecError, StageContext
-from methods._common import Params, control_result, validate_params
+from methods._common import Params, control_result, random_chunks, validate_params
 
 
 class OracleParams(Params):
-    pass
+    fill: Literal["random", "none"] = "random"
 
 
 class Oracle:
@@ -65,5 +76,10 @@ class Oracle:
                     continue
                 contexts.append((store.doc_tokens(i), {"doc_id": doc_id, "role": "positive",
                                                        "source": "oracle"}))
+            if self.params.fill == "random" and contexts:
+                room = ctx.target_length - min(len(store.doc_tokens(r)), ctx.target_length) \
+                    - sum(len(t) for t, _ in contexts)
+                contexts += random_chunks(ctx.resources.chunkset(), r, room,
+                                          ctx.rng("random_context", r), "filler")
             out.append(control_result(ctx, r, contexts))
         return out

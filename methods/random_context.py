@@ -26,10 +26,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from harness.api import RootResult, StageContext
-from methods._common import Params, control_result, validate_params
-
-MAX_MISSES = 1000   # draws that hit the root's own document or a chunk already drawn (ours)
-
+from methods._common import Params, control_result, random_chunks, validate_params
 
 class RandomContextParams(Params):
     pass
@@ -46,20 +43,7 @@ class RandomContext:
     def draw(cs, root: int, room: int, rng) -> list:
         """(tokens, provenance) of random chunks of documents other than ``root``, in draw
         order, until the next one would not fit in ``room`` tokens."""
-        out, used, misses = [], set(), 0
-        while room > 0 and misses < MAX_MISSES:
-            cid = rng.randrange(len(cs.chunks))
-            chunk = cs.chunks[cid]
-            if chunk.doc_index == root or cid in used or not len(cs.tokens[cid]):
-                misses += 1
-                continue
-            if len(cs.tokens[cid]) > room:
-                break
-            used.add(cid)
-            room -= len(cs.tokens[cid])
-            out.append((cs.tokens[cid], {"chunk_id": int(cid), "doc_id": chunk.doc_id,
-                                         "role": "positive", "source": "random"}))
-        return out
+        return random_chunks(cs, root, room, rng, "positive")
 
     def process(self, ctx: StageContext, roots: Sequence[int]) -> list[RootResult]:
         res, T = ctx.resources, ctx.target_length

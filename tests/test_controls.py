@@ -74,30 +74,61 @@ def test_controls_are_registered_as_controls():
         assert known[name][1].startswith("control:")
         m = resolve("method", name)()
         assert m.name == name and m.screening == "none"
-        assert m.params.model_dump() == {}
+        assert m.params.model_dump() == ({"fill": "random"} if name == "oracle" else {})
 
 
 def test_oracle_contexts_are_the_true_profiles_of_the_root(built, resources):
+    """The one positive is the true profile, whole; the rest of the group is filled with
+    random chunks of other documents (role ``filler``, not scored) up to T, as
+    random_context's groups are."""
     spec, out = built
+    T = spec.stages.target_length
     truth = resources.truth()
+    cs = resources.chunkset()
+    longest = max(len(t) for t in cs.tokens)
     ds, groups = _dataset(out["oracle"])
     assert ds.manifest["budget_met"] and groups
     for g in groups:
         root = truth[g["root_id"]]
         assert root.kind == "reference"
-        assert [c["doc_id"] for c in g["contexts"]] == [truth.profile_of[root.entity]]
-        assert all(c["role"] == "positive" and c["source"] == "oracle" for c in g["contexts"])
+        pos = [c for c in g["contexts"] if c["role"] == "positive"]
+        fill = [c for c in g["contexts"] if c["role"] != "positive"]
+        assert [c["doc_id"] for c in pos] == [truth.profile_of[root.entity]]
+        assert pos[0]["source"] == "oracle"
+        assert fill and all(c["role"] == "filler" and c["source"] == "random"
+                            and c["doc_id"] != g["root_id"] for c in fill)
         # the context is the profile document, whole, before the root
-        c = g["contexts"][0]
+        c = pos[0]
         profile = resources.store.doc_tokens(resources.store.doc_index(c["doc_id"]))
         row = ds.input_ids[g["row"], g["start"]:g["end"]]
         if "truncated_to" not in g:    # the group that completes the budget may be cut
             assert np.array_equal(row[c["start"]:c["end"]], profile)
+            assert T - longest < g["end"] - g["start"] <= T
+    # the profile is shuffled in among the fillers: its distance to the root varies
+    assert len({g["root_start"] - c["end"] for g in groups for c in g["contexts"]
+                if c["role"] == "positive"}) > 1
     gt = ds.manifest["ground_truth"]
     assert gt["verify_precision"] == 1.0 and gt["positive_lookalike_share"] == 0.0
     assert gt["true_profile_recall"] == 1.0
     st = ds.manifest["stats"]
-    assert st["contexts"] >= len(groups) and st["roots"] > st["contexts"]   # not every root
+    assert st["roots"] > len(groups)                # not every root is a reference
+
+
+def test_oracle_without_fill_is_profile_and_root(resources):
+    from methods.oracle import Oracle
+
+    spec = resources.spec
+    bare, filled = Oracle({"fill": "none"}), Oracle()
+    ctx = _ctx(spec, resources)
+    truth = resources.truth()
+    roots = [i for i, d in enumerate(resources.store.ids)
+             if getattr(truth.get(d), "kind", None) == "reference"][:5]
+    for a, b in zip(bare.process(ctx, roots), filled.process(ctx, roots)):
+        if not a.groups:
+            continue
+        (ga,), (gb,) = a.groups, b.groups
+        assert [c["role"] for c in ga.provenance["contexts"]] == ["positive"]
+        assert len(gb.provenance["contexts"]) > 1 and len(gb.tokens) > len(ga.tokens)
 
 
 def test_random_context_never_uses_the_root_and_fills_the_group(built, unindexed):

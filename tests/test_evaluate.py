@@ -478,11 +478,16 @@ def test_vllm_and_hf_give_the_same_greedy_outputs(eval_model_dir, tmp_path):
         assert "not run: ruler/qa_1 (all lengths)" in r.stdout
         out = tmp_path / backend / "eval" / "tiny-4k"
         results[backend] = json.loads((out / "results.json").read_text())
+    # two engines in two processes (eval.data_parallel_size), prompts split between them
+    r = cli("eval", str(spec), "--model", str(eval_model_dir), "--backend", "vllm",
+            "-o", f"output_dir={tmp_path / 'dp2'}", "-o", "eval.data_parallel_size=2")
+    assert r.returncode == 0, r.stderr[-3000:]
     for bench in ("ruler", "longbench_v2"):
         hf = _predictions(tmp_path / "hf" / "eval" / "tiny-4k", bench)
         vl = _predictions(tmp_path / "vllm" / "eval" / "tiny-4k", bench)
         assert len(hf) == {"ruler": 6, "longbench_v2": 4}[bench]
         assert hf == vl
+        assert _predictions(tmp_path / "dp2" / "eval" / "tiny-4k", bench) == vl
         assert len({p for *_, p in hf}) > 1              # outputs follow the prompts
     for backend, res in results.items():
         g = res["benchmarks"]["ruler"]["generation"]
@@ -493,7 +498,8 @@ def test_vllm_and_hf_give_the_same_greedy_outputs(eval_model_dir, tmp_path):
 
     tracking = Tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", "evaltest")
     runs = tracking.client.search_runs([tracking.experiment_id])
-    assert sorted(r.data.params["eval.backend"] for r in runs) == ["hf", "vllm"]
+    assert sorted(r.data.params["eval.backend"] for r in runs) == ["hf", "vllm", "vllm"]
+    assert sorted(r.data.params["eval.data_parallel_size"] for r in runs) == ["1", "1", "2"]
     for run in runs:
         assert run.info.run_name == "eval-tiny-4k" and run.info.status == "FINISHED"
         m = run.data.metrics
@@ -656,3 +662,36 @@ def test_cli_eval_runs_the_probe_beside_generated_benchmarks(tmp_path):
         assert probe["lengths"][L]["n"] == 8
     assert "eval/ruler/avg1/512" in m    # (niah does not fit in 256 tokens: not run there)
     assert probe["lengths"]["512"]["distance_mean"] > probe["lengths"]["256"]["distance_mean"]
+
+
+def test_parallel_settings_reach_the_engine(monkeypatch, eval_model_dir):
+    """eval.tensor_parallel_size reaches vLLM's LLM; data parallel needs vllm; a GPU machine
+    with too few GPUs is refused before an engine starts."""
+    import vllm
+
+    from harness.config import EvalSpec
+    from harness.evaluation import backends, vllm_engine
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+
+    monkeypatch.setattr(vllm, "LLM", Recorder)
+    backends.make_backend("vllm", eval_model_dir, 1024, [0], "float32", 3,
+                          tensor_parallel_size=2)
+    assert seen["tensor_parallel_size"] == 2 and seen["max_model_len"] == 1024
+    assert seen["seed"] == 3
+    with pytest.raises(ValueError, match="need backend vllm"):
+        EvalSpec(backend="hf", data_parallel_size=2)
+    with pytest.raises(ValueError, match="needs the vllm backend"):
+        backends.make_backend("hf", eval_model_dir, 1024, [0], tensor_parallel_size=2)
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    vllm_engine.check_gpus(2, 2)
+    with pytest.raises(ValueError, match=r"\(4\) × eval.data_parallel_size \(2\) = 8 GPUs, "
+                                         r"but 4 are visible"):
+        vllm_engine.check_gpus(4, 2)

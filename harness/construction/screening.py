@@ -55,6 +55,7 @@ off (every row a full forward, as before). Length-control rows are unique and al
 """
 from __future__ import annotations
 
+import time
 import weakref
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
@@ -463,6 +464,7 @@ class RootScreening:
     screened: Screened
     candidates: list[Candidate]           # the verified candidates, in retrieval order
     skipped: int | None = None            # with early stop: retrieved but not verified
+    seconds: dict = field(default_factory=dict)   # wall time of its screening phases
 
     def stats(self, signal: str, epsilon: float) -> dict:
         gains = [c.verdict.gain(signal) for c in self.candidates]
@@ -475,7 +477,12 @@ class RootScreening:
                 "anchor_entropy": [float(x) for x in self.screened.anchor_entropy],
                 "tau_H": [float(self.screened.tau)] if np.isfinite(self.screened.tau) else [],
                 "root_nll": [float(np.nanmean(self.screened.nll))] if n > 1 else [],
-                **({"candidates_skipped": self.skipped} if self.skipped is not None else {})}
+                "candidate_tokens": int(sum(c.verdict.context_tokens_used
+                                            for c in self.candidates)),
+                "d_cut_tokens": (int(self.screened.anchors.max()) + 1) * len(self.candidates)
+                if self.screened.anchors.size else 0,
+                **({"candidates_skipped": self.skipped} if self.skipped is not None else {}),
+                **self.seconds}
 
 
 def screen_and_verify(ctx, roots: list[int]) -> list[RootScreening]:
@@ -500,8 +507,11 @@ def screen_and_verify(ctx, roots: list[int]) -> list[RootScreening]:
     cs = res.chunkset()
     cache = prefix_cache_for(model, sc.prefix_cache_mb, ctx.device, sc.batch_size)
     tokens = [np.asarray(res.store.doc_tokens(r), dtype=np.int64) for r in roots]
+    clock = time.perf_counter()
     screened = screen_roots(model, tokens, sc.window, sc.alpha, sc.max_anchors, pad,
                             sc.batch_size, ctx.device, sc.skip_start)
+    t_screen = time.perf_counter() - clock
+    clock = time.perf_counter()
     queries, owner = [], []
     for i, s in enumerate(screened):
         for j, t in enumerate(s.anchors):
@@ -512,6 +522,7 @@ def screen_and_verify(ctx, roots: list[int]) -> list[RootScreening]:
         vecs = embed(res.encoder, queries, ctx.spec.retrieval.batch_size, progress=False)
         hits_per_query = cs.index.search(vecs, ctx.spec.retrieval.top_k,
                                          exclude_docs=[roots[i] for i, _ in owner])
+    t_retrieve = time.perf_counter() - clock
     best: list[dict[int, float]] = [dict() for _ in roots]
     by: list[dict[int, np.ndarray]] = [dict() for _ in roots]   # chunk -> retrieving mask
     for (i, j), hits in zip(owner, hits_per_query):
@@ -520,6 +531,7 @@ def screen_and_verify(ctx, roots: list[int]) -> list[RootScreening]:
             by[i].setdefault(chunk_id, np.zeros(screened[i].anchors.size, dtype=bool))[j] = True
     out = []
     for i, s in enumerate(screened):
+        clock = time.perf_counter()
         ids = sorted(best[i], key=lambda c: (-best[i][c], c))
         cand_tokens = [cs.tokens[c] for c in ids]
         controls = None
@@ -549,6 +561,11 @@ def screen_and_verify(ctx, roots: list[int]) -> list[RootScreening]:
                 break
         cands = [Candidate(c, int(cs.index.chunk_doc[c]), best[i][c], v)
                  for c, v in zip(ids, verdicts)]
+        # the batch's screening and retrieval time shared evenly by its roots (cost model)
+        seconds = {"seconds_screen": t_screen / len(roots),
+                   "seconds_retrieve": t_retrieve / len(roots),
+                   "seconds_verify": time.perf_counter() - clock}
         out.append(RootScreening(roots[i], s, cands,
-                                 skipped=len(ids) - len(verdicts) if sc.early_stop else None))
+                                 skipped=len(ids) - len(verdicts) if sc.early_stop else None,
+                                 seconds=seconds))
     return out

@@ -103,11 +103,11 @@ class VLLMGreedy:
     name = "vllm"
 
     def __init__(self, model_path: str | Path, max_model_len: int, stop_ids: Sequence[int],
-                 dtype: str = "auto", seed: int = 0):
+                 dtype: str = "auto", seed: int = 0, tensor_parallel_size: int = 1):
         from harness.evaluation.vllm_engine import make_engine
 
         self.llm = make_engine(str(model_path), max_model_len=max_model_len, dtype=dtype,
-                               seed=seed)
+                               seed=seed, tensor_parallel_size=tensor_parallel_size)
         self.stop_ids = list(stop_ids)
 
     def generate(self, prompts, max_new_tokens, progress=None, temperatures=None, seeds=None):
@@ -127,10 +127,126 @@ class VLLMGreedy:
         return [list(o.outputs[0].token_ids) for o in outs]
 
 
+def _dp_worker(conn, env: dict, kwargs: dict) -> None:
+    """One data-parallel engine in its own process: build it, then answer ``generate`` calls
+    (``(prompts, max_new_tokens, temperatures, seeds)``) until sent None."""
+    import os
+
+    os.environ.update(env)
+    try:
+        engine = VLLMGreedy(**kwargs)
+        conn.send(("ready", None))
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which raises
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    try:
+        while True:
+            job = conn.recv()
+            if job is None:
+                break
+            try:
+                conn.send(("ok", engine.generate(*job)))
+            except Exception as e:  # noqa: BLE001
+                conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        # a multiprocessing child ends with os._exit (no atexit): stop the engine's own
+        # processes here, or they outlive it holding the parent's pipes
+        engine.llm.llm_engine.engine_core.shutdown()
+
+
+class DataParallelVLLM:
+    """``size`` vLLM engines, each in its own process on its own ``tensor_parallel_size``
+    GPUs (``CUDA_VISIBLE_DEVICES``; on CPU each takes a share of the cores): every
+    ``generate`` splits the prompts round-robin between them and merges the outputs in the
+    prompts' order, so results do not depend on the split (greedy, or seeded per prompt).
+    vLLM's ``LLM`` refuses ``data_parallel_size > 1`` in one process."""
+
+    name = "vllm"
+
+    def __init__(self, size: int, model_path: str | Path, max_model_len: int,
+                 stop_ids: Sequence[int], dtype: str = "auto", seed: int = 0,
+                 tensor_parallel_size: int = 1):
+        import multiprocessing as mp
+        import os
+
+        import torch
+
+        ctx = mp.get_context("spawn")
+        gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible:
+            gpus = [g.strip() for g in visible.split(",") if g.strip()]
+        self.size, self.conns, self.procs = size, [], []
+        threads = max(1, (os.cpu_count() or 1) // size)
+        for rank in range(size):
+            env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(threads)}
+            if gpus:
+                mine = gpus[rank * tensor_parallel_size:(rank + 1) * tensor_parallel_size]
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, mine))
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_dp_worker, args=(child, env, dict(
+                model_path=str(model_path), max_model_len=max_model_len, stop_ids=list(stop_ids),
+                dtype=dtype, seed=seed, tensor_parallel_size=tensor_parallel_size)),
+                daemon=False)
+            p.start()
+            self.conns.append(parent)
+            self.procs.append(p)
+        for rank, conn in enumerate(self.conns):
+            status, msg = conn.recv()
+            if status != "ready":
+                self.close()
+                raise RuntimeError(f"data-parallel engine {rank} failed to start: {msg}")
+
+    def generate(self, prompts, max_new_tokens, progress=None, temperatures=None, seeds=None):
+        n = len(prompts)
+        temps = list(temperatures) if temperatures is not None else [0.0] * n
+        seeds = list(seeds) if seeds is not None else [None] * n
+        shards = [list(range(r, n, self.size)) for r in range(self.size)]
+        for conn, idx in zip(self.conns, shards):
+            conn.send(([list(prompts[i]) for i in idx], [max_new_tokens[i] for i in idx],
+                       None, [temps[i] for i in idx], [seeds[i] for i in idx]))
+        out: list = [None] * n
+        for rank, (conn, idx) in enumerate(zip(self.conns, shards)):
+            status, res = conn.recv()
+            if status != "ok":
+                raise RuntimeError(f"data-parallel engine {rank}: {res}")
+            for i, r in zip(idx, res):
+                out[i] = r
+        if progress:
+            progress(n)
+        return out
+
+    def close(self) -> None:
+        for conn in self.conns:
+            try:
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for p in self.procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+        self.conns, self.procs = [], []
+
+    def __del__(self):
+        if getattr(self, "procs", None):
+            self.close()
+
+
 def make_backend(name: str, model_path: str | Path, max_model_len: int,
-                 stop_ids: Sequence[int], dtype: str = "auto", seed: int = 0) -> Greedy:
+                 stop_ids: Sequence[int], dtype: str = "auto", seed: int = 0,
+                 tensor_parallel_size: int = 1, data_parallel_size: int = 1) -> Greedy:
     if name == "vllm":
-        return VLLMGreedy(model_path, max_model_len, stop_ids, dtype, seed)
+        from harness.evaluation.vllm_engine import check_gpus
+
+        check_gpus(tensor_parallel_size, data_parallel_size)
+        if data_parallel_size > 1:
+            return DataParallelVLLM(data_parallel_size, model_path, max_model_len, stop_ids,
+                                    dtype, seed, tensor_parallel_size)
+        return VLLMGreedy(model_path, max_model_len, stop_ids, dtype, seed,
+                          tensor_parallel_size)
     if name == "hf":
+        if tensor_parallel_size > 1 or data_parallel_size > 1:
+            raise ValueError("tensor/data parallel evaluation needs the vllm backend")
         return HFGreedy(model_path, stop_ids, dtype)
     raise ValueError(f"unknown backend {name!r} (vllm, hf)")

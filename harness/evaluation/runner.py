@@ -613,8 +613,13 @@ def evaluate(spec: Spec, model_path: str | Path, out_dir: str | Path | None = No
     stops = stop_token_ids(model_path, tokenizer)
     if any(u.not_run is None for u in units):
         backend = make_backend(ev.backend, model_path, max(max(ev.lengths), longest), stops,
-                               spec.model.dtype, spec.seed)
-        generate_all(units, backend, tokenizer, stops, benches, limit)
+                               spec.model.dtype, spec.seed, ev.tensor_parallel_size,
+                               ev.data_parallel_size)
+        try:
+            generate_all(units, backend, tokenizer, stops, benches, limit)
+        finally:
+            if hasattr(backend, "close"):
+                backend.close()
     score_all(benches, units)
     results = {"model": str(model_path), "backend": ev.backend, "lengths": list(ev.lengths),
                "samples_per_task": ev.samples_per_task, "config_hash": spec_hash(spec),
@@ -867,6 +872,10 @@ def _lm_eval_run(spec: Spec, model_path: str | Path, tasks: list[str],
     args = f"pretrained={model_path},dtype={spec.model.dtype}"
     if spec.eval.backend == "vllm":
         args += f",seed={spec.seed}"
+        # lm-eval's vllm model takes both (its data parallel runs through ray)
+        for key in ("tensor_parallel_size", "data_parallel_size"):
+            if getattr(spec.eval, key) > 1:
+                args += f",{key}={getattr(spec.eval, key)}"
     with tempfile.TemporaryDirectory(prefix="short_context_") as tmp:
         cmd = [sys.executable, "-m", "harness.evaluation.lm_eval_adapter", "--model", spec.eval.backend,
                "--model_args", args, "--tasks", ",".join(tasks), "--batch_size", "1",

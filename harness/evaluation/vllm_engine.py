@@ -44,8 +44,9 @@ def check_cpu_head_size(model_path: str) -> None:
 
 
 def make_engine(model_path: str, max_model_len: int, dtype: str = "auto", seed: int = 0,
-                kv_cache_gib: int = 1, **kwargs):
-    """One engine at the largest length; every length runs through it (HELMET's habit)."""
+                kv_cache_gib: int = 1, tensor_parallel_size: int = 1, **kwargs):
+    """One engine at the largest length; every length runs through it (HELMET's habit).
+    ``tensor_parallel_size`` GPUs hold one engine (its weights and KV cache split)."""
     cpu_environment(kv_cache_gib)
     import torch
     from vllm import LLM
@@ -56,4 +57,16 @@ def make_engine(model_path: str, max_model_len: int, dtype: str = "auto", seed: 
     if dtype == "auto":
         dtype = "bfloat16" if on_gpu else "float32"
     return LLM(model=str(model_path), tokenizer=str(model_path), dtype=dtype,
-               max_model_len=max_model_len, seed=seed, enforce_eager=True, **kwargs)
+               max_model_len=max_model_len, seed=seed, enforce_eager=True,
+               tensor_parallel_size=int(tensor_parallel_size), **kwargs)
+
+
+def check_gpus(tensor_parallel_size: int, data_parallel_size: int) -> None:
+    """On a GPU machine, refuse before starting anything when tp × dp exceeds the GPUs."""
+    import torch
+
+    need = tensor_parallel_size * data_parallel_size
+    if torch.cuda.is_available() and need > torch.cuda.device_count():
+        raise ValueError(f"eval.tensor_parallel_size ({tensor_parallel_size}) × "
+                         f"eval.data_parallel_size ({data_parallel_size}) = {need} GPUs, but "
+                         f"{torch.cuda.device_count()} are visible")
