@@ -236,11 +236,13 @@ def _median_time(fn, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def calibrate(model_path: str | Path, window: int, train_length: int, encoder: str,
-              query_window: int, batch: int = 8) -> Calibration:
+def calibrate(model_path: str | Path, window: int, train_length: int, encoder: str | None,
+              query_window: int, batch: int = 8, device: str = "cpu",
+              dtype: str = "float32") -> Calibration:
     """Time the screening forward (``batch`` rows of ``window`` tokens, head everywhere, the
     core's block scorer), a training step (forward and backward of 2 rows of ``train_length``)
-    and the query encoder (256 queries); a few seconds on the sandbox model."""
+    and the query encoder (256 queries; skipped when ``encoder`` is None); a few seconds on
+    the sandbox model."""
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM
@@ -248,23 +250,37 @@ def calibrate(model_path: str | Path, window: int, train_length: int, encoder: s
     from harness.construction.scoring import score_tokens
 
     shape = Shape.of(model_path)
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(model_path),
+                                                 dtype=getattr(torch, dtype)).to(device)
     model.eval()
     rng = np.random.default_rng(0)
-    ids = torch.as_tensor(rng.integers(1, shape.vocab, (batch, window)))
-    t_fwd = _median_time(lambda: score_tokens(model, ids))
+    ids = torch.as_tensor(rng.integers(1, shape.vocab, (batch, window)), device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def fwd():
+        score_tokens(model, ids)
+        sync()
+
+    t_fwd = _median_time(fwd)
     f_fwd = shape.forward(batch, window, batch * window)
     model.train()
     L = train_length
-    x = torch.as_tensor(rng.integers(1, shape.vocab, (2, L)))
+    x = torch.as_tensor(rng.integers(1, shape.vocab, (2, L)), device=device)
 
     def step():
         out = model(input_ids=x, labels=x, use_cache=False)
         out.loss.backward()
         model.zero_grad(set_to_none=True)
+        sync()
 
     t_train = _median_time(step, repeats=2)
     f_train = 3 * shape.forward(2, L, 2 * L)
+    detail = {"forward": f"{batch}×{window} tokens in {t_fwd:.3f} s",
+              "train": f"2×{L} tokens, forward+backward in {t_train:.3f} s",
+              "model": str(model_path), "device": device, "dtype": dtype}
+    if encoder is None:
+        return Calibration(forward=f_fwd / t_fwd, train=f_train / t_train, encoder=float("nan"),
+                           detail=detail)
     from harness.data.retrieval import load_encoder
 
     enc = load_encoder(encoder)
@@ -274,11 +290,9 @@ def calibrate(model_path: str | Path, window: int, train_length: int, encoder: s
     e = Shape(**ENCODER_SHAPE, gated_mlp=False)
     pieces = (2 * query_window + 1) + 2
     f_enc = 256 * (2 * e.matmul_params * pieces + e.attention(pieces, pieces))
+    detail["encoder"] = f"256 queries in {t_enc:.3f} s"
     return Calibration(forward=f_fwd / t_fwd, train=f_train / t_train, encoder=f_enc / t_enc,
-                       detail={"forward": f"{batch}×{window} tokens in {t_fwd:.3f} s",
-                               "train": f"2×{L} tokens, forward+backward in {t_train:.3f} s",
-                               "encoder": f"256 queries in {t_enc:.3f} s",
-                               "model": str(model_path)})
+                       detail=detail)
 
 
 # ------------------------------------------------------------------ prediction

@@ -8,6 +8,12 @@
                                  tokens/s and peak memory per length
                                  (the last checkpoint's path goes to WORK/last_checkpoint)
     gpu_check.py generate CKPT   vLLM greedy generation from CKPT at its full length
+    gpu_check.py cost WORK       the cost model on this GPU: calibrates (harness.tools.cost,
+                                 bf16) on the base model of ``train``, prints the achieved
+                                 model-FLOPs utilisation against ``--peak-tflops`` beside the
+                                 MFU ``policylong cost`` assumes, and predicts each training
+                                 stage's tokens/s from its FLOPs and the calibration; fails
+                                 when a prediction is more than 20 % off the measured rate
 
 The steps are short (default 2 per length: the first includes CUDA warm-up, so the last step's
 tokens/s is the one printed). ``--allow-cpu`` with toy sizes runs the same path on a CPU machine,
@@ -98,6 +104,7 @@ def train(args) -> int:
     # the tokenizer's ids only: vLLM rejects prompt ids past the tokenizer's vocabulary
     from transformers import AutoTokenizer
     n_tok = len(AutoTokenizer.from_pretrained(str(checkpoint)))
+    measured = []
     for i, length in enumerate(args.lengths):
         ds = _stage_dataset(work / f"data-{length}", length, args.steps, n_tok, seed=i)
         spec = TrainSpec(lr=1e-4, warmup_ratio=0.0, batch_tokens=length, micro_batch=1,
@@ -122,6 +129,8 @@ def train(args) -> int:
               f"peak memory {peak}, stage wall {wall:.1f} s")
         cfg = json.loads((checkpoint / "config.json").read_text())
         assert cfg["max_position_embeddings"] >= length, cfg["max_position_embeddings"]
+        measured.append({"length": length, "tokens_per_s": last["train/tokens_per_s"]})
+    (work / "train_rates.json").write_text(json.dumps(measured))
     (work / "last_checkpoint").write_text(str(checkpoint))
     print(f"checkpoint: {checkpoint}")
     return 0
@@ -160,6 +169,42 @@ def generate(args) -> int:
     return 0
 
 
+def cost(args) -> int:
+    """The cost model against this GPU: calibrate on ``train``'s base model at its first
+    length, then predict every trained length's tokens/s from FLOPs alone."""
+    import torch
+
+    from harness.tools.cost import MFU, Shape, calibrate
+
+    if not torch.cuda.is_available() and not args.allow_cpu:
+        print("no CUDA device (pass --allow-cpu to run the toy path on CPU)", file=sys.stderr)
+        return 2
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    work = Path(args.work)
+    rates = json.loads((work / "train_rates.json").read_text())
+    base = work / "base"
+    shape = Shape.of(base)
+    first = rates[0]["length"]
+    cal = calibrate(base, min(2048, first), first, None, 16, device=device,
+                    dtype="bfloat16" if device == "cuda" else "float32")
+    peak = args.peak_tflops * 1e12
+    print(f"calibration: {json.dumps(cal.detail)}")
+    print(f"achieved: forward {cal.forward / 1e12:.1f} TFLOP/s ({cal.forward / peak:.1%} of "
+          f"peak), train {cal.train / 1e12:.1f} TFLOP/s ({cal.train / peak:.1%}); "
+          f"policylong cost assumes {MFU['verify']:.0%} / {MFU['train']:.0%} for a 3B+ model")
+    bad = 0
+    for r in rates:
+        L = r["length"]
+        per_token = 3 * shape.forward(1, L, L) / L
+        predicted = cal.train / per_token
+        ratio = predicted / r["tokens_per_s"]
+        ok = abs(ratio - 1) <= 0.2
+        bad += not ok
+        print(f"length {L}: predicted {predicted:,.0f} tokens/s, measured "
+              f"{r['tokens_per_s']:,.0f} ({ratio:.2f}×) {'ok' if ok else 'OFF BY MORE THAN 20 %'}")
+    return 1 if bad else 0
+
+
 def _lengths(text: str) -> list[int]:
     return [int(x) for x in text.split(",")]
 
@@ -180,8 +225,13 @@ def main(argv=None) -> int:
     g.add_argument("checkpoint")
     g.add_argument("--prompt-tokens", type=int, default=20000)
     g.add_argument("--new-tokens", type=int, default=16)
+    c = sub.add_parser("cost", allow_abbrev=False)
+    c.add_argument("work")
+    c.add_argument("--peak-tflops", type=float, default=989.0,
+                   help="the GPU's dense bf16 peak (default: H100 SXM)")
+    c.add_argument("--allow-cpu", action="store_true", help="toy sizes on a CPU machine")
     args = p.parse_args(argv)
-    return train(args) if args.command == "train" else generate(args)
+    return {"train": train, "generate": generate, "cost": cost}[args.command](args)
 
 
 if __name__ == "__main__":
