@@ -168,6 +168,15 @@ def _dashboard(args) -> int:
                          args.optuna_port)
 
 
+def _kv(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise ValueError(f"--screening {text!r}: expected KEY=VALUE")
+    return key, yaml.safe_load(value)
+
+
 def _bench(args) -> int:
     from harness.tools import bench
 
@@ -187,7 +196,8 @@ def _bench(args) -> int:
         elif w == "train":
             bench.bench_train()
         elif w == "overhead":
-            bench.bench_overhead(stages=args.stages)
+            bench.bench_overhead(stages=args.stages, keep=args.keep,
+                                 overrides=dict(_kv(x) for x in args.screening))
         elif w == "eval":
             bench.bench_eval()
         elif w == "scaling":   # minutes: not part of "all"
@@ -350,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--plot", default=None, help="scaling: write the plot here (PNG)")
     be.add_argument("--stages", type=int, default=None,
                     help="overhead: the number of stages (default: the smoke spec's)")
+    be.add_argument("--keep", default=None, metavar="DIR",
+                    help="overhead: run in DIR and keep it (for policylong cost --validate)")
+    be.add_argument("--screening", action="append", default=[], metavar="KEY=VALUE",
+                    help="overhead: a screening setting to change, e.g. prefix_cache_mb=0")
     be.set_defaults(func=_bench)
 
     cs = sub.add_parser("cost", allow_abbrev=False,

@@ -392,7 +392,7 @@ def _smoke_data(name: str | None = None, folder=None) -> dict:
 
     import yaml
 
-    d = yaml.safe_load((Path(__file__).resolve().parents[1] / "runs" / "smoke.yaml").read_text())
+    d = yaml.safe_load((Path(__file__).resolve().parents[2] / "runs" / "smoke.yaml").read_text())
     if name:
         d.update(name=name, output_dir=str(Path(folder) / "out"),
                  tracking={"uri": f"sqlite:///{folder}/mlflow.db"})
@@ -440,13 +440,17 @@ def bench_construct(tokens_per_stage: int | None = None, out_dir: str | None = N
     return rows
 
 
-def bench_overhead(stages: int | None = None, out_dir: str | None = None):
+def bench_overhead(stages: int | None = None, out_dir: str | None = None,
+                   keep: str | None = None, overrides: dict | None = None):
     """PolicyLong's stage loop against EntropyLong's on the smoke spec at equal budgets (the
     smoke spec's stage count unless ``stages`` is given): ``policylong compare`` in a fresh
     process with those two methods and probe-only evaluation, the chunk index built beforehand
     so that neither method pays for it; per-stage times are read back from MLflow
     (``stage/build_seconds`` = construction, ``stage/stage_seconds`` = construction, training
-    and the per-stage probes)."""
+    and the per-stage probes). ``keep``: run in that folder and keep it (its ``spec.yaml``
+    then serves ``policylong cost --validate``); ``overrides``: screening settings to change
+    (e.g. ``{"prefix_cache_mb": 0}``)."""
+    import contextlib
     import subprocess
     import tempfile
     from pathlib import Path
@@ -457,8 +461,14 @@ def bench_overhead(stages: int | None = None, out_dir: str | None = None):
 
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-overhead-", dir=out_dir) as tmp:
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+    where = contextlib.nullcontext(str(Path(keep).resolve())) if keep else \
+        tempfile.TemporaryDirectory(prefix="bench-overhead-", dir=out_dir)
+    with where as tmp:
         d = _smoke_data("bench-overhead", tmp)
+        if overrides:
+            d["screening"] = dict(d.get("screening", {}), **overrides)
         d.update(methods=[{"name": "entropylong"}, {"name": "policylong"}],
                  eval={"lengths": [d["eval"]["lengths"][0]], "samples_per_task": 5,
                        "benchmarks": [{"name": "probe"}]})
