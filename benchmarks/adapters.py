@@ -145,7 +145,8 @@ class Ruler:
     name = "ruler"
     # sandbox_split is accepted for the runner's sake and unused: the haystack has no entities
     PARAMS = ("essay_path", "squad_path", "hotpotqa_path", "seed", "sandbox_dir",
-              "sandbox_split")
+              "sandbox_split", "samples")
+    OFFICIAL_SAMPLES = 500       # RULER's num_samples (scripts/config_tasks.sh)
     uses_sandbox = True     # the runner passes params.sandbox_dir for a sandbox corpus
 
     def __init__(self, entry: BenchmarkEntry):
@@ -164,10 +165,22 @@ class Ruler:
         self._substitute: tuple[tuple[str, ...], dict] | None = None  # (words, record)
         self._hub_failed: str | None = None
         self.preset = entry.preset
-        if self.preset != "harness":
-            raise ValueError(f"{self.name}: preset {self.preset!r} is not implemented yet "
-                             f"(the chat template and nltk sentence splitting are not there); "
-                             f"use preset harness")
+        self.official = self.preset == "official"
+        self.n_samples = _samples_param(self.name, p, self.OFFICIAL_SAMPLES if self.official
+                                        else None)
+        if self.n_samples == "all":
+            raise ValueError(f"{self.name}: params.samples must be a positive count (RULER "
+                             f"generates its samples), got 'all'")
+        self._chat: dict[int, Any] = {}
+        if self.official:
+            if entry.tasks is not None and set(self._tasks) != set(TASKS):
+                missing = sorted(set(TASKS) - set(self._tasks))
+                raise ValueError(f"{self.name}: preset official runs RULER's 13 tasks; the "
+                                 f"entry leaves out {', '.join(missing)} (drop `tasks`, or use "
+                                 f"preset harness)")
+            from benchmarks.ruler.common import nltk_sentences
+
+            nltk_sentences("Checked before any work. Punkt is installed.")   # clear error now
 
     def tasks(self) -> list[str]:
         return list(self._tasks)
@@ -199,11 +212,36 @@ class Ruler:
                          "squad": file_record(self.qa["qa_1"]),
                          "hotpotqa": file_record(self.qa["qa_2"])},
                 **({"substitutes": subs} if subs else {}),
-                "template": "RULER task templates + answer prefix, model template 'base'",
-                "sentence_split": "regex (benchmarks.ruler.common.split_sentences)",
+                "template": self._template_record(),
+                "sentence_split": "nltk.sent_tokenize (punkt_tab, English; RULER's)"
+                if self.official else "regex (benchmarks.ruler.common.split_sentences)",
                 "decoding": {"temperature": 0.0, "max_new_tokens": "per task (RULER's "
                              "tokens_to_generate: niah 128, vt 30, cwe 120, fwe 50, qa 32)"},
-                "samples": {"selection": "eval.samples_per_task generated per task and length"}}
+                "samples": {"selection": (f"{self.n_samples} generated per task and length "
+                                          f"(params.samples)") if self.n_samples
+                            else "eval.samples_per_task generated per task and length"}}
+
+    def _template_record(self) -> str:
+        if not self.official:
+            return "RULER task templates + answer prefix, model template 'base'"
+        chat = [c for c in self._chat.values() if c is not None]
+        if chat:
+            return ("RULER task templates in the model's chat template (user turn), answer "
+                    "prefix after the generation prompt")
+        return ("RULER task templates + answer prefix, model template 'base' (the tokenizer "
+                "has no chat template)")
+
+    def model_template(self, tokenizer: Any):
+        """Under preset official, the tokenizer's chat template around the task (RULER's
+        chat model templates), when it has one; else None (RULER's ``base``)."""
+        if not self.official:
+            return None
+        key = id(tokenizer)
+        if key not in self._chat:
+            from benchmarks.ruler.templates import chat_model_template
+
+            self._chat[key] = chat_model_template(tokenizer)
+        return self._chat[key]
 
     def sandbox_haystack(self) -> tuple[str, ...] | None:
         """The sandbox's filler haystack, when the corpus is the sandbox and the essays are
@@ -237,10 +275,13 @@ class Ruler:
 
         essay = self.sandbox_haystack() if TASKS[task].args.get("type_haystack") == "essay" \
             else None
+        template = self.model_template(tokenizer)
+        n = self.n_samples or n
         try:
             recs = ruler.generate(task, tokenizer, length, n, seed=self.seed,
                                   essay_path=self.essay, qa_path=self.qa.get(task),
-                                  essay=essay)
+                                  essay=essay, model_template=template,
+                                  sentence_split="nltk" if self.official else "regex")
         except ruler.NotRun as exc:
             reason = exc.reason
             if task in self.qa and self.qa[task] is None:
@@ -249,7 +290,9 @@ class Ruler:
             raise NotRun(reason) from None
         except ruler.TooShort as exc:
             raise NotRun(f"length {length} is too short for {task} ({exc})") from None
-        return [Sample(ruler.full_prompt(r), r["max_new_tokens"], list(r["outputs"]))
+        # a chat template's text holds its own special tokens (BOS, if any)
+        return [Sample(ruler.full_prompt(r), r["max_new_tokens"], list(r["outputs"]),
+                       add_special_tokens=template is None)
                 for r in recs]
 
     def score(self, task: str, samples: Sequence[Sample], predictions: Sequence[str]

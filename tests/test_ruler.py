@@ -230,3 +230,67 @@ def test_average_per_length_skips_tasks_not_run():
     assert avg[8192].not_run == ("qa_1", "qa_2")
     assert avg[4096].mean == 80.0 and avg[4096].num_tasks == 2 and avg[4096].not_run == ()
     assert math.isnan(average_per_length({4096: {"qa_1": None}})[4096].mean)
+
+
+# ------------------------------------------------------------------ preset: official
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _ruler(preset="official", **params):
+    from benchmarks.adapters import Ruler
+    from harness.api import BenchmarkEntry
+
+    if ESSAY.exists():
+        params.setdefault("essay_path", str(ESSAY))
+    return Ruler(BenchmarkEntry(name="ruler", preset=preset, params=params))
+
+
+def test_official_splits_sentences_with_nltk():
+    """RULER's sent_tokenize (punkt), not the regex, where the two disagree."""
+    from benchmarks.ruler.common import nltk_sentences
+    from benchmarks.ruler.niah import essay_context
+
+    text = "He met Dr. No. It was fun. What?! really. OK then."
+    assert nltk_sentences(text) == ["He met Dr. No.", "It was fun.", "What?!", "really.",
+                                    "OK then."]
+    assert split_sentences(text) != nltk_sentences(text)
+    import random
+
+    words = text.split(" ")
+    ctx = essay_context(words, len(words), ["NEEDLE."], random.Random(1), nltk_sentences)
+    before = ctx.split("NEEDLE.")[0].strip()
+    # the needle sits at an nltk sentence boundary
+    assert before == "" or any(before.endswith(s) for s in nltk_sentences(text))
+
+
+def test_official_preset_chat_template_samples_and_tasks(tokenizer):
+    import copy
+
+    r = _ruler()
+    assert r.tasks() == list(TASKS) and r.n_samples == 500     # RULER's 13 tasks, 500 samples
+    assert _ruler(samples=3).n_samples == 3
+    with pytest.raises(ValueError, match="runs RULER's 13 tasks; the entry leaves out"):
+        from benchmarks.adapters import Ruler
+        from harness.api import BenchmarkEntry
+        Ruler(BenchmarkEntry(name="ruler", preset="official", tasks=["niah_single_1"]))
+
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = CHATML
+    r = _ruler(samples=3)
+    samples = r.samples("niah_single_1", 2048, chat, 99)
+    assert len(samples) == 3                                  # params.samples, not n
+    for s in samples:
+        assert s.prompt.startswith("<|im_start|>user\n") and not s.add_special_tokens
+        head, _, tail = s.prompt.partition("<|im_end|>\n<|im_start|>assistant\n")
+        assert tail.startswith(" The special magic number for")         # the answer prefix
+        assert s.references[0] in head
+        assert _count(chat, s.prompt) + s.max_new_tokens <= 2048
+    assert "chat template" in r.provenance()["template"]
+    assert r.provenance()["sentence_split"].startswith("nltk")
+    # no chat template: RULER's base template, the same prompts as the harness preset
+    base_official = _ruler(samples=2).samples("niah_single_1", 2048, tokenizer, 2)
+    harness = _ruler("harness").samples("niah_single_1", 2048, tokenizer, 2)
+    assert [s.prompt for s in base_official] == [s.prompt for s in harness]
+    assert all(s.add_special_tokens for s in base_official)

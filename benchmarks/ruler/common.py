@@ -36,9 +36,10 @@ class Context:
     count: Callable[[str], int]
     max_seq_length: int
     tokens_to_generate: int
-    template: str       # task template + answer prefix
+    template: str       # task template + answer prefix (in the model template, if any)
     answer_prefix: str  # the family's unformatted answer prefix (its first 10 chars split it off)
     seed: int
+    split: Callable[[str], list[str]] | None = None   # essay sentences (None: split_sentences)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -155,6 +156,20 @@ def text_words(text: str) -> tuple[str, ...]:
 _BOUNDARY = re.compile(r"""[.!?]+["'\u201d\u2019)\]]*(\s+)(?=["'\u201c\u2018(\[]?[A-Z0-9])""")
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof st jr sr vs etc e.g i.e inc ltd co corp no fig approx u.s a.m p.m".split())
+
+
+def nltk_sentences(text: str) -> list[str]:
+    """RULER's own splitting: ``nltk.sent_tokenize`` (English punkt), for ``preset: official``.
+    The model files come from ``scripts/fetch_punkt.py`` (``make setup`` runs it)."""
+    import nltk
+
+    try:
+        return nltk.sent_tokenize(text)
+    except LookupError as exc:
+        raise RuntimeError(
+            "RULER preset official splits sentences with nltk's punkt_tab, which is not "
+            "installed: run `.venv/bin/python scripts/fetch_punkt.py` (part of make setup)"
+        ) from exc
 
 
 def split_sentences(text: str) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from benchmarks.ruler import cwe, fwe, niah, qa, vt
-from benchmarks.ruler.common import Context, essay_words, token_counter
+from benchmarks.ruler.common import Context, essay_words, nltk_sentences, token_counter
 from benchmarks.ruler.templates import DEFAULT_SEED, FAMILIES, TASKS, prompt_template
 
 
@@ -48,12 +48,16 @@ def _essay(task: str, essay_path: str | Path | None):
 def generate(task: str, tokenizer: Any, max_seq_length: int, num_samples: int,
              seed: int = DEFAULT_SEED, essay_path: str | Path | None = None,
              qa_path: str | Path | None = None,
-             essay: Sequence[str] | None = None) -> list[dict]:
+             essay: Sequence[str] | None = None,
+             model_template: tuple[str, str] | None = None,
+             sentence_split: str = "regex") -> list[dict]:
     """Generate ``num_samples`` samples of ``task`` sized for ``tokenizer`` and
     ``max_seq_length``. Raises ``NotRun`` for qa_1/qa_2 without ``qa_path`` (or an essay task
     whose haystack cannot be had), ``TooShort`` when the length cannot hold the task at all.
     ``essay``: the haystack's words themselves (``common.text_words``), in place of
-    ``essay_path`` (the sandbox's substitute)."""
+    ``essay_path`` (the sandbox's substitute). ``model_template``: the chat template's text around
+    the user turn (``templates.chat_model_template``; None: RULER's ``base``);
+    ``sentence_split``: ``regex`` (ours) or ``nltk`` (RULER's ``sent_tokenize``)."""
     if task not in TASKS:
         import difflib
         hint = difflib.get_close_matches(task, TASKS, n=1)
@@ -66,8 +70,9 @@ def generate(task: str, tokenizer: Any, max_seq_length: int, num_samples: int,
         raise NotRun(task, f"needs {QA_FILES[a['dataset']]}: pass qa_path")
     ctx = Context(count=token_counter(tokenizer), max_seq_length=int(max_seq_length),
                   tokens_to_generate=family.tokens_to_generate,
-                  template=prompt_template(spec.family), answer_prefix=family.answer_prefix,
-                  seed=seed)
+                  template=prompt_template(spec.family, model_template),
+                  answer_prefix=family.answer_prefix, seed=seed,
+                  split={"regex": None, "nltk": nltk_sentences}[sentence_split])
     if spec.family == "niah":
         if a["type_haystack"] != "essay":
             essay = None

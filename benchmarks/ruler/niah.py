@@ -20,14 +20,15 @@ def random_needle_part(kind: str, rng: random.Random) -> str:
     raise ValueError(f"unknown needle type {kind!r}")
 
 
-def essay_context(words: Sequence[str], size: int, needles: list[str], rng) -> str:
+def essay_context(words: Sequence[str], size: int, needles: list[str], rng,
+                  split=None) -> str:
     """The first ``size`` essay words (repeated as needed), split into sentences, with the
     needles inserted at sentence boundaries at depths drawn from ``DEPTHS``."""
     if size <= len(words):
         text = " ".join(words[:size])
     else:  # repeat the essays as often as needed
         text = " ".join((list(words) * -(-size // len(words)))[:size])
-    sents = split_sentences(text.strip())
+    sents = (split or split_sentences)(text.strip())
     cuts = ([0] + sorted(int(len(sents) * (d / 100)) for d in rng.sample(DEPTHS, len(needles)))
             + [len(sents)])
     parts = []
@@ -67,7 +68,7 @@ def make_sample(a: dict, ctx: Context, size: int, essay: Sequence[str] | None):
     random.Random(ctx.seed).shuffle(needles)
 
     if a["type_haystack"] == "essay":
-        context = essay_context(essay, size, needles, rng)
+        context = essay_context(essay, size, needles, rng, ctx.split)
     else:
         context = _line_context(a, size, needles, rng)
 

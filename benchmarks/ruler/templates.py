@@ -131,7 +131,25 @@ DOCUMENT_PROMPT = "Document {i}:\n{document}"
 DEPTHS = [int(d) for d in np.round(np.linspace(0, 100, num=40, endpoint=True)).astype(int)]
 
 
-def prompt_template(family: str) -> str:
-    """The template a generator formats: task template + answer prefix (``base`` model)."""
+def prompt_template(family: str, model_template: tuple[str, str] | None = None) -> str:
+    """The template a generator formats: task template + answer prefix with the ``base`` model
+    template; with ``model_template = (before, after)`` (a chat template's text around the user
+    message), ``before + task template + after + answer prefix``: RULER's chat model templates
+    wrap the task in the user turn, and the answer prefix starts the assistant's reply."""
     fam = FAMILIES[family]
-    return fam.template + fam.answer_prefix
+    if model_template is None:
+        return fam.template + fam.answer_prefix
+    before, after = (t.replace("{", "{{").replace("}", "}}") for t in model_template)
+    return before + fam.template + after + fam.answer_prefix
+
+
+def chat_model_template(tokenizer) -> tuple[str, str] | None:
+    """``(before, after)``: the tokenizer's chat template around one user message, with the
+    generation prompt (None without a chat template)."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        return None
+    mark = "\x00TASK\x00"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": mark}], tokenize=False,
+                                         add_generation_prompt=True)
+    before, _, after = text.partition(mark)
+    return before, after
