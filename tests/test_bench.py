@@ -21,3 +21,14 @@ def test_bench_screening_overrides_parse():
     args = build_parser().parse_args(["bench", "overhead", "--stages", "4", "--keep", "d",
                                       "--screening", "prefix_cache_mb=0"])
     assert (args.stages, args.keep, args.screening) == (4, "d", ["prefix_cache_mb=0"])
+
+
+def test_more_stages_grow_the_world():
+    from harness.tools.bench import SMOKE_WORLD_TOKENS, _smoke_data, with_stages
+
+    d = _smoke_data()
+    assert with_stages(d, 2).get("sandbox") == d.get("sandbox")      # the smoke world fits 2
+    four = with_stages(d, 4)
+    assert four["stages"]["count"] == 4
+    grown = four["sandbox"]["n_entities"] / 1300
+    assert grown * SMOKE_WORLD_TOKENS >= 4 * d["stages"]["tokens_per_stage"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import os
 import sys
 import threading
@@ -371,14 +372,13 @@ def _run_phase(phase: str, spec_path, env, method: str = "entropylong") -> dict:
     import subprocess
 
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-c", _SCALE_WORKER, phase, str(spec_path), method],
-                         env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = p.stdout.read()
-    p.wait()
+    p = subprocess.run([sys.executable, "-c", _SCALE_WORKER, phase, str(spec_path), method],
+                       env=env, capture_output=True, text=True)
+    out = p.stdout
     wall = time.perf_counter() - t0
     if p.returncode:
-        raise RuntimeError(f"scaling phase {phase} failed ({spec_path}): exit {p.returncode}")
+        raise RuntimeError(f"bench phase {phase} failed ({spec_path}): exit {p.returncode}\n"
+                           f"{p.stderr[-2000:]}")
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
     r = json.loads(line[len("RESULT "):])
     r[f"{phase}_wall_seconds"] = wall
@@ -440,6 +440,22 @@ def bench_construct(tokens_per_stage: int | None = None, out_dir: str | None = N
     return rows
 
 
+SMOKE_WORLD_TOKENS = 300_895     # the default sandbox world (1,300 entities, 200 filler)
+
+
+def with_stages(d: dict, stages: int) -> dict:
+    """The smoke spec (a mapping) at ``stages`` stages, its world grown when the stages would
+    otherwise need a root twice (~300K tokens for 1,300 entities and 200 filler documents;
+    grown in proportion, 10 % to spare; ours)."""
+    d = dict(d, stages=dict(d["stages"], count=stages))
+    need = stages * d["stages"]["tokens_per_stage"] * 1.1
+    if need > SMOKE_WORLD_TOKENS:
+        scale = need / SMOKE_WORLD_TOKENS
+        d["sandbox"] = dict(d.get("sandbox") or {}, n_entities=math.ceil(1300 * scale),
+                            n_filler_docs=math.ceil(200 * scale))
+    return d
+
+
 def bench_overhead(stages: int | None = None, out_dir: str | None = None,
                    keep: str | None = None, overrides: dict | None = None):
     """PolicyLong's stage loop against EntropyLong's on the smoke spec at equal budgets (the
@@ -473,7 +489,7 @@ def bench_overhead(stages: int | None = None, out_dir: str | None = None,
                  eval={"lengths": [d["eval"]["lengths"][0]], "samples_per_task": 5,
                        "benchmarks": [{"name": "probe"}]})
         if stages:
-            d["stages"] = dict(d["stages"], count=stages)
+            d = with_stages(d, stages)
         p = Path(tmp) / "spec.yaml"
         p.write_text(yaml.safe_dump(d))
         _run_phase("index", p, env)
