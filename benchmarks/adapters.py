@@ -27,8 +27,9 @@ with the reason.
   the sandbox): without a data file, multiple-choice items generated from the sandbox's
   test-split probe entities (``harness.api.world.mc_items``) in LongBench-v2's schema.
 - ``helmet_recall``: json_kv, ruler_niah_mk_2, ruler_niah_mk_3, ruler_niah_mv, generated per
-  tokenizer. params: ``essay_path`` (for ruler_niah_mv; env ``POLICYLONG_ESSAYS``), ``seed``
-  (42), ``shots`` (2).
+  tokenizer (``preset: official`` with ``data_dir``: HELMET's released files). params:
+  ``essay_path`` (for ruler_niah_mv; env ``POLICYLONG_ESSAYS``), ``seed`` (42), ``shots`` (2),
+  ``data_dir``.
 - ``helmet``: the above plus RAG and re-rank from a HELMET data folder (``data_dir``, env
   ``POLICYLONG_HELMET_DATA``); the categories without a loader are reported as not run.
 """
@@ -585,8 +586,15 @@ class LongBenchV2:
 
 
 class HelmetRecall:
+    """HELMET's Recall category. ``preset: harness`` generates its samples per tokenizer;
+    ``preset: official`` reads HELMET's released files (``data/json_kv/...``,
+    ``data/ruler/<task>/validation_<L>.jsonl``) from ``params.data_dir`` (env
+    ``POLICYLONG_HELMET_DATA``) when given, shuffled and cut to the sample count with HELMET's
+    seed as HELMET does; a length HELMET has no file for is not run, saying so. Without a data
+    folder the official preset generates as the harness one does (HELMET ships no generator),
+    and its provenance says so."""
     name = "helmet_recall"
-    PARAMS = ("essay_path", "seed", "shots")
+    PARAMS = ("essay_path", "seed", "shots", "data_dir")
 
     def __init__(self, entry: BenchmarkEntry):
         from benchmarks import helmet_recall as hr
@@ -599,10 +607,12 @@ class HelmetRecall:
         self.seed, self.shots = int(p.get("seed", hr.SEED)), int(p.get("shots", hr.SHOTS))
         self._essay: list[str] | None = None
         self.preset = entry.preset
-        if self.preset != "harness":
-            raise ValueError(f"{self.name}: preset {self.preset!r} is not implemented yet "
-                             f"(HELMET's released recall files are not read); use preset "
-                             f"harness")
+        self.files = None
+        given = p.get("data_dir") or os.environ.get("POLICYLONG_HELMET_DATA")
+        if self.preset == "official" and given:
+            self.files = hr.resolve_data_dir(given)
+            if self.files is None:
+                raise FileNotFoundError(f"{self.name}: HELMET data folder not found: {given}")
 
     def tasks(self) -> list[str]:
         return list(self._tasks)
@@ -615,12 +625,22 @@ class HelmetRecall:
     def provenance(self) -> dict:
         from benchmarks import helmet_recall as hr
 
-        return {"preset": self.preset,
-                "data": {"generated": True, "generator": "benchmarks.helmet_recall",
-                         "version": hr.GENERATOR_VERSION, "seed": self.seed,
-                         "essay": file_record(self.essay_path) or (
-                             "hub baber/paul_graham_essays"
-                             if "ruler_niah_mv" in self._tasks else None)},
+        if self.files is not None:
+            data = {"generated": False, "data_dir": str(self.files),
+                    "files": {f"{t}@{L}": file_record(hr.helmet_recall_file(self.files, t, L))
+                              for t in self._tasks for L in hr.HELMET_LENGTHS
+                              if hr.helmet_recall_file(self.files, t, L).is_file()},
+                    "selection_seed": self.seed}
+        else:
+            data = {"generated": True, "generator": "benchmarks.helmet_recall",
+                    "version": hr.GENERATOR_VERSION, "seed": self.seed,
+                    "essay": file_record(self.essay_path) or (
+                        "hub baber/paul_graham_essays"
+                        if "ruler_niah_mv" in self._tasks else None),
+                    **({"note": "preset official without HELMET's data folder: generated "
+                                "(HELMET ships no generator)"}
+                       if self.preset == "official" else {})}
+        return {"preset": self.preset, "data": data,
                 "template": f"HELMET recall templates, {self.shots}-shot (json_kv), no chat "
                             f"template (use_chat_template false for recall)",
                 "decoding": {"temperature": 0.0, "max_new_tokens": "per task (HELMET's "
@@ -641,6 +661,19 @@ class HelmetRecall:
         from benchmarks import helmet_recall as hr
 
         t = hr.TASKS[task]
+        if self.files is not None:      # HELMET's released file for this task and length
+            f = hr.helmet_recall_file(self.files, task, length) \
+                if length in hr.HELMET_LENGTHS else None
+            if f is None or not f.is_file():
+                raise NotRun(f"HELMET has no released file for {task} at {length}"
+                             + (f" ({f} absent)" if f is not None else
+                                f" (its lengths: {', '.join(map(str, hr.HELMET_LENGTHS))})"))
+            recs = hr.shuffle_select(hr.read_jsonl(f), self.seed, n)
+            recs = [hr.prepare_json_kv(r, self.shots) if task == "json_kv"
+                    else hr.prepare_ruler(r) for r in recs]
+            stop = hr.STOP_NEW_LINE if t.stop_new_line else None
+            return [Sample(hr.fit_prompt(t, r, tokenizer, length)[0], t.generation_max_length,
+                           list(r["answer"]), stop=stop, meta={"record": r}) for r in recs]
         try:
             if task == "json_kv":
                 recs = [hr.prepare_json_kv(r, self.shots) for r in
@@ -675,6 +708,9 @@ class Helmet:
 
     name = "helmet"
     PARAMS = ("data_dir", "essay_path", "seed", "shots")
+    # ``preset: official``: Recall from HELMET's released files when data_dir is given
+    # (``HelmetRecall``), and the per-length average is HELMET's: the mean over categories of
+    # each category's mean over its tasks (collect_results.custom_avgs), not a pooled mean
 
     def __init__(self, entry: BenchmarkEntry):
         from benchmarks import helmet_recall as hr
@@ -685,6 +721,7 @@ class Helmet:
         self._tasks = check_tasks(self.name, entry.tasks, known)
         self.recall = HelmetRecall(BenchmarkEntry(
             name="helmet_recall", tasks=[t for t in self._tasks if t in hr.RECALL_TASKS],
+            preset=entry.preset,
             params={k: v for k, v in p.items() if k in HelmetRecall.PARAMS}))
         given = p.get("data_dir") or os.environ.get("POLICYLONG_HELMET_DATA")
         self.data_dir = hr.resolve_data_dir(given)
@@ -693,10 +730,20 @@ class Helmet:
         self.shots, self.seed = self.recall.shots, self.recall.seed
         self._loaded: dict[tuple[str, int, int], Any] = {}
         self.preset = entry.preset
-        if self.preset != "harness":
-            raise ValueError(f"{self.name}: preset {self.preset!r} is not implemented yet "
-                             f"(released recall files, per-category averages); use preset "
-                             f"harness")
+
+    def average(self, scores: dict[str, float]) -> float | None:
+        """The per-length average of the tasks that ran (``scores``: task → score): pooled
+        under the harness preset; HELMET's under official, each category's mean over its
+        tasks, then the mean over the categories."""
+        from benchmarks import helmet_recall as hr
+
+        if not scores:
+            return None
+        if self.preset != "official":
+            return sum(scores.values()) / len(scores)
+        cats = [[scores[t] for t in tasks if t in scores] for tasks in hr.CATEGORIES.values()]
+        means = [sum(c) / len(c) for c in cats if c]
+        return sum(means) / len(means)
 
     def tasks(self) -> list[str]:
         return list(self._tasks)
@@ -711,8 +758,10 @@ class Helmet:
         rec["data"] = {"recall": rec["data"], "data_dir": str(self.data_dir)
                        if self.data_dir else None}
         rec["template"] = "HELMET templates per category (" + rec["template"] + ")"
-        rec["average"] = "mean over the tasks that ran, pooled across categories (HELMET's " \
-                         "own tables average per category)"
+        rec["average"] = ("per category (the mean of its tasks that ran), then the mean over "
+                          "the categories (HELMET's collect_results)" if self.preset == "official"
+                          else "mean over the tasks that ran, pooled across categories (HELMET's "
+                          "own tables average per category)")
         return rec
 
     def _category_data(self, task: str, length: int, n: int):

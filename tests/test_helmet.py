@@ -287,3 +287,66 @@ def test_recall_from_helmet_files(tmp_path, tokenizer):
     assert len(mk2) == 2 and all(s["answer"] == s["outputs"] and s["question"] == s["query"]
                                  for s in mk2)
     assert cat.skipped == {"ruler_niah_mk_3@4096": "not run: HELMET file absent"}
+
+
+# ------------------------------------------------------------------ preset: official
+
+def _entry(name, preset, **params):
+    from harness.api import BenchmarkEntry
+
+    return BenchmarkEntry(name=name, preset=preset, params=params)
+
+
+def test_official_recall_reads_helmets_files(tmp_path, tokenizer):
+    """preset official with a data folder: the samples are the released file's (shuffled and
+    cut with HELMET's seed), a length without a file is not run, and provenance names the
+    file with its sha256; without a folder it generates and says so."""
+    from benchmarks.adapters import HelmetRecall
+    from harness.api import NotRun
+
+    recs = H.generate_json_kv(tokenizer, 4096, num_samples=5)
+    for r in recs:
+        r["question"] = "FROM-FILE " + r["question"]            # marks the file's records
+    H.write_jsonl(tmp_path / "data/json_kv/test_k50_dep6.jsonl", recs)
+    b = HelmetRecall(_entry("helmet_recall", "official", data_dir=str(tmp_path)))
+    got = b.samples("json_kv", 4096, tokenizer, 3)
+    order = H.shuffled_indices(5, H.SEED)[:3]
+    assert [s.meta["record"]["question"] for s in got] == [recs[i]["question"] for i in order]
+    assert all("FROM-FILE" in s.prompt and H.count_tokens(tokenizer, s.prompt)
+               + s.max_new_tokens <= 4096 for s in got)
+    with pytest.raises(NotRun, match="no released file for json_kv at 8192"):
+        b.samples("json_kv", 8192, tokenizer, 3)
+    with pytest.raises(NotRun, match="its lengths: 4096"):
+        b.samples("json_kv", 1000, tokenizer, 3)
+    prov = b.provenance()["data"]
+    assert prov["generated"] is False and "json_kv@4096" in prov["files"]
+    assert len(prov["files"]["json_kv@4096"]["sha256"]) == 64
+    harness = HelmetRecall(_entry("helmet_recall", "harness", data_dir=str(tmp_path)))
+    assert all("FROM-FILE" not in s.prompt for s in harness.samples("json_kv", 4096,
+                                                                       tokenizer, 2))
+    bare = HelmetRecall(_entry("helmet_recall", "official"))
+    assert bare.provenance()["data"]["generated"] is True
+    assert "HELMET ships no generator" in bare.provenance()["data"]["note"]
+    with pytest.raises(FileNotFoundError, match="HELMET data folder not found"):
+        HelmetRecall(_entry("helmet_recall", "official", data_dir=str(tmp_path / "nope")))
+
+
+def test_official_helmet_averages_per_category_then_across():
+    """HELMET's collect_results: each category's mean over its tasks, then the mean over the
+    categories; the harness preset pools the tasks."""
+    from benchmarks.adapters import Helmet
+    from harness.api import TaskScore
+    from harness.evaluation.runner import Unit, summarize
+
+    scores = {"json_kv": 90.0, "ruler_niah_mk_2": 70.0, "ruler_niah_mk_3": 50.0,
+              "ruler_niah_mv": 30.0, "msmarco_rerank_psg": 10.0}
+    official, harness = Helmet(_entry("helmet", "official")), Helmet(_entry("helmet", "harness"))
+    assert official.average(scores) == pytest.approx((60.0 + 10.0) / 2)
+    assert harness.average(scores) == pytest.approx(250.0 / 5)
+    assert official.average({}) is None
+    assert "per category" in official.provenance()["average"]
+    # the evaluation's per-length average goes through the benchmark's rule
+    units = [Unit("helmet", t, 4096, score=TaskScore(v, [v])) for t, v in scores.items()]
+    for bench, want in ((official, 35.0), (harness, 50.0)):
+        avg = summarize(units, [bench])["helmet"]["average"]["4096"]
+        assert avg["mean"] == pytest.approx(want) and avg["num_tasks"] == 5

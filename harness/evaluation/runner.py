@@ -393,13 +393,17 @@ def summarize(units: Sequence[Unit], benches: Sequence[Benchmark] = ()) -> dict[
         g["prompt_tokens"] += sum(len(x) for x in u.ids)
         g["new_tokens"] += u.new_tokens
         g["seconds"] += u.seconds
-    for b in out.values():
+    by_name = {bn.name: bn for bn in benches}
+    for name, b in out.items():
+        # a benchmark may define its own average over the tasks that ran (HELMET's official
+        # preset: per category, then across categories); else the plain mean
+        own = getattr(by_name.get(name), "average", None)
         lengths = sorted({ln for per in b["tasks"].values() for ln in per}, key=int)
         for ln in lengths:
             ran = {t: per[ln] for t, per in b["tasks"].items()
                    if per.get(ln) is not None and not math.isnan(per[ln])}
-            b["average"][ln] = {"mean": sum(ran.values()) / len(ran) if ran else None,
-                                "num_tasks": len(ran), "tasks": sorted(ran)}
+            mean = own(ran) if callable(own) else (sum(ran.values()) / len(ran) if ran else None)
+            b["average"][ln] = {"mean": mean, "num_tasks": len(ran), "tasks": sorted(ran)}
         g = b["generation"]
         g["new_tokens_per_s"] = g["new_tokens"] / g["seconds"] if g["seconds"] else None
     for name, b in out.items():
@@ -410,7 +414,6 @@ def summarize(units: Sequence[Unit], benches: Sequence[Benchmark] = ()) -> dict[
             a["missing"] = {t: b["not_run"].get(t, {}).get(ln) or (
                 "no score" if t in b["tasks"] else "not selected in the entry's tasks")
                 for t in ref if t not in a["tasks"]}
-    by_name = {bn.name: bn for bn in benches}
     for name, b in out.items():
         if name in by_name:
             b["provenance"] = provenance(by_name[name], [u for u in units if u.bench == name])
