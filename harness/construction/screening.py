@@ -47,9 +47,9 @@ by many roots (about 14 per chunk in a smoke stage) would otherwise be run throu
 once per root. ``PrefixCache`` keeps each chunk's key/value cache, computed once per screening
 model, and a root's rows are then only ``D_cut`` continuing that cache (positions continue the
 prefix's, as in the full row). A truncated candidate uses the first ``len(C_used)`` positions of
-its chunk's cache: the model is causal, so they are the cache of the truncated prefix. Rows are
-batched among a root's candidates of equal used length (no padding: ``D_cut`` is the same in
-every row of a root). The values equal the full forward's to float rounding
+its chunk's cache: the model is causal, so they are the cache of the truncated prefix. A root's
+rows are batched ``batch_size`` at a time (``D_cut`` is the same in every row; shorter prefixes
+are left-padded in the cache and masked out, each row's positions continuing its own prefix). The values equal the full forward's to float rounding
 (``tests/test_verify.py``); the cache is least-recently-used within its byte budget; 0 turns it
 off (every row a full forward, as before). Length-control rows are unique and always run whole.
 """
@@ -319,31 +319,41 @@ def _cached_rows(model, d_cut: np.ndarray, anchors: np.ndarray, lengths: list[in
                  kvs: list[list[tuple[torch.Tensor, torch.Tensor]]], batch_size: int,
                  device: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Entropy and NLL at ``anchors`` of ``D_cut`` after each cached prefix cut to
-    ``lengths[i]``; rows of equal prefix length batched."""
+    ``lengths[i]``, ``batch_size`` rows at a time: shorter prefixes are left-padded in the
+    cache and masked out, and each row's positions continue its own prefix."""
     from transformers import DynamicCache
 
-    out: list = [None] * len(lengths)
-    by_len: dict[int, list[int]] = defaultdict(list)
-    for i, n in enumerate(lengths):
-        by_len[n].append(i)
+    out: list = []
     d = torch.as_tensor(np.asarray(d_cut, dtype=np.int64), device=device)
     pos_d = torch.as_tensor(anchors)
-    for n, rows in sorted(by_len.items()):
-        for s in range(0, len(rows), batch_size):
-            part = rows[s:s + batch_size]
-            ids = d.unsqueeze(0).expand(len(part), -1)
-            past = None
-            if n > 0:
-                layers = [(torch.cat([kvs[i][l][0][:, :, :n] for i in part]),
-                           torch.cat([kvs[i][l][1][:, :, :n] for i in part]))
-                          for l in range(len(kvs[part[0]]))]
-                past = DynamicCache(ddp_cache_data=layers, config=model.config)
-            position_ids = torch.arange(n, n + len(d_cut), device=device).unsqueeze(0).expand(
-                len(part), -1)
-            scored = score_positions(model, ids, [pos_d] * len(part), position_ids=position_ids,
-                                     past_key_values=past)
-            for i, r in zip(part, scored):
-                out[i] = r
+    n_layers = len(next((kv for kv in kvs if kv), [])) or 0
+    for s in range(0, len(lengths), batch_size):
+        part = list(range(s, min(s + batch_size, len(lengths))))
+        top = max(lengths[i] for i in part)
+        ids = d.unsqueeze(0).expand(len(part), -1)
+        past, mask = None, None
+        if top > 0:
+            layers = []
+            for layer in range(n_layers):
+                ks, vs = [], []
+                for i in part:
+                    n = lengths[i]
+                    k, v = (kvs[i][layer][0][:, :, :n], kvs[i][layer][1][:, :, :n]) if n else \
+                        (None, None)
+                    ref = next(kv for kv in kvs if kv)[layer][0]
+                    pad = torch.zeros((1, ref.shape[1], top - n, ref.shape[3]), dtype=ref.dtype,
+                                      device=ref.device)
+                    ks.append(torch.cat([pad, k], 2) if n else pad)
+                    vs.append(torch.cat([pad, v], 2) if n else pad)
+                layers.append((torch.cat(ks), torch.cat(vs)))
+            past = DynamicCache(ddp_cache_data=layers, config=model.config)
+            mask = torch.ones((len(part), top + len(d_cut)), dtype=torch.long, device=device)
+            for r, i in enumerate(part):
+                mask[r, :top - lengths[i]] = 0
+        position_ids = torch.stack([torch.arange(lengths[i], lengths[i] + len(d_cut),
+                                                 device=device) for i in part])
+        out.extend(score_positions(model, ids, [pos_d] * len(part), attention_mask=mask,
+                                   position_ids=position_ids, past_key_values=past))
     return out
 
 
