@@ -165,8 +165,10 @@ class ScreeningSpec(Strict):
     skip_start: int = Field(16, ge=0)
     batch_size: int = Field(8, gt=0)
     # Candidate chunks' key/value caches kept for reuse across the roots that retrieve them
-    # (MiB per screening model; 0: off). Speed only: the values are the full forward's.
-    prefix_cache_mb: int = Field(512, ge=0)
+    # (MiB per screening model; 0: off, the default). Speed only: the values are the full
+    # forward's. Off by default: on the sandbox's 2-layer model it verified 1.3x slower
+    # (docs/performance.md); it is meant for models whose forward outweighs the cache handling.
+    prefix_cache_mb: int = Field(0, ge=0)
     # Stop verifying a root's candidates (in retrieval order) once its positives fill the
     # group's room (ours; changes which contexts can be chosen, so off by default).
     early_stop: bool = False

@@ -73,10 +73,13 @@ def test_prefix_cache_lowers_predicted_verification():
     c = C.assumed_counts(spec, "entropylong", 0, C.Assumptions(), 1e7)
     c.distinct_chunks = c.candidates / 14          # each chunk retrieved by 14 roots
     shape = C.Shape.of("Qwen/Qwen2.5-3B")
-    on = C.phase_flops(spec, shape, c, 1e7)["verify"]
-    off_spec = spec.model_copy(update={"screening": spec.screening.model_copy(
-        update={"prefix_cache_mb": 0})})
-    off = C.phase_flops(off_spec, shape, c, 1e7)["verify"]
+
+    def verify(mb):
+        s = spec.model_copy(update={"screening": spec.screening.model_copy(
+            update={"prefix_cache_mb": mb})})
+        return C.phase_flops(s, shape, c, 1e7)["verify"]
+
+    on, off = verify(512), verify(0)
     assert on < off
 
 

@@ -325,7 +325,7 @@ def test_prefix_cache_evicts_within_its_budget(model, root):
 
 def test_screen_and_verify_same_verdicts_with_and_without_prefix_cache(model):
     """The core path, length control on (its rows always run whole): cache on vs off."""
-    on = screen_and_verify(_ctx(model, control="length")[0], [0, 1])
+    on = screen_and_verify(_ctx(model, control="length", prefix_cache_mb=64)[0], [0, 1])
     off = screen_and_verify(_ctx(model, control="length", prefix_cache_mb=0)[0], [0, 1])
     for p, q in zip(on, off):
         assert [c.chunk_id for c in p.candidates] == [c.chunk_id for c in q.candidates]

@@ -53,6 +53,7 @@ ENCODER_DIM = 384
 # Model-FLOPs utilisation assumed on a GPU (ours): long-context training with FSDP and
 # gradient checkpointing typically reaches 35-45 % of bf16 peak; batched inference forwards of
 # short rows less.
+QUERY_PIECES_PER_TOKEN = 1.3    # encoder word pieces per model token of a query (ours)
 MFU = {"screen": 0.30, "retrieve": 0.20, "verify": 0.30, "train": 0.40}
 PHASES = ("screen", "retrieve", "verify", "train")
 # Which measured throughput on this machine stands for which phase
@@ -111,12 +112,13 @@ class Assumptions:
     """What a prediction for a spec without a built run assumes (ours unless cited)."""
     doc_tokens: float = 1000.0       # mean document length of the corpus (tokens)
     chars_per_token: float = 4.0     # for character chunks
-    anchor_density: float = 0.033    # anchors per screened token (smoke spec, stage 0: 3.3 %)
-    unique_hits: float = 0.88        # distinct candidates per (anchor × top_k) (smoke spec)
-    # accept rates per stage (smoke spec, idle machine, docs/performance.md): EntropyLong screens
-    # every stage with θ_0; PolicyLong's fall as the checkpoint learns (the last one repeats)
+    anchor_density: float = 0.043    # anchors per screened token (smoke recipe, stage 0)
+    unique_hits: float = 0.88        # distinct candidates per (anchor × top_k) (smoke recipe)
+    # accept rates per stage, `policylong bench overhead --stages 4` (docs/performance.md):
+    # EntropyLong screens every stage with θ_0; PolicyLong's fall as the checkpoint learns (the
+    # last one repeats for more stages)
     accept: dict[str, list[float]] = field(default_factory=lambda: {
-        "entropylong": [0.83], "policylong": [0.83, 0.46, 0.09, 0.06]})
+        "entropylong": [0.53], "policylong": [0.53, 0.033, 0.022, 0.0097]})
 
     def accept_rate(self, method: str, stage: int) -> float:
         rates = self.accept.get(method, [0.83])
@@ -192,7 +194,7 @@ def measured_counts(manifest: dict, spec) -> Counts:
 def phase_flops(spec, shape: Shape, c: Counts, n_chunks: float) -> dict[str, float]:
     T, sc = spec.stages.target_length, spec.screening
     enc = Shape(**ENCODER_SHAPE, gated_mlp=False)
-    q_pieces = (2 * sc.query_window + 1) * 1.3 + 2     # word pieces per query (ours: ~1.3/token)
+    q_pieces = (2 * sc.query_window + 1) * QUERY_PIECES_PER_TOKEN + 2   # word pieces per query
     search = 2.0 * ENCODER_DIM * n_chunks * (1.0 if spec.retrieval.index == "flat" else 0.05)
     queries = c.anchors + c.queries_nextlong
     retrieve = queries * (2 * enc.matmul_params * q_pieces + enc.attention(q_pieces, q_pieces)
@@ -283,12 +285,16 @@ def calibrate(model_path: str | Path, window: int, train_length: int, encoder: s
                            detail=detail)
     from harness.data.retrieval import load_encoder
 
+    from harness.sandbox import world
+
     enc = load_encoder(encoder)
-    words = ["word"] * (2 * query_window + 1)
-    texts = [" ".join(words)] * 256
+    # queries shaped like the real ones: 2w+1 words of running English-like text
+    words = world.haystack(n_sentences=400)["text"].split()
+    q = 2 * query_window + 1
+    texts = [" ".join(words[i * q:(i + 1) * q]) for i in range(256)]
     t_enc = _median_time(lambda: enc.encode(texts, batch_size=64, show_progress_bar=False), 2)
     e = Shape(**ENCODER_SHAPE, gated_mlp=False)
-    pieces = (2 * query_window + 1) + 2
+    pieces = QUERY_PIECES_PER_TOKEN * q + 2
     f_enc = 256 * (2 * e.matmul_params * pieces + e.attention(pieces, pieces))
     detail["encoder"] = f"256 queries in {t_enc:.3f} s"
     return Calibration(forward=f_fwd / t_fwd, train=f_train / t_train, encoder=f_enc / t_enc,
