@@ -226,6 +226,45 @@ class Calibration:
     train: float
     encoder: float
     detail: dict = field(default_factory=dict)
+    # seconds per retrieval query through the spec's own built index and tokenizer (query text,
+    # encoder, search with the root's chunks excluded), when the spec has a built index: the
+    # retrieval phase is mostly per-query work, not encoder FLOPs; None: FLOPs / encoder
+    query_seconds: float | None = None
+
+
+def calibrate_queries(spec, n: int = 512) -> float | None:
+    """Seconds per query of the real retrieval path (``query_text``, ``embed``, the index's
+    ``search`` with the root excluded) on ``n`` queries around random positions of random
+    documents, when the spec's token store and index are built; else None."""
+    import numpy as np
+
+    from harness.layout import cache_dir
+
+    if not any((cache_dir(spec) / "index").glob("*/manifest.json")):
+        return None
+    from transformers import AutoTokenizer
+
+    from harness.construction.driver import prepare_resources
+    from harness.data.retrieval import embed, query_text
+    from harness.experiments.wiring import resolve_inputs
+
+    base, corpus = resolve_inputs(spec)
+    tok = AutoTokenizer.from_pretrained(str(base))
+    res = prepare_resources(spec, tok, corpus, cache_dir(spec))
+    cs = res.chunkset()
+    rng = np.random.default_rng(0)
+    roots = rng.integers(0, len(res.store.ids), n)
+    w, bs = spec.screening.query_window, spec.retrieval.batch_size
+
+    def run():
+        qs = []
+        for r in roots:
+            toks = np.asarray(res.store.doc_tokens(int(r)))
+            qs.append(query_text(tok, toks, int(rng.integers(0, max(1, len(toks)))), w))
+        vecs = embed(res.encoder, qs, bs, progress=False)
+        cs.index.search(vecs, spec.retrieval.top_k, exclude_docs=[int(r) for r in roots])
+
+    return _median_time(run, 2) / n
 
 
 def _median_time(fn, repeats: int = 3) -> float:
@@ -263,7 +302,7 @@ def calibrate(model_path: str | Path, window: int, train_length: int, encoder: s
         score_tokens(model, ids)
         sync()
 
-    t_fwd = _median_time(fwd)
+    t_fwd = _median_time(fwd, 7)          # the machine's noise is ±25 % from call to call
     f_fwd = shape.forward(batch, window, batch * window)
     model.train()
     L = train_length
@@ -275,7 +314,7 @@ def calibrate(model_path: str | Path, window: int, train_length: int, encoder: s
         model.zero_grad(set_to_none=True)
         sync()
 
-    t_train = _median_time(step, repeats=2)
+    t_train = _median_time(step, repeats=5)
     f_train = 3 * shape.forward(2, L, 2 * L)
     detail = {"forward": f"{batch}×{window} tokens in {t_fwd:.3f} s",
               "train": f"2×{L} tokens, forward+backward in {t_train:.3f} s",
@@ -344,6 +383,9 @@ def predict(spec, calibration: Calibration | None, gpu_tflops: float | None = No
                        "flops": flops[ph], "roots": c.roots, "candidates": c.candidates}
                 if calibration is not None:
                     row["seconds_here"] = flops[ph] / getattr(calibration, CALIBRATION_FOR[ph])
+                    if ph == "retrieve" and calibration.query_seconds is not None:
+                        row["seconds_here"] = (c.anchors + c.queries_nextlong) \
+                            * calibration.query_seconds
                 if gpu_tflops:
                     row["gpu_seconds"] = flops[ph] / (gpu_tflops * 1e12 * MFU[ph])
                 rows.append(row)
@@ -437,6 +479,10 @@ def run_cost(spec, gpu_tflops: float | None, calibrate_here: bool = True,
         cal = calibrate(model, min(spec.screening.window, 512),
                         min(spec.stages.target_length, 2048), spec.retrieval.encoder,
                         spec.screening.query_window)
+        cal.query_seconds = calibrate_queries(spec)
+        if cal.query_seconds is not None:
+            cal.detail["retrieve"] = (f"{cal.query_seconds * 1e3:.2f} ms per query through "
+                                      f"the spec's built index")
         print(f"[calibration] {json.dumps(cal.detail)}", file=out)
         print(f"[calibration] FLOP/s here: forward {cal.forward:.3g}, train {cal.train:.3g}, "
               f"encoder {cal.encoder:.3g}", file=out)
