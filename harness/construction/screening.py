@@ -326,7 +326,8 @@ def _cached_rows(model, d_cut: np.ndarray, anchors: np.ndarray, lengths: list[in
     out: list = []
     d = torch.as_tensor(np.asarray(d_cut, dtype=np.int64), device=device)
     pos_d = torch.as_tensor(anchors)
-    n_layers = len(next((kv for kv in kvs if kv), [])) or 0
+    first = next((kv for kv in kvs if kv), [])
+    n_layers = len(first)
     for s in range(0, len(lengths), batch_size):
         part = list(range(s, min(s + batch_size, len(lengths))))
         top = max(lengths[i] for i in part)
@@ -335,16 +336,13 @@ def _cached_rows(model, d_cut: np.ndarray, anchors: np.ndarray, lengths: list[in
         if top > 0:
             layers = []
             for layer in range(n_layers):
+                ref = first[layer][0]             # shape, dtype and device of this layer's keys
                 ks, vs = [], []
                 for i in part:
                     n = lengths[i]
-                    k, v = (kvs[i][layer][0][:, :, :n], kvs[i][layer][1][:, :, :n]) if n else \
-                        (None, None)
-                    ref = next(kv for kv in kvs if kv)[layer][0]
-                    pad = torch.zeros((1, ref.shape[1], top - n, ref.shape[3]), dtype=ref.dtype,
-                                      device=ref.device)
-                    ks.append(torch.cat([pad, k], 2) if n else pad)
-                    vs.append(torch.cat([pad, v], 2) if n else pad)
+                    pad = ref.new_zeros((1, ref.shape[1], top - n, ref.shape[3]))
+                    ks.append(torch.cat([pad, kvs[i][layer][0][:, :, :n]], 2) if n else pad)
+                    vs.append(torch.cat([pad, kvs[i][layer][1][:, :, :n]], 2) if n else pad)
                 layers.append((torch.cat(ks), torch.cat(vs)))
             past = DynamicCache(ddp_cache_data=layers, config=model.config)
             mask = torch.ones((len(part), top + len(d_cut)), dtype=torch.long, device=device)
