@@ -197,7 +197,8 @@ def _bench(args) -> int:
             bench.bench_train()
         elif w == "overhead":
             bench.bench_overhead(stages=args.stages, keep=args.keep,
-                                 overrides=dict(_kv(x) for x in args.screening))
+                                 overrides=dict(_kv(x) for x in args.screening),
+                                 spec_path=args.spec)
         elif w == "eval":
             bench.bench_eval()
         elif w == "scaling":   # minutes: not part of "all"
@@ -364,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="overhead: run in DIR and keep it (for policylong cost --validate)")
     be.add_argument("--screening", action="append", default=[], metavar="KEY=VALUE",
                     help="overhead: a screening setting to change, e.g. prefix_cache_mb=0")
+    be.add_argument("--spec", default=None, metavar="SPEC",
+                    help="overhead: this spec's world, budgets and recipe instead of the smoke "
+                         "spec's (e.g. runs/study/sandbox.yaml; its study block is dropped)")
     be.set_defaults(func=_bench)
 
     cs = sub.add_parser("cost", allow_abbrev=False,

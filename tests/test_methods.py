@@ -272,3 +272,36 @@ def test_policylong_nll_signal_puts_lookalikes_among_hard_negatives(tmp_path, sa
     assert np.mean(la <= 0.2) >= 0.4                   # often a hard negative (ε_neg 0.2)
     assert np.mean(tr > sc.epsilon) >= 0.7             # the true profile mostly passes
     assert np.mean(tr > sc.epsilon) > np.mean(la > sc.epsilon) + 0.3
+
+
+def test_cost_calibrates_through_the_real_pipeline_and_training(built):
+    """``policylong cost``'s calibration on a spec with a built index: retrieval per query,
+    screening and verification FLOP/s from ``screen_and_verify`` on the spec's roots, training
+    from ``train_stage`` at two step counts; the prediction for the built stage-0 datasets then
+    uses those rates (verification twice as fast: half the seconds) and adds the stage's fixed
+    training cost once per stage."""
+    from harness.tools import cost as C
+
+    spec, _, _ = built
+    q = C.calibrate_queries(spec, n=64)
+    assert q is not None and 0 < q < 1.0
+    pipe = C.calibrate_pipeline(spec, n_roots=8, repeats=1)
+    assert pipe["screen"] > 0 and pipe["verify"] > 0 and "candidates a root" in pipe["detail"]
+    model = C._sandbox_model(spec)
+    train_rate, fixed = C.calibrate_training(spec, model)
+    assert train_rate > 0 and fixed >= 0
+    cal = C.Calibration(forward=1e9, train=train_rate, encoder=1e9, query_seconds=q,
+                        screen=pipe["screen"], verify=pipe["verify"], train_fixed_seconds=0.0)
+    rows = {(r["method"], r["phase"]): r for r in C.predict(spec, cal) if r["stage"] == 0}
+    assert rows[("entropylong", "verify")]["counts"] == "measured"
+    faster = C.Calibration(**{**cal.__dict__, "verify": 2 * pipe["verify"],
+                              "train_fixed_seconds": 7.0})
+    rows2 = {(r["method"], r["phase"]): r for r in C.predict(spec, faster) if r["stage"] == 0}
+    assert rows2[("entropylong", "verify")]["seconds_here"] == pytest.approx(
+        rows[("entropylong", "verify")]["seconds_here"] / 2)
+    assert rows2[("standard", "train")]["seconds_here"] == pytest.approx(
+        rows[("standard", "train")]["seconds_here"] + 7.0)
+    # the measured construction phases of the built datasets are there to validate against
+    measured = C.measured_seconds(spec)
+    assert measured[("entropylong", 0, "verify")] > 0
+    assert C.validation(C.predict(spec, cal), measured)

@@ -399,6 +399,23 @@ def _smoke_data(name: str | None = None, folder=None) -> dict:
     return d
 
 
+def _spec_data(path: str, name: str, folder) -> dict:
+    """A spec file as a mapping for a benchmark run: outputs and MLflow store in ``folder``,
+    a study block (seeds, report) dropped."""
+    from pathlib import Path
+
+    import yaml
+
+    from harness.config import read_mapping, spec_from_data
+
+    d = read_mapping(Path(path), "spec", None)
+    d.pop("study", None)
+    d.update(name=name, output_dir=str(Path(folder) / "out"),
+             tracking={"uri": f"sqlite:///{folder}/mlflow.db"})
+    spec_from_data(d, path)              # a typo or a bad value fails here, before any work
+    return d
+
+
 def bench_construct(tokens_per_stage: int | None = None, out_dir: str | None = None):
     """Stage-0 construction time of every method on the smoke spec's sandbox at one budget (the
     smoke spec's stage budget unless given), each method in a fresh process after the shared
@@ -459,9 +476,12 @@ def with_stages(d: dict, stages: int) -> dict:
 
 
 def bench_overhead(stages: int | None = None, out_dir: str | None = None,
-                   keep: str | None = None, overrides: dict | None = None):
+                   keep: str | None = None, overrides: dict | None = None,
+                   spec_path: str | None = None):
     """PolicyLong's stage loop against EntropyLong's on the smoke spec at equal budgets (the
-    smoke spec's stage count unless ``stages`` is given): ``policylong compare`` in a fresh
+    smoke spec's stage count unless ``stages`` is given; ``spec_path``: another spec's world,
+    budgets and recipe instead, its ``study:`` block dropped and its world kept as it is):
+    ``policylong compare`` in a fresh
     process with those two methods and probe-only evaluation, the chunk index built beforehand
     so that neither method pays for it; per-stage times are read back from MLflow
     (``stage/build_seconds`` = construction, ``stage/stage_seconds`` = construction, training
@@ -484,14 +504,17 @@ def bench_overhead(stages: int | None = None, out_dir: str | None = None,
     where = contextlib.nullcontext(str(Path(keep).resolve())) if keep else \
         tempfile.TemporaryDirectory(prefix="bench-overhead-", dir=out_dir)
     with where as tmp:
-        d = _smoke_data("bench-overhead", tmp)
+        d = _smoke_data("bench-overhead", tmp) if spec_path is None \
+            else _spec_data(spec_path, "bench-overhead", tmp)
         if overrides:
             d["screening"] = dict(d.get("screening", {}), **overrides)
         d.update(methods=[{"name": "entropylong"}, {"name": "policylong"}],
                  eval={"lengths": [d["eval"]["lengths"][0]], "samples_per_task": 5,
                        "benchmarks": [{"name": "probe"}]})
-        if stages:
+        if stages and spec_path is None:
             d = with_stages(d, stages)
+        elif stages:
+            d["stages"] = dict(d["stages"], count=stages)
         p = Path(tmp) / "spec.yaml"
         p.write_text(yaml.safe_dump(d))
         _run_phase("index", p, env)

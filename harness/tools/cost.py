@@ -1,9 +1,15 @@
 """``policylong cost SPEC``: what a run of the spec will cost, per method, stage and phase.
 
 Compute is counted in FLOPs from the model's shape and the spec's budgets; time is FLOPs divided
-by a throughput: on this machine the throughput measured by a short calibration run (``calibrate``:
-the screening forward, a training step and the query encoder, timed here), on a GPU its peak
-times an assumed model-FLOPs utilisation (``MFU``, ours).
+by a throughput: on this machine the throughput measured by a short calibration run, on a GPU its
+peak times an assumed model-FLOPs utilisation (``MFU``, ours). The calibration times the real code
+where it can: ``calibrate`` (the screening forward, a training step and the query encoder, on any
+spec), and with the spec's index built ``calibrate_queries`` (seconds per retrieval query) and
+``calibrate_pipeline`` (screening and verification FLOP/s through ``screen_and_verify`` on the
+spec's own roots); with the spec's model here ``calibrate_training`` (``train_stage`` at two step
+counts: the step rate and what a stage costs beyond its steps, model loading, optimizer state
+and checkpoint writing, which on this machine is a third of a sandbox stage's training; not
+counted on a GPU, where it is small against the steps).
 
 Phases and their FLOPs (``Shape`` below; ``P`` = matmul parameters per token, ``L`` layers, ``A``
 = heads × head size, ``V`` vocabulary, ``d`` hidden size):
@@ -57,6 +63,7 @@ QUERY_PIECES_PER_TOKEN = 1.3    # encoder word pieces per model token of a query
 MFU = {"screen": 0.30, "retrieve": 0.20, "verify": 0.30, "train": 0.40}
 PHASES = ("screen", "retrieve", "verify", "train")
 # Which measured throughput on this machine stands for which phase
+TRAIN_CALIBRATION_MAX_LENGTH = 8192   # longer rows: a bare forward and backward at 2,048
 CALIBRATION_FOR = {"screen": "forward", "verify": "forward", "retrieve": "encoder",
                    "train": "train"}
 
@@ -140,16 +147,16 @@ class Counts:
     source: str = "assumed"
 
 
-def _chunk_tokens(spec) -> float:
+def _chunk_tokens(spec, a: Assumptions | None = None) -> float:
     r = spec.retrieval
-    return float(r.chunk_size) / (Assumptions().chars_per_token if r.chunk_unit == "chars"
-                                  else 1.0)
+    return float(r.chunk_size) / ((a or Assumptions()).chars_per_token
+                                  if r.chunk_unit == "chars" else 1.0)
 
 
 def assumed_counts(spec, method: str, stage: int, a: Assumptions, n_chunks: float) -> Counts:
     """The work of one stage from the spec's budgets and ``a`` (no built run)."""
     T, budget = spec.stages.target_length, spec.stages.tokens_per_stage
-    sc, chunk = spec.screening, _chunk_tokens(spec)
+    sc, chunk = spec.screening, _chunk_tokens(spec, a)
     rows = math.ceil(budget / T)
     if method in ("standard", "random_context", "oracle"):
         return Counts(rows=rows)
@@ -230,6 +237,36 @@ class Calibration:
     # encoder, search with the root's chunks excluded), when the spec has a built index: the
     # retrieval phase is mostly per-query work, not encoder FLOPs; None: FLOPs / encoder
     query_seconds: float | None = None
+    # FLOP/s of the real screening and verification code (``screen_and_verify``) on the spec's
+    # own roots and candidates, when the spec has a built index; None: ``forward`` stands in
+    screen: float | None = None
+    verify: float | None = None
+    # seconds a training stage costs beyond its steps (model loading, the optimizer's state
+    # loaded and saved, the checkpoint written), from ``train_stage`` run at two step counts
+    train_fixed_seconds: float = 0.0
+
+    def rate(self, phase: str) -> float:
+        own = getattr(self, phase, None) if phase in ("screen", "verify") else None
+        return own if own else getattr(self, CALIBRATION_FOR[phase])
+
+
+def _built_index(spec) -> bool:
+    from harness.layout import cache_dir
+
+    return any((cache_dir(spec) / "index").glob("*/manifest.json"))
+
+
+def _resources(spec):
+    """The spec's tokenizer, base model folder and construction resources (built index)."""
+    from transformers import AutoTokenizer
+
+    from harness.construction.driver import prepare_resources
+    from harness.experiments.wiring import resolve_inputs
+    from harness.layout import cache_dir
+
+    base, corpus = resolve_inputs(spec)
+    tok = AutoTokenizer.from_pretrained(str(base))
+    return base, prepare_resources(spec, tok, corpus, cache_dir(spec))
 
 
 def calibrate_queries(spec, n: int = 512) -> float | None:
@@ -238,19 +275,12 @@ def calibrate_queries(spec, n: int = 512) -> float | None:
     documents, when the spec's token store and index are built; else None."""
     import numpy as np
 
-    from harness.layout import cache_dir
-
-    if not any((cache_dir(spec) / "index").glob("*/manifest.json")):
+    if not _built_index(spec):
         return None
-    from transformers import AutoTokenizer
-
-    from harness.construction.driver import prepare_resources
     from harness.data.retrieval import embed, query_text
-    from harness.experiments.wiring import resolve_inputs
 
-    base, corpus = resolve_inputs(spec)
-    tok = AutoTokenizer.from_pretrained(str(base))
-    res = prepare_resources(spec, tok, corpus, cache_dir(spec))
+    _, res = _resources(spec)
+    tok = res.tokenizer
     cs = res.chunkset()
     rng = np.random.default_rng(0)
     roots = rng.integers(0, len(res.store.ids), n)
@@ -275,6 +305,100 @@ def _median_time(fn, repeats: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def pipeline_counts(stats: list[dict]) -> tuple[Counts, dict[str, float]]:
+    """The work and the seconds of ``RootScreening.stats`` records, summed."""
+    tot: dict[str, float] = {}
+    for st in stats:
+        for k, v in st.items():
+            if isinstance(v, (int, float)):
+                tot[k] = tot.get(k, 0.0) + float(v)
+    c = Counts(roots=tot.get("roots", 0.0), root_tokens=tot.get("root_tokens", 0.0),
+               anchors=tot.get("anchors_verified", 0.0), candidates=tot.get("candidates", 0.0),
+               candidate_tokens=tot.get("candidate_tokens", 0.0),
+               d_cut_tokens=tot.get("d_cut_tokens", 0.0),
+               distinct_chunks=tot.get("candidates", 0.0), source="calibration")
+    return c, {ph: tot.get(f"seconds_{ph}", 0.0) for ph in ("screen", "retrieve", "verify")}
+
+
+def calibrate_pipeline(spec, n_roots: int = 48, repeats: int = 3) -> dict | None:
+    """FLOP/s of screening and verification through the real code (``screen_and_verify``, the
+    base model screening, the spec's index and settings) on ``n_roots`` random roots, in
+    batches of ``screening.batch_size`` as construction runs them; the median of ``repeats``
+    after a warm-up batch. None without a built index."""
+    import tempfile
+
+    import numpy as np
+
+    if not _built_index(spec):
+        return None
+    from harness.construction.driver import StageContext
+    from harness.construction.screening import screen_and_verify
+    from harness.training.model_io import load_eval_model
+
+    base, res = _resources(spec)
+    shape, n_chunks = Shape.of(base), _index_size(spec)
+    model = load_eval_model(base, "cpu")
+    rng = np.random.default_rng(1)
+    batch = spec.screening.batch_size
+    with tempfile.TemporaryDirectory(prefix="cost-calibration-") as tmp:
+        ctx = StageContext(spec=spec, stage=0, target_length=spec.stages.target_length,
+                           token_budget=spec.stages.tokens_per_stage, seed=spec.seed,
+                           resources=res, screening_model=model, params={}, work_dir=Path(tmp))
+
+        def run(roots):
+            stats = []
+            for i in range(0, len(roots), batch):
+                stats += [r.stats(spec.screening.signal, spec.screening.epsilon)
+                          for r in screen_and_verify(ctx, roots[i:i + batch])]
+            return pipeline_counts(stats)
+
+        run([int(x) for x in rng.integers(0, len(res.store.ids), batch)])     # warm-up
+        rates: dict[str, list[float]] = {"screen": [], "verify": []}
+        for _ in range(repeats):
+            c, secs = run([int(x) for x in rng.integers(0, len(res.store.ids), n_roots)])
+            flops = phase_flops(spec, shape, c, n_chunks)
+            for ph in rates:
+                if secs[ph] > 0 and flops[ph] > 0:
+                    rates[ph].append(flops[ph] / secs[ph])
+    out = {ph: statistics.median(v) for ph, v in rates.items() if v}
+    out["detail"] = (f"{repeats}× {n_roots} roots through screen_and_verify: "
+                     f"{c.candidates / max(c.roots, 1):.1f} candidates a root")
+    return out
+
+
+def calibrate_training(spec, model_path: str | Path, steps: tuple[int, int] = (1, 3)
+                       ) -> tuple[float, float]:
+    """(FLOP/s of a training step, seconds a stage costs beyond its steps) from the real
+    ``train_stage`` (the spec's recipe and context extension, continuous schedule, optimizer
+    state saved) on random rows of the target length, run for ``steps[0]`` and ``steps[1]``
+    optimizer steps: the slope is the step time, the intercept the per-stage cost."""
+    import tempfile
+
+    import numpy as np
+
+    from harness.construction.stage_data import write_stage_dataset
+    from harness.training.stage import plan_steps, train_stage
+
+    shape = Shape.of(model_path)
+    T = spec.stages.target_length
+    per_step = max(1, spec.train.batch_tokens // T)
+    rng = np.random.default_rng(0)
+    times = []
+    with tempfile.TemporaryDirectory(prefix="cost-train-") as tmp:
+        for n in steps:
+            ids = rng.integers(1, shape.vocab, (n * per_step, T))
+            gi = np.repeat(np.arange(n * per_step)[:, None], T, axis=1)
+            ds = write_stage_dataset(Path(tmp) / f"ds-{n}", ids, gi, [], {"method": "cost"})
+            assert plan_steps(n * per_step, T, spec.train, 1)[0] == n
+            t0 = time.perf_counter()
+            train_stage(model_path, ds, spec.train, Path(tmp) / f"ckpt-{n}",
+                        extension=spec.context_extension, progress=False, stage=0, stages=2)
+            times.append(time.perf_counter() - t0)
+    step = max((times[1] - times[0]) / (steps[1] - steps[0]), 1e-9)
+    fixed = max(0.0, times[0] - steps[0] * step)
+    return 3 * shape.forward(per_step, T, per_step * T) / step, fixed
 
 
 def calibrate(model_path: str | Path, window: int, train_length: int, encoder: str | None,
@@ -382,7 +506,9 @@ def predict(spec, calibration: Calibration | None, gpu_tflops: float | None = No
                 row = {"method": label, "stage": k, "phase": ph, "counts": c.source,
                        "flops": flops[ph], "roots": c.roots, "candidates": c.candidates}
                 if calibration is not None:
-                    row["seconds_here"] = flops[ph] / getattr(calibration, CALIBRATION_FOR[ph])
+                    row["seconds_here"] = flops[ph] / calibration.rate(ph)
+                    if ph == "train":
+                        row["seconds_here"] += calibration.train_fixed_seconds
                     if ph == "retrieve" and calibration.query_seconds is not None:
                         row["seconds_here"] = (c.anchors + c.queries_nextlong) \
                             * calibration.query_seconds
@@ -464,16 +590,19 @@ def summary_table(rows: list[dict]) -> str:
 
 def run_cost(spec, gpu_tflops: float | None, calibrate_here: bool = True,
              validate: bool = False, assumptions: Assumptions | None = None,
-             out: Any = None) -> dict:
+             out: Any = None, train_stages: bool = True) -> dict:
     """What ``policylong cost`` prints: the calibration, the per-method table, the assumptions
-    when a stage was not built, and (``validate``) predicted against measured."""
+    when a stage was not built, and (``validate``) predicted against measured.
+    ``train_stages``: calibrate training through ``train_stage`` itself (about 20 s on the
+    sandbox; its per-stage fixed cost included), else a bare forward and backward."""
     import sys
 
     out = out or sys.stdout
     cal = None
     if calibrate_here:
         model = spec.model.path if spec.model.path != "sandbox" else _sandbox_model(spec)
-        if not (Path(str(model)) / "config.json").is_file():
+        own = (Path(str(model)) / "config.json").is_file()
+        if not own:
             # a hub model cannot be loaded here: the sandbox's model measures the machine
             model = _sandbox_model(spec.model_copy(update={"sandbox": type(spec.sandbox)()}))
         cal = calibrate(model, min(spec.screening.window, 512),
@@ -483,9 +612,20 @@ def run_cost(spec, gpu_tflops: float | None, calibrate_here: bool = True,
         if cal.query_seconds is not None:
             cal.detail["retrieve"] = (f"{cal.query_seconds * 1e3:.2f} ms per query through "
                                       f"the spec's built index")
+        pipe = calibrate_pipeline(spec)
+        if pipe is not None:
+            cal.screen, cal.verify = pipe.get("screen"), pipe.get("verify")
+            cal.detail["screen_verify"] = pipe["detail"]
+        # the spec's own stage recipe, when its model is here and its rows fit a CPU
+        if train_stages and own and spec.stages.target_length <= TRAIN_CALIBRATION_MAX_LENGTH:
+            cal.train, cal.train_fixed_seconds = calibrate_training(spec, model)
+            cal.detail["train"] = (f"train_stage at 1 and 3 steps: {cal.train_fixed_seconds:.1f}"
+                                   f" s a stage beyond its steps")
         print(f"[calibration] {json.dumps(cal.detail)}", file=out)
         print(f"[calibration] FLOP/s here: forward {cal.forward:.3g}, train {cal.train:.3g}, "
-              f"encoder {cal.encoder:.3g}", file=out)
+              f"encoder {cal.encoder:.3g}, screen {cal.rate('screen'):.3g}, verify "
+              f"{cal.rate('verify'):.3g}; training's fixed cost {cal.train_fixed_seconds:.1f} "
+              f"s a stage", file=out)
     rows = predict(spec, cal, gpu_tflops, assumptions)
     for r in rows:
         print(json.dumps(r), file=out)
