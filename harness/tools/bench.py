@@ -404,8 +404,6 @@ def _spec_data(path: str, name: str, folder) -> dict:
     a study block (seeds, report) dropped."""
     from pathlib import Path
 
-    import yaml
-
     from harness.config import read_mapping, spec_from_data
 
     d = read_mapping(Path(path), "spec", None)
