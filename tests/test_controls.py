@@ -131,6 +131,47 @@ def test_oracle_without_fill_is_profile_and_root(resources):
         assert len(gb.provenance["contexts"]) > 1 and len(gb.tokens) > len(ga.tokens)
 
 
+def test_oracle_pairs_fill_puts_every_profile_before_its_reference(resources):
+    """``fill: pairs``: the root's true profile and other entities' (profile, reference)
+    pairs, whole documents, profiles first and references after, the root last: every fill
+    reference has its profile earlier in the group, the distances spread, the group fills T
+    up to less than one pair, and another seed draws other pairs."""
+    from methods.oracle import Oracle
+
+    spec, truth, store = resources.spec, resources.truth(), resources.store
+    T = spec.stages.target_length
+    roots = [i for i, d in enumerate(store.ids)
+             if getattr(truth.get(d), "kind", None) == "reference"][:12]
+    m = Oracle({"fill": "pairs"})
+    results = m.process(_ctx(spec, resources), roots)
+    distances, groups = [], [g for res in results for g in res.groups]
+    assert groups
+    for res, g in zip([x for x in results if x.groups], groups):
+        cs = g.provenance["contexts"]
+        pos = [c for c in cs if c["role"] == "positive"]
+        assert len(pos) == 1 and pos[0]["source"] == "oracle"
+        fill = [c for c in cs if c["role"] == "filler"]
+        assert fill and all(c["source"] == "oracle-pair" for c in fill)
+        first_ref = min(c["start"] for c in fill if c["pair"] == "reference")
+        # profiles (the root's among them) all come before every reference
+        assert max(c["end"] for c in cs if c.get("pair") != "reference") <= first_ref
+        for c in fill:
+            toks = store.doc_tokens(store.doc_index(c["doc_id"]))
+            assert g.tokens[c["start"]:c["end"]] == [int(t) for t in toks]
+            if c["pair"] == "reference":
+                prof = [p for p in fill if p["pair"] == "profile" and p["entity"] == c["entity"]]
+                assert len(prof) == 1 and truth.get(prof[0]["doc_id"]).kind == "profile"
+                assert truth.profile_of[c["entity"]] == prof[0]["doc_id"]
+                distances.append(c["start"] - prof[0]["end"])
+        assert res.stats["fill_pairs"] == len(fill) // 2
+        assert len(g.tokens) > T - 400 and len(g.tokens) <= T
+        assert g.tokens[g.provenance["root_start"]:] == [
+            int(t) for t in store.doc_tokens(store.doc_index(g.provenance["root_id"]))][:T]
+    assert min(distances) < T / 4 and max(distances) > T / 2
+    other = m.process(_ctx(spec, resources, seed=1), roots)
+    assert [g.tokens for x in other for g in x.groups] != [g.tokens for g in groups]
+
+
 def test_random_context_never_uses_the_root_and_fills_the_group(built, unindexed):
     spec, out = built
     T = spec.stages.target_length
