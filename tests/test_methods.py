@@ -288,8 +288,8 @@ def test_cost_calibrates_through_the_real_pipeline_and_training(built):
     pipe = C.calibrate_pipeline(spec, n_roots=8, repeats=1)
     assert pipe["screen"] > 0 and pipe["verify"] > 0 and "candidates a root" in pipe["detail"]
     model = C._sandbox_model(spec)
-    train_rate, fixed = C.calibrate_training(spec, model)
-    assert train_rate > 0 and fixed >= 0
+    train_rate, fixed, what = C.calibrate_training(spec, model)
+    assert train_rate > 0 and fixed >= 0 and "rows of" in what    # the built stage's rows
     cal = C.Calibration(forward=1e9, train=train_rate, encoder=1e9, query_seconds=q,
                         screen=pipe["screen"], verify=pipe["verify"], train_fixed_seconds=0.0)
     rows = {(r["method"], r["phase"]): r for r in C.predict(spec, cal) if r["stage"] == 0}

@@ -368,12 +368,44 @@ def calibrate_pipeline(spec, n_roots: int = 48, repeats: int = 3) -> dict | None
     return out
 
 
-def calibrate_training(spec, model_path: str | Path, steps: tuple[int, int] = (1, 3)
-                       ) -> tuple[float, float]:
-    """(FLOP/s of a training step, seconds a stage costs beyond its steps) from the real
-    ``train_stage`` (the spec's recipe and context extension, continuous schedule, optimizer
-    state saved) on random rows of the target length, run for ``steps[0]`` and ``steps[1]``
-    optimizer steps: the slope is the step time, the intercept the per-stage cost."""
+def _training_rows(spec, n: int, vocab: int, rng) -> tuple:
+    """``n`` rows shaped like the spec's training rows: the first built stage dataset's rows
+    (tiled) when there is one, else random tokens in groups of T/8 to T/2 (packed groups are
+    attended within themselves: the masked path, slower than a plain causal row)."""
+    import numpy as np
+
+    from harness.construction.stage_data import StageDataset
+    from harness.layout import dataset_dir
+
+    T = spec.stages.target_length
+    for k in range(spec.stages.count):
+        for m in spec.methods:
+            path = dataset_dir(spec, m.label or m.name, k)
+            if (path / "manifest.json").is_file():
+                ds = StageDataset(path)
+                take = np.arange(n) % len(ds)
+                return (np.asarray(ds.input_ids)[take], np.asarray(ds.group_index)[take],
+                        f"rows of {path.parent.name}/{path.name}")
+    ids = rng.integers(1, vocab, (n, T))
+    gi = np.empty((n, T), dtype=np.int64)
+    g = 0
+    for r in range(n):
+        pos = 0
+        while pos < T:
+            size = int(rng.integers(T // 8, T // 2 + 1))
+            gi[r, pos:pos + size] = g
+            pos, g = pos + size, g + 1
+    return ids, gi, "random rows in groups of T/8-T/2"
+
+
+def calibrate_training(spec, model_path: str | Path, steps: tuple[int, int] = (1, 4)
+                       ) -> tuple[float, float, str]:
+    """(FLOP/s of a training step, seconds a stage costs beyond its steps, what was trained)
+    from the real ``train_stage`` (the spec's recipe and context extension, continuous
+    schedule, optimizer state saved) on rows shaped like the spec's (``_training_rows``), run
+    for ``steps[0]`` and ``steps[1]`` optimizer steps: the slope is the step time, the
+    intercept the per-stage cost (after a warm-up stage of one step: the first ``train_stage``
+    in a process pays one-time costs)."""
     import tempfile
 
     import numpy as np
@@ -384,21 +416,22 @@ def calibrate_training(spec, model_path: str | Path, steps: tuple[int, int] = (1
     shape = Shape.of(model_path)
     T = spec.stages.target_length
     per_step = max(1, spec.train.batch_tokens // T)
-    rng = np.random.default_rng(0)
+    ids, gi, what = _training_rows(spec, steps[1] * per_step, shape.vocab,
+                                   np.random.default_rng(0))
     times = []
     with tempfile.TemporaryDirectory(prefix="cost-train-") as tmp:
-        for n in steps:
-            ids = rng.integers(1, shape.vocab, (n * per_step, T))
-            gi = np.repeat(np.arange(n * per_step)[:, None], T, axis=1)
-            ds = write_stage_dataset(Path(tmp) / f"ds-{n}", ids, gi, [], {"method": "cost"})
+        for i, n in enumerate((steps[0],) + tuple(steps)):     # the first: warm-up
+            ds = write_stage_dataset(Path(tmp) / f"ds-{i}", ids[:n * per_step],
+                                     gi[:n * per_step], [], {"method": "cost"})
             assert plan_steps(n * per_step, T, spec.train, 1)[0] == n
             t0 = time.perf_counter()
-            train_stage(model_path, ds, spec.train, Path(tmp) / f"ckpt-{n}",
+            train_stage(model_path, ds, spec.train, Path(tmp) / f"ckpt-{i}",
                         extension=spec.context_extension, progress=False, stage=0, stages=2)
             times.append(time.perf_counter() - t0)
+    times = times[1:]
     step = max((times[1] - times[0]) / (steps[1] - steps[0]), 1e-9)
     fixed = max(0.0, times[0] - steps[0] * step)
-    return 3 * shape.forward(per_step, T, per_step * T) / step, fixed
+    return 3 * shape.forward(per_step, T, per_step * T) / step, fixed, what
 
 
 def calibrate(model_path: str | Path, window: int, train_length: int, encoder: str | None,
@@ -618,9 +651,9 @@ def run_cost(spec, gpu_tflops: float | None, calibrate_here: bool = True,
             cal.detail["screen_verify"] = pipe["detail"]
         # the spec's own stage recipe, when its model is here and its rows fit a CPU
         if train_stages and own and spec.stages.target_length <= TRAIN_CALIBRATION_MAX_LENGTH:
-            cal.train, cal.train_fixed_seconds = calibrate_training(spec, model)
-            cal.detail["train"] = (f"train_stage at 1 and 3 steps: {cal.train_fixed_seconds:.1f}"
-                                   f" s a stage beyond its steps")
+            cal.train, cal.train_fixed_seconds, what = calibrate_training(spec, model)
+            cal.detail["train"] = (f"train_stage at 1 and 4 steps on {what}: "
+                                   f"{cal.train_fixed_seconds:.1f} s a stage beyond its steps")
         print(f"[calibration] {json.dumps(cal.detail)}", file=out)
         print(f"[calibration] FLOP/s here: forward {cal.forward:.3g}, train {cal.train:.3g}, "
               f"encoder {cal.encoder:.3g}, screen {cal.rate('screen'):.3g}, verify "
