@@ -32,3 +32,27 @@ def test_more_stages_grow_the_world():
     assert four["stages"]["count"] == 4
     grown = four["sandbox"]["n_entities"] / 1300
     assert grown * SMOKE_WORLD_TOKENS >= 4 * d["stages"]["tokens_per_stage"]
+
+
+def test_bench_overhead_on_another_spec(tmp_path):
+    """``--spec``: the study file's world and recipe, its study block dropped, outputs in the
+    bench's folder; a bad value in that spec fails before any work, naming the file and key."""
+    import pytest
+    import yaml
+
+    from harness.cli import build_parser
+    from harness.config import SpecError
+    from harness.tools.bench import _spec_data
+
+    d = _spec_data("runs/study/sandbox.yaml", "bench-x", tmp_path)
+    spec = Spec.model_validate(d)
+    assert "study" not in d and spec.output_dir.startswith(str(tmp_path))
+    study = yaml.safe_load(open("runs/study/sandbox.yaml"))
+    assert spec.sandbox.n_entities == study["sandbox"]["n_entities"] != 1300
+    assert spec.stages.count == study["stages"]["count"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**study, "stages": {**study["stages"], "count": "x"}}))
+    with pytest.raises(SpecError, match=r"(?s)bad\.yaml.*stages\.count"):
+        _spec_data(str(bad), "bench-x", tmp_path)
+    args = build_parser().parse_args(["bench", "overhead", "--spec", "runs/study/sandbox.yaml"])
+    assert args.spec == "runs/study/sandbox.yaml"
