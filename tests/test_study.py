@@ -147,3 +147,23 @@ def test_two_seed_micro_study_end_to_end(tmp_path, monkeypatch):
     # regenerating from MLflow alone gives the same verdicts
     again = study(str(path), report_only=True)
     assert json.loads(again.with_suffix(".json").read_text())["verdicts"] == summary["verdicts"]
+
+
+def test_value_nll_table_splits_the_gain_into_its_terms():
+    """A gain that grew because the control got worse shows as an unchanged NLL with the
+    profile and a higher one without it."""
+    from harness.experiments.study import value_nll_table
+
+    per_seed = []
+    for e in (0.0, 0.2):
+        s = fake_seed({"oracle": [3.0, 6.0, 0.4, 0.1], "standard": [3.0, 0.3, 0.2, 0.1]}, {}, {})
+        for lab, nll in (("oracle", [3.3, 7.8 + e, 15.0, 15.5]),
+                         ("standard", [3.3, 7.0 + e, 13.6, 15.0])):
+            s["rows"][lab]["eval"]["probe/nll"] = dict(zip(LENGTHS, nll))
+        per_seed.append(s)
+    lines = value_nll_table(per_seed, ["oracle", "standard", "base"], LENGTHS, BASE_CTX)
+    row = {ln.split(" | ")[0].strip("| "): ln for ln in lines if ln.startswith("| ")}
+    # 1024: oracle 7.9 with, 13.9 without (gain 6.0); standard 7.1 / 7.4
+    assert "7.90 / 13.90" in row["oracle"] and "7.10 / 7.40" in row["standard"]
+    assert row["base"] == "| base | " + " | ".join(["-"] * len(LENGTHS)) + " |"   # none logged
+    assert value_nll_table([fake_seed({}, {}, {})], ["oracle"], LENGTHS, BASE_CTX) == []

@@ -181,6 +181,30 @@ def _get(results: dict, label: str, bench: str, L: int):
     return float("nan") if v is None else v
 
 
+def value_nll_table(per_seed: list[dict], labels: list[str], lengths: list[int],
+                    base_ctx: int) -> list[str]:
+    """The probe gain's two terms per method and length (means over seeds): the value's NLL
+    with its profile and without it (the control, = NLL + gain). A gain can grow because the
+    control got worse rather than because the profile made the value easier; this table
+    shows which. Empty when no run logged ``probe/nll``."""
+    if all(np.isnan(_get(r, lab, "probe/nll", x)) for r in per_seed for lab in labels
+           for x in lengths):
+        return []
+    out = ["Value NLL with the profile / without it (the control), nats, mean over seeds "
+           "(gain = without − with):\n",
+           "| method | " + " | ".join(f"{x} ({x // base_ctx}×)" for x in lengths) + " |",
+           "|---|" + "---|" * len(lengths)]
+    for lab in labels:
+        cells = []
+        for x in lengths:
+            w = np.array([_get(r, lab, "probe/nll", x) for r in per_seed])
+            c = w + np.array([_get(r, lab, "probe/gain", x) for r in per_seed])
+            cells.append("-" if np.isnan(w).all() else
+                         f"{np.nanmean(w):.2f} / {np.nanmean(c):.2f}")
+        out.append(f"| {lab} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def _stage(results: dict, label: str, k: int, key: str):
     st = results["rows"].get(label, {}).get("stages", [])
     v = st[k].get(key) if k < len(st) else None
@@ -433,6 +457,7 @@ def write_study_report(settings: StudySettings, spec: Spec, study_path: str, per
             L.append(f"| {lab} | " + " | ".join(_ms([_get(r, lab, bench, x) for r in per_seed])
                                                  for x in lengths) + " |")
         L.append("")
+    L += value_nll_table(per_seed, labels, lengths, base_ctx)
     L.append(f"![probe gain]({rel(files[0])})\n")
     L.append(f"![probe accuracy]({rel(files[1])})\n")
     L.append("## Loss gaps per stage, and what the stages are made of\n")
