@@ -7,8 +7,8 @@ where it can: ``calibrate`` (the screening forward, a training step and the quer
 spec), and with the spec's index built ``calibrate_queries`` (seconds per retrieval query) and
 ``calibrate_pipeline`` (screening and verification FLOP/s through ``screen_and_verify`` on the
 spec's own roots); with the spec's model here ``calibrate_training`` (``train_stage`` at two step
-counts: the step rate and what a stage costs beyond its steps, model loading, optimizer state
-and checkpoint writing, which on this machine is a third of a sandbox stage's training; not
+counts on rows shaped like the spec's: the step rate, and what a stage costs beyond its steps,
+model loading, optimizer state and checkpoint writing, 0.0-0.3 s a sandbox stage here; not
 counted on a GPU, where it is small against the steps).
 
 Phases and their FLOPs (``Shape`` below; ``P`` = matmul parameters per token, ``L`` layers, ``A``
@@ -385,7 +385,7 @@ def _training_rows(spec, n: int, vocab: int, rng) -> tuple:
                 ds = StageDataset(path)
                 take = np.arange(n) % len(ds)
                 return (np.asarray(ds.input_ids)[take], np.asarray(ds.group_index)[take],
-                        f"rows of {path.parent.name}/{path.name}")
+                        f"rows of {m.label or m.name}'s stage {k}")
     ids = rng.integers(1, vocab, (n, T))
     gi = np.empty((n, T), dtype=np.int64)
     g = 0
