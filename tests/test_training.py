@@ -157,3 +157,33 @@ def test_two_processes_match_one(tmp_path, tiny_model_dir, tiny_tokenizer_dir):
     a, b = _params(tmp_path / "one"), _params(tmp_path / "two")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_a_micro_batch_of_padding_only_trains_and_adds_no_gradient(tmp_path, tiny_model_dir,
+                                                                   tiny_tokenizer_dir):
+    """The loss-budget packer can leave whole rows of padding (equal loss tokens for every
+    method); a micro-batch made only of them must not stop training (it did: "element 0 of
+    tensors does not require grad"), and it contributes a zero gradient."""
+    from harness.training.stage import train_stage
+
+    model = load_model(tiny_model_dir)
+    ids = torch.randint(1, 100, (2, 64))
+    pos = torch.arange(64).repeat(2, 1)
+    pad = torch.ones(2, 64, dtype=torch.bool)
+    nll, count = packed_lm_loss(model, ids, pos, 32, pad)
+    assert int(count) == 0 and nll.requires_grad
+    nll.backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+    # a stage whose last micro-batch is all padding trains to the end
+    path = _dataset(tmp_path, tiny_tokenizer_dir, n_groups=40, T=128)
+    from harness.construction.stage_data import StageDataset
+    ds = StageDataset(path)
+    x, gi = np.array(ds.input_ids), np.array(ds.group_index)
+    cfg = _train_cfg()
+    per_step = cfg.batch_tokens // 128
+    n = max(per_step, (len(x) // per_step) * per_step)
+    x, gi = np.resize(x, (n, 128)), np.resize(gi, (n, 128))
+    x[-cfg.micro_batch:], gi[-cfg.micro_batch:] = 0, -1          # the last micro-batch: padding
+    padded = write_stage_dataset(tmp_path / "padded", x, gi, [], {"method": "test"})
+    out = train_stage(tiny_model_dir, padded, cfg, tmp_path / "ckpt", progress=False)
+    assert json.loads((out / "stage_done.json").read_text())["final_loss"] is not None

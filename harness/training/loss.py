@@ -52,6 +52,11 @@ def blockwise_nll(hidden: torch.Tensor, lm_head: torch.nn.Linear, labels: torch.
         else:
             total = total + _block_nll_sum(h, lm_head.weight, lm_head.bias, lab)
     count = (labels != -100).sum()
+    if not count and torch.is_grad_enabled() and hidden.requires_grad:
+        # no loss token in this micro-batch (all padding: the loss-budget packer can leave
+        # whole rows of it): a zero that still reaches the graph, so backward (and DDP's
+        # gradient sync) runs and adds nothing
+        total = (hidden.sum() + lm_head.weight.sum()) * 0.0
     return total, count
 
 
