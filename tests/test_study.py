@@ -167,3 +167,15 @@ def test_value_nll_table_splits_the_gain_into_its_terms():
     assert "7.90 / 13.90" in row["oracle"] and "7.10 / 7.40" in row["standard"]
     assert row["base"] == "| base | " + " | ".join(["-"] * len(LENGTHS)) + " |"   # none logged
     assert value_nll_table([fake_seed({}, {}, {})], ["oracle"], LENGTHS, BASE_CTX) == []
+
+
+def test_extension_text_names_theta_scaling_or_both():
+    from harness.config import ContextExtensionSpec
+    from harness.experiments.study import extension_text
+
+    assert extension_text(ContextExtensionSpec(rope_theta=40000.0, max_position_embeddings=4096)
+                          ) == "context extension: RoPE θ 40000, max positions 4,096"
+    yarn = ContextExtensionSpec(rope_scaling="yarn", scaling_factor=4.0,
+                                max_position_embeddings=2048)
+    assert extension_text(yarn) == "context extension: YaRN ×4, max positions 2,048"
+    assert extension_text(ContextExtensionSpec()) == "context extension: none"

@@ -181,6 +181,19 @@ def _get(results: dict, label: str, bench: str, L: int):
     return float("nan") if v is None else v
 
 
+def extension_text(ce) -> str:
+    """The context extension in words: RoPE θ, scaling and the new maximum length."""
+    parts = []
+    if ce.rope_theta is not None:
+        parts.append(f"RoPE θ {ce.rope_theta:g}")
+    if ce.rope_scaling != "none":
+        parts.append(f"{'YaRN' if ce.rope_scaling == 'yarn' else 'linear'} "
+                     f"×{ce.scaling_factor:g}")
+    if ce.max_position_embeddings:
+        parts.append(f"max positions {ce.max_position_embeddings:,}")
+    return "context extension: " + (", ".join(parts) if parts else "none")
+
+
 def value_nll_table(per_seed: list[dict], labels: list[str], lengths: list[int],
                     base_ctx: int) -> list[str]:
     """The probe gain's two terms per method and length (means over seeds): the value's NLL
@@ -431,8 +444,9 @@ def write_study_report(settings: StudySettings, spec: Spec, study_path: str, per
              f"{spec.screening.epsilon}, signal `{spec.screening.signal}`), none tuned.")
     L.append(f"- Budget: {stages} stages × {spec.stages.tokens_per_stage:,} tokens at target "
              f"length {spec.stages.target_length}, the same for every method; training: lr "
-             f"{spec.train.lr}, {spec.train.batch_tokens:,} tokens per step; RoPE θ "
-             f"{spec.context_extension.rope_theta:g}.")
+             f"{spec.train.lr}, {spec.train.batch_tokens:,} tokens per step; "
+             f"{extension_text(spec.context_extension)}"
+             f"{'; roots reused across stages' if spec.stages.allow_root_reuse else ''}.")
     L.append(f"- Probe: planted values of held-out entities at context lengths "
              f"{', '.join(map(str, lengths))} (base context {base_ctx}: "
              f"{', '.join(f'{x // base_ctx}×' for x in lengths)}), each against a control of "
