@@ -227,6 +227,10 @@ class MethodEntry(Strict):
     name: str
     label: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    # Screening settings this method alone changes (ours), e.g. ``{signal: nll}`` for an arm
+    # that verifies on the NLL signal beside the papers' entropy one; merged over the spec's
+    # ``screening`` and validated like it (``Spec.for_method``).
+    screening: dict[str, Any] = Field(default_factory=dict)
 
 
 class BenchmarkEntry(Strict):
@@ -376,6 +380,14 @@ class Spec(Strict):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"methods: duplicate labels {sorted(dup)}; give each a 'label'")
+        for i, m in enumerate(self.methods):
+            if m.screening:
+                try:
+                    self._screening_for(m)
+                except ValidationError as exc:
+                    raise ValueError(f"methods.{i}.screening ({m.label or m.name}): " + "; ".join(
+                        f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                    ) from None
         data = self.model_dump(mode="json", exclude={"tune"})
         for key in self.tune.space:
             node: Any = data
@@ -391,6 +403,20 @@ class Spec(Strict):
             raise ValueError(f"tune.objective '{self.tune.objective}': length {ev[3]} is not "
                              f"in eval.lengths {self.eval.lengths}")
         return self
+
+    def _screening_for(self, m: MethodEntry) -> ScreeningSpec:
+        return ScreeningSpec.model_validate({**self.screening.model_dump(), **m.screening})
+
+    def for_method(self, label: str) -> "Spec":
+        """The spec as the method labelled ``label`` sees it: its own ``screening`` settings
+        merged over the spec's (the spec itself when it has none)."""
+        for m in self.methods:
+            if (m.label or m.name) == label:
+                if not m.screening:
+                    return self
+                return self.model_copy(update={"screening": self._screening_for(m)})
+        known = [m.label or m.name for m in self.methods]
+        raise KeyError(f"method '{label}' is not in the spec (methods: {', '.join(known)})")
 
 
 def _set_dotted(data: dict, dotted: str, value: Any, source: str) -> None:

@@ -34,7 +34,8 @@ class EntropyLong:
         out = []
         for rs in screen_and_verify(ctx, list(roots)):
             pos = positives(rs.candidates, sc.signal, sc.epsilon)
-            g = contexts_then_root(context_items(pos, "positive", res), res.store.doc_tokens(rs.root), ctx.target_length,
+            g = contexts_then_root(context_items(pos, "positive", res, sc),
+                                   res.store.doc_tokens(rs.root), ctx.target_length,
                                    ctx.rng("root", rs.root), res.store.ids[rs.root],
                                    rs.screened.anchors.tolist())
             stats = rs.stats(sc.signal, sc.epsilon)

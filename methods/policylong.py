@@ -41,7 +41,8 @@ class PolicyLong:
                          key=lambda c: (-c.similarity, c.chunk_id))
             neg = neg[:math.floor(sc.negative_ratio * len(pos) + 1e-9)]
             # negatives last: they are dropped first when the group would exceed T
-            ctxs = context_items(pos, "positive", res) + context_items(neg, "hard_negative", res)
+            ctxs = (context_items(pos, "positive", res, sc)
+                    + context_items(neg, "hard_negative", res, sc))
             g = contexts_then_root(ctxs, res.store.doc_tokens(rs.root), ctx.target_length,
                                    ctx.rng("root", rs.root), res.store.ids[rs.root],
                                    rs.screened.anchors.tolist())

@@ -3,10 +3,12 @@ result into another folder; the shipped asset is never touched.
 
     .venv/bin/python scripts/sandbox_format_phase.py --out /tmp/sandbox-format [--steps 600]
         [--model harness/assets/sandbox-model/model] [--max-positions 4096]
+        [--set format_lr=5e-4 --set format_retain_every=2 ...]
 
-``--steps`` sets ``PretrainRecipe.format_steps`` (the other ``format_*`` fields keep their
-defaults); ``--max-positions`` writes a larger ``max_position_embeddings`` into the saved
-config (RoPE unchanged: extrapolation), so that ``policylong eval`` may run it past 512.
+``--steps`` sets ``PretrainRecipe.format_steps``, ``--set`` any other ``format_*`` field (a
+YAML value; the rest keep their defaults); ``--max-positions`` writes a larger
+``max_position_embeddings`` into the saved config (RoPE unchanged: extrapolation), so that
+``policylong eval`` may run it past 512.
 Prints the wall time of building the rows and of training.
 """
 from __future__ import annotations
@@ -27,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--seed", type=int, default=0, help="the sandbox world's seed")
     p.add_argument("--max-positions", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a format_* field of the recipe (YAML value)")
     args = p.parse_args(argv)
     if args.out.resolve() == args.model.resolve() or ASSET_MODEL.parent in args.out.resolve(
             ).parents:
@@ -38,7 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     from harness.sandbox.build import RECIPE, format_pretraining
     from harness.training.model_io import load_model, save_checkpoint
 
-    recipe = dataclasses.replace(RECIPE, format_steps=args.steps)
+    import yaml
+
+    fields = {f.name: f for f in dataclasses.fields(RECIPE)}
+    changes = {"format_steps": args.steps}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("format_") or key not in fields:
+            p.error(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
+                    f"{sorted(k for k in fields if k.startswith('format_'))}")
+        value = yaml.safe_load(value)
+        changes[key] = tuple(value) if isinstance(value, list) else value
+    recipe = dataclasses.replace(RECIPE, **changes)
     tok = AutoTokenizer.from_pretrained(str(args.model))
     model = load_model(args.model)
     t0 = time.perf_counter()

@@ -245,3 +245,26 @@ def test_non_mapping_yaml_names_file(tmp_path):
     bad = tmp_path / "list.yaml"
     bad.write_text("- 1\n- 2\n", encoding="utf-8")
     assert str(bad) in error_of(bad)
+
+
+def test_a_method_screening_override_is_validated_like_the_spec_screening():
+    from harness.config import Spec
+    from harness.experiments.tune import _check
+
+    data = yaml.safe_load(SMOKE.read_text())
+    data["methods"] = [{"name": "entropylong"},
+                       {"name": "policylong", "screening": {"signl": "nll"}}]
+    with pytest.raises(ValueError, match=r"methods\.1\.screening \(policylong\): signl"):
+        Spec.model_validate(data)
+    data["methods"][1]["screening"] = {"epsilon": 2.0}
+    with pytest.raises(ValueError, match=r"methods\.1\.screening \(policylong\): epsilon"):
+        Spec.model_validate(data)
+    data["methods"][1]["screening"] = {"signal": "nll"}
+    spec = Spec.model_validate(data)
+    with pytest.raises(SpecError, match=r"sets its own screening \['signal'\]"):
+        _check(spec.model_copy(update={"tune": spec.tune.model_copy(
+            update={"method": "policylong"})}))
+    assert spec.for_method("policylong").screening.signal == "nll"
+    assert spec.for_method("entropylong").screening.signal == "entropy"
+    with pytest.raises(KeyError, match="nextlong"):
+        spec.for_method("nextlong")

@@ -305,3 +305,33 @@ def test_cost_calibrates_through_the_real_pipeline_and_training(built):
     measured = C.measured_seconds(spec)
     assert measured[("entropylong", 0, "verify")] > 0
     assert C.validation(C.predict(spec, cal), measured)
+
+
+def test_a_method_arm_with_its_own_screening_signal(tmp_path, sandbox_dir, built):
+    """``methods[i].screening`` ({signal: nll}) reaches that arm's verification and
+    provenance, and only that arm's: the NLL arm's data differ from EntropyLong's on the same
+    roots and resources, every context it keeps passed ε under the NLL gain, and the spec's
+    own arm is untouched."""
+    from harness.experiments.wiring import construct
+    spec0, res, out = built
+    data = spec0.model_dump(mode="json")
+    data["output_dir"] = str(tmp_path / "out")
+    data["methods"] = [{"name": "entropylong"},
+                       {"name": "entropylong", "label": "entropylong-nll",
+                        "screening": {"signal": "nll"}}]
+    spec = Spec.model_validate(data)
+    assert spec.for_method("entropylong") is spec
+    assert spec.for_method("entropylong-nll").screening.signal == "nll"
+    assert spec.for_method("entropylong-nll").screening.epsilon == spec.screening.epsilon
+    assert spec.screening.signal == "entropy"
+    nll = construct(spec, "entropylong-nll", 0, resources=res, progress=False)
+    sha = {k: json.loads((p / "manifest.json").read_text())["dataset_sha256"]
+           for k, p in (("entropy", out["entropylong"]), ("nll", nll))}
+    assert sha["entropy"] != sha["nll"]
+    _, groups = _groups(nll)
+    contexts = [c for g in groups for c in g["contexts"]]
+    assert contexts
+    for c in contexts:
+        assert c["signal"] == "nll" and c["dI"] > spec.screening.epsilon
+    _, groups = _groups(out["entropylong"])
+    assert {c["signal"] for g in groups for c in g["contexts"]} == {"entropy"}

@@ -367,3 +367,18 @@ def test_format_rows_teach_the_answers_of_non_probe_entities(tokenizer):
             answer = tokenizer.decode(ids[r, run[1:]])
             assert re.fullmatch(r" \([ABCD]\)<\|endoftext\|>", answer) or re.fullmatch(
                 r" [0-9a-f-]+(, [0-9a-f-]+)*\.<\|endoftext\|>", answer), answer
+
+
+def test_format_phase_script_rejects_a_field_that_is_not_a_format_field(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "sandbox_format_phase.py"
+    spec = importlib.util.spec_from_file_location("sandbox_format_phase", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for bad in ("lr=1e-3", "format_lrr=1e-3", "format_lr"):
+        with pytest.raises(SystemExit) as exc:
+            script.main(["--out", str(tmp_path / "m"), "--steps", "2", "--set", bad])
+        assert exc.value.code == 2
+        assert f"--set {bad!r}" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

@@ -70,6 +70,11 @@ def _check(spec: Spec) -> None:
     if spec.tune.method not in labels:
         raise SpecError(f"tune.method '{spec.tune.method}' is not among the spec's methods "
                         f"({', '.join(labels) or 'none'})")
+    own = next(m.screening for m in spec.methods if (m.label or m.name) == spec.tune.method)
+    clash = sorted(k for k in own if f"screening.{k}" in spec.tune.space)
+    if clash:
+        raise SpecError(f"tune.method '{spec.tune.method}' sets its own screening {clash} "
+                        f"(methods[].screening), which tune.space would search: drop one")
     shared = [k for k in spec.tune.space if k.startswith(("retrieval.", "corpus.", "model."))
               and k not in ("retrieval.top_k",)]
     if shared:

@@ -173,7 +173,8 @@ def construct(spec: Spec, label: str, stage: int, resources=None, progress: bool
         resources = prepare_resources(spec, tok, corpus, cache_dir(spec))
     ckpt = screening_checkpoint(spec, method, label, stage, base)
     model = load_eval_model(ckpt, device) if ckpt is not None else None
-    ctx = StageContext(spec=spec, stage=stage, target_length=spec.stages.target_length,
+    ctx = StageContext(spec=spec.for_method(label), stage=stage,
+                       target_length=spec.stages.target_length,
                        token_budget=spec.stages.tokens_per_stage,
                        seed=spec.seed, resources=resources, screening_model=model,
                        params=method.params.model_dump(mode="json"), work_dir=out.parent,
