@@ -179,3 +179,40 @@ def test_extension_text_names_theta_scaling_or_both():
                                 max_position_embeddings=2048)
     assert extension_text(yarn) == "context extension: YaRN ×4, max positions 2,048"
     assert extension_text(ContextExtensionSpec()) == "context extension: none"
+
+
+def test_a_further_arm_is_judged_on_its_own_methods_under_its_name():
+    """The NLL arm's claims read its own methods' numbers: the main arm supported and the NLL
+    arm not supported from the same seeds; a name that is not a method is refused."""
+    from harness.experiments.study import StudyArm
+
+    per_seed = seeds([0.5, 0.5, 0.6, 0.8], [0.3, 0.5], 1.01)
+    for i, r in enumerate(per_seed):
+        e = (0.0, 0.01, -0.01)[i]
+        rows = r["rows"]
+        rows["entropylong-nll"] = {"eval": {"probe/gain": dict(zip(LENGTHS, [0.5, 0.4, 0.3, 0.2]))},
+                                   "stages": [{"loss_gap_frontier": 0.3}] * STAGES}
+        rows["policylong-nll"] = {
+            "eval": {"probe/gain": dict(zip(LENGTHS, [x + e for x in [0.5, 0.1, 0.0, 0.0]]))},
+            "stages": [{"loss_gap_frontier": 0.0 + e}] * (STAGES - 1)
+            + [{"loss_gap_frontier": e, "short_loss": 1.2 + e}]}
+    arm = StudyArm(name="NLL arm", treatment="policylong-nll",
+                   baselines=["entropylong-nll", "nextlong"], static_baseline="entropylong-nll")
+    got = judge(StudySettings(arms=[arm]), per_seed, LENGTHS, BASE_CTX, STAGES)
+    assert [v["verdict"] for v in got] == ["supported"] * 3 + ["not supported"] * 3
+    assert all(v["claim"].startswith("NLL arm: ") and v["arm"] == "NLL arm" for v in got[3:])
+    assert "policylong-nll − entropylong-nll" in got[3]["numbers"]
+    assert not any("arm" in v for v in got[:3])
+
+
+def test_a_study_arm_must_name_the_spec_methods(tmp_path):
+    from harness.config import SpecError
+    from harness.experiments.study import load_study
+
+    data = yaml.safe_load((REPO / "runs/study/sandbox.yaml").read_text())
+    data["study"]["arms"] = [{"name": "NLL arm", "treatment": "policylong-nl",
+                              "baselines": ["nextlong"], "static_baseline": "entropylong"}]
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match=r"study\.arms\.0\.treatment 'policylong-nl'"):
+        load_study(p)

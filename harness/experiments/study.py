@@ -51,6 +51,15 @@ from harness.config import (Spec, SpecError, Strict, _format_errors, read_mappin
                             spec_from_data, spec_hash)
 
 
+class StudyArm(Strict):
+    """A further arm judged by the paper's claims beside the main one, under its own name
+    (e.g. the NLL signal's: ``policylong-nll`` against ``entropylong-nll`` and ``nextlong``)."""
+    name: str
+    treatment: str
+    baselines: list[str] = Field(min_length=1)
+    static_baseline: str
+
+
 class StudySettings(Strict):
     """The ``study:`` block. Defaults are ours (the papers report single runs)."""
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
@@ -67,6 +76,9 @@ class StudySettings(Strict):
     floors: list[str] = Field(default_factory=lambda: ["standard", "random_context"],
                               min_length=1)
     discrimination_multiples: list[int] = Field(default_factory=lambda: [2, 4], min_length=1)
+    # further arms for the paper's claims, reported after the main arm's verdicts, each
+    # labelled with its name (ours)
+    arms: list[StudyArm] = Field(default_factory=list)
 
     def roles(self) -> list[tuple[str, str]]:
         """(setting, method label) pairs the chosen claims need among the spec's methods."""
@@ -76,6 +88,11 @@ class StudySettings(Strict):
                     *[("baselines", b) for b in self.baselines]]
         if "discrimination" in self.claims:
             out += [("ceiling", self.ceiling), *[("floors", f) for f in self.floors]]
+        if "paper" in self.claims:
+            for i, a in enumerate(self.arms):
+                out += [(f"arms.{i}.treatment", a.treatment),
+                        (f"arms.{i}.static_baseline", a.static_baseline),
+                        *[(f"arms.{i}.baselines", b) for b in a.baselines]]
         return out
 
     @field_validator("seeds")
@@ -265,6 +282,12 @@ def judge(settings: StudySettings, per_seed: list[dict], lengths: list[int], bas
         verdicts.append(judge_discrimination(settings, per_seed, lengths, base_ctx))
     if "paper" in settings.claims:
         verdicts += judge_paper(settings, per_seed, lengths, base_ctx, stages)
+        for arm in settings.arms:
+            sub = settings.model_copy(update={"treatment": arm.treatment,
+                                              "baselines": arm.baselines,
+                                              "static_baseline": arm.static_baseline})
+            for v in judge_paper(sub, per_seed, lengths, base_ctx, stages):
+                verdicts.append({**v, "claim": f"{arm.name}: {v['claim']}", "arm": arm.name})
     return verdicts
 
 
@@ -441,7 +464,10 @@ def write_study_report(settings: StudySettings, spec: Spec, study_path: str, per
     L.append("## Protocol (fixed in the study file before any result)\n")
     L.append(f"- Methods: {', '.join(labels)} (`base` is the untouched sandbox model); the "
              f"papers' default hyperparameters (α {spec.screening.alpha}, ε "
-             f"{spec.screening.epsilon}, signal `{spec.screening.signal}`), none tuned.")
+             f"{spec.screening.epsilon}, signal `{spec.screening.signal}`), none tuned"
+             + "".join(f"; `{m.label or m.name}` with its own screening ("
+                       + ", ".join(f"{k} `{v}`" for k, v in m.screening.items()) + ")"
+                       for m in spec.methods if m.screening) + ".")
     L.append(f"- Budget: {stages} stages × {spec.stages.tokens_per_stage:,} tokens at target "
              f"length {spec.stages.target_length}, the same for every method; training: lr "
              f"{spec.train.lr}, {spec.train.batch_tokens:,} tokens per step; "
