@@ -84,22 +84,21 @@ def positives(candidates, signal: str, epsilon: float) -> list:
     return sorted(pos, key=lambda c: (-c.verdict.gain(signal), c.chunk_id))
 
 
-def context_items(cands, role: str, resources, screening=None) -> list[tuple[np.ndarray, dict]]:
+def context_items(cands, role: str, resources, screening) -> list[tuple[np.ndarray, dict]]:
     """(tokens, provenance) of candidate chunks, for ``contexts_then_root``; ``screening``:
-    the method's own settings (``Spec.for_method``; default the spec's)."""
+    the method's own settings (``ctx.spec.screening``, i.e. ``Spec.for_method``)."""
     tokens = resources.chunkset().tokens
     return [(tokens[c.chunk_id], context_provenance(c, role, resources, screening))
             for c in cands]
 
 
-def context_provenance(cand, role: str, resources, screening=None) -> dict:
+def context_provenance(cand, role: str, resources, screening) -> dict:
     """``dI_*_max`` / ``dI_*_mean``: over every anchor of the root (recorded whatever decides);
     ``retrieving_anchors``: positions in the root of the anchors whose queries retrieved the
     context; ``dI``: the deciding gain under ``signal`` and ``verify_against`` (the excess over
     the length control when ``control`` is ``length``, whose own gain is ``dI_control``)."""
     chunk = resources.chunkset().chunks[cand.chunk_id]
-    v = cand.verdict
-    sc = screening or resources.spec.screening
+    v, sc = cand.verdict, screening
     out = {"chunk_id": int(cand.chunk_id), "doc_id": chunk.doc_id, "role": role,
            "similarity": round(float(cand.similarity), 6),
            "dI_entropy_max": round(v.max_entropy, 6), "dI_entropy_mean": round(v.mean_entropy, 6),

@@ -188,7 +188,7 @@ def test_extension_text_names_theta_scaling_or_both():
 
 def test_a_further_arm_is_judged_on_its_own_methods_under_its_name():
     """The NLL arm's claims read its own methods' numbers: the main arm supported and the NLL
-    arm not supported from the same seeds; a name that is not a method is refused."""
+    arm not supported from the same seeds."""
     from harness.experiments.study import StudyArm
 
     per_seed = seeds([0.5, 0.5, 0.6, 0.8], [0.3, 0.5], 1.01)
