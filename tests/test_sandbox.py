@@ -147,3 +147,54 @@ def test_tokenizer_and_model_round_trip_through_vllm(sandbox, tmp_path):
     for ids, gen in zip(res["ids"], res["generated"]):
         out = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False)
         assert out[0, len(ids):].tolist() == gen
+
+
+class _Copier:
+    """Puts logit 30 on the token that followed the earlier position whose preceding tokens
+    match the current ones longest (the earliest among equals), uniform where the current
+    token never occurred before: an ideal induction head, by construction."""
+
+    def __init__(self, vocab: int, copy: bool = True):
+        self.vocab, self.copy = vocab, copy
+
+    def __call__(self, input_ids):
+        import torch
+        from types import SimpleNamespace
+
+        ids = input_ids[0].tolist()
+        logits = torch.zeros(1, len(ids), self.vocab)
+        for t in range(len(ids)):
+            best, at = 0, None
+            for s in range(t if self.copy else 0):
+                m = 0
+                while m <= s and ids[s - m] == ids[t - m]:
+                    m += 1
+                if m > best:
+                    best, at = m, s
+            if at is not None:
+                logits[0, t, ids[at + 1]] = 30.0
+        return SimpleNamespace(logits=logits)
+
+
+def test_the_copying_check_reads_a_copier_and_a_non_copier_apart():
+    """The induction check: a model that copies reads the second copy nearly free, one that
+    does not reads both copies alike (here uniform: ln V each), for words and for digits."""
+    import math
+
+    from transformers import AutoTokenizer
+
+    from harness.sandbox.build import ASSET
+    from harness.sandbox.properties import copying
+
+    tok = AutoTokenizer.from_pretrained(str(ASSET / "model"))
+    words = W.World(W.WorldSpec(seed=0)).lexicon()
+    V = len(tok)
+    got = copying(_Copier(V), tok, words, n=4, length=20)
+    for kind in ("words", "digits"):
+        assert got[kind]["first"] > 0.5 * math.log(V), got
+        assert got[kind]["second"] < 0.25 * got[kind]["first"], got
+    assert got["words"]["second"] < 0.01, got
+    flat = copying(_Copier(V, copy=False), tok, words, n=4, length=20)
+    for kind in ("words", "digits"):
+        assert flat[kind]["first"] == pytest.approx(math.log(V), abs=1e-3)
+        assert flat[kind]["second"] == pytest.approx(math.log(V), abs=1e-3)

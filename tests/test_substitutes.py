@@ -382,3 +382,41 @@ def test_format_phase_script_rejects_a_field_that_is_not_a_format_field(tmp_path
         assert exc.value.code == 2
         assert f"--set {bad!r}" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_copying_script_reports_each_model_and_refuses_a_folder_without_a_model(tmp_path,
+                                                                                 capsys):
+    import importlib.util
+    import json
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from harness.sandbox.build import ASSET
+    from harness.training.model_io import load_model, save_checkpoint
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "sandbox_copying.py"
+    spec = importlib.util.spec_from_file_location("sandbox_copying", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exc:
+        script.main(["--model", str(tmp_path)])
+    assert exc.value.code == 2 and "no config.json" in capsys.readouterr().err
+
+    other = tmp_path / "other"   # the shipped model with its attention outputs scaled down
+    model = load_model(ASSET / "model")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.mul_(0.1)
+    save_checkpoint(model, AutoTokenizer.from_pretrained(str(ASSET / "model")), other)
+    out = tmp_path / "copying.json"
+    assert script.main(["--model", str(ASSET / "model"), "--model", str(other),
+                        "--samples", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    shipped, changed = rows[str(ASSET / "model")], rows[str(other)]
+    for r in (shipped, changed):   # the answer " 1234567." is a space, 7 digits, a full stop
+        assert len(r["ruler_answer_nll"]) == 9
+        assert set(r["copying"]) == {"words", "digits"}
+    assert shipped != changed
+    printed = capsys.readouterr().out
+    assert str(other)[-50:] in printed and "ln 10 = 2.30" in printed
