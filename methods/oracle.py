@@ -44,7 +44,8 @@ import random
 from typing import Literal, Sequence
 
 from harness.api import RootResult, SpecError, StageContext
-from methods._common import Params, control_result, random_chunks, validate_params
+from methods._common import (Params, contexts_then_root, control_result, random_chunks,
+                             validate_params)
 
 MAX_PAIR_MISSES = 1000     # draws of a pair that is the root's own or already in the group
 
@@ -87,10 +88,10 @@ class Oracle:
 
     def _pair_pool(self, ctx: StageContext, truth) -> list[tuple[int, int]]:
         """(profile index, reference index) of every reference in the store whose entity's
-        profile is in it, in store order (cached per store)."""
+        profile is in it, in store order (cached per store; the cache holds the store itself,
+        so that another store can never be taken for it)."""
         store = ctx.resources.store
-        key = id(store)
-        if getattr(self, "_pool_key", None) != key:
+        if getattr(self, "_pool_store", None) is not store:
             pool = []
             for i, d in enumerate(store.ids):
                 t = truth.get(d)
@@ -100,7 +101,7 @@ class Oracle:
                     pool.append((store.doc_index(truth.profile_of[t.entity]), i))
                 except KeyError:
                     continue
-            self._pool, self._pool_key = pool, key
+            self._pool, self._pool_store = pool, store
         return self._pool
 
     def pairs(self, ctx: StageContext, truth, root: int, profile: int, room: int
@@ -130,8 +131,6 @@ class Oracle:
     def _pairs_result(self, ctx: StageContext, truth, r: int, contexts: list) -> RootResult:
         """The pairs layout: [profiles (the root's among them), shuffled; references,
         shuffled; root]."""
-        from methods._common import contexts_then_root
-
         store = ctx.resources.store
         root_tokens = store.doc_tokens(r)
         (ptoks, pprov), = contexts

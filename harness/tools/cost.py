@@ -423,7 +423,12 @@ def calibrate_training(spec, model_path: str | Path, steps: tuple[int, int] = (1
         for i, n in enumerate((steps[0],) + tuple(steps)):     # the first: warm-up
             ds = write_stage_dataset(Path(tmp) / f"ds-{i}", ids[:n * per_step],
                                      gi[:n * per_step], [], {"method": "cost"})
-            assert plan_steps(n * per_step, T, spec.train, 1)[0] == n
+            planned = plan_steps(n * per_step, T, spec.train, 1)[0]
+            if planned != n:   # the rows per step above disagree with the training plan's
+                raise RuntimeError(f"training calibration: {n * per_step} rows of {T} tokens "
+                                   f"plan {planned} optimizer steps, not {n} (batch_tokens "
+                                   f"{spec.train.batch_tokens}, micro_batch "
+                                   f"{spec.train.micro_batch})")
             t0 = time.perf_counter()
             train_stage(model_path, ds, spec.train, Path(tmp) / f"ckpt-{i}",
                         extension=spec.context_extension, progress=False, stage=0, stages=2)
