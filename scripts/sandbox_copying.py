@@ -22,21 +22,17 @@ def answer_nll(model, tok, samples: int, seed: int, length: int = 512) -> list[f
     """Mean NLL of each token of RULER's reference answer, ``" "`` + seven digits + ``"."``."""
     import torch
 
+    from harness.construction.scoring import score_tokens
     from harness.sandbox.build import _benchmark
 
     bench = _benchmark("ruler", tasks=["niah_single_1"], params={"seed": seed})
     got = bench.samples("niah_single_1", length, tok, samples)
-    sums = None
+    rows = []
     for x in got:
         p = tok(x.prompt)["input_ids"]
         a = tok(" " + x.references[0] + ".", add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([p + a])
-        with torch.no_grad():
-            logp = model(input_ids=ids).logits[0].float().log_softmax(-1)
-        nll = -logp[len(p) - 1:-1].gather(1, ids[0, len(p):, None])[:, 0]
-        sums = nll if sums is None else sums + nll
-    return [round(v, 3) for v in (sums / len(got)).tolist()]
-
+        rows.append(score_tokens(model, torch.tensor([p + a]))[1][0, len(p):])
+    return [round(v, 3) for v in torch.stack(rows).mean(0).tolist()]
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])

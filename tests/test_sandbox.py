@@ -150,30 +150,42 @@ def test_tokenizer_and_model_round_trip_through_vllm(sandbox, tmp_path):
 
 
 class _Copier:
-    """Puts logit 30 on the token that followed the earlier position whose preceding tokens
-    match the current ones longest (the earliest among equals), uniform where the current
-    token never occurred before: an ideal induction head, by construction."""
+    """Logit 30 on the token that followed the earlier position whose preceding tokens match
+    the current ones longest (the earliest among equals), uniform where the current token
+    never occurred before: an ideal induction head, by construction. Its "hidden state" is the
+    logits themselves, read through an identity LM head."""
 
     def __init__(self, vocab: int, copy: bool = True):
-        self.vocab, self.copy = vocab, copy
+        import torch
 
-    def __call__(self, input_ids):
+        self.vocab, self.copy = vocab, copy
+        self.head = torch.nn.Linear(vocab, vocab, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.eye(vocab))
+
+    def get_output_embeddings(self):
+        return self.head
+
+    def get_decoder(self):
+        return self._decode
+
+    def _decode(self, input_ids, **_):
         import torch
         from types import SimpleNamespace
 
-        ids = input_ids[0].tolist()
-        logits = torch.zeros(1, len(ids), self.vocab)
-        for t in range(len(ids)):
-            best, at = 0, None
-            for s in range(t if self.copy else 0):
-                m = 0
-                while m <= s and ids[s - m] == ids[t - m]:
-                    m += 1
-                if m > best:
-                    best, at = m, s
-            if at is not None:
-                logits[0, t, ids[at + 1]] = 30.0
-        return SimpleNamespace(logits=logits)
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        for b, row in enumerate(input_ids.tolist()):
+            for t in range(len(row)):
+                best, at = 0, None
+                for s in range(t if self.copy else 0):
+                    m = 0
+                    while m <= s and row[s - m] == row[t - m]:
+                        m += 1
+                    if m > best:
+                        best, at = m, s
+                if at is not None:
+                    logits[b, t, row[at + 1]] = 30.0
+        return SimpleNamespace(last_hidden_state=logits)
 
 
 def test_the_copying_check_reads_a_copier_and_a_non_copier_apart():

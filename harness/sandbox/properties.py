@@ -140,13 +140,13 @@ def measure(model, cases: list[Case], pad_id: int, alpha: float = 2.0, eps: floa
 @torch.no_grad()
 def copying(model, tok, words: list[str], n: int = 20, length: int = 30, seed: int = 0) -> dict:
     """General copying, the induction check: ``n`` random sequences of ``length`` tokens, each
-    followed at once by itself, scored by ``model`` (anything whose ``forward(input_ids)``
-    returns ``.logits``). For single-token ``words`` (the lexicon's) and for the ten digits,
-    the mean NLL in nats of the first copy (tokens 2..L, nothing to copy from) and of the
-    second (tokens 2..L of the repeat, each one after its predecessor was seen before). A model
-    that copies reads the second copy nearly free; the sandbox's fact copying (a name and an
-    attribute, then the value) is a narrower skill than this, and RULER's needles (seven digits
-    never seen before) need this one. The check is ours (docs/sandbox.md)."""
+    followed at once by itself, scored by ``model`` (``score_tokens``). For single-token
+    ``words`` (the lexicon's) and for the ten digits, the mean NLL in nats of the first copy
+    (tokens 2..L, nothing to copy from) and of the second (tokens 2..L of the repeat, each one
+    after its predecessor was seen before). A model that copies reads the second copy nearly
+    free; the sandbox's fact copying (a name and an attribute, then the value) is a narrower
+    skill than this, and RULER's needles (seven digits never seen before) need this one. The
+    check is ours (docs/sandbox.md)."""
     rng = random.Random(f"copying-{seed}")
     one = [tok(" " + w, add_special_tokens=False)["input_ids"] for w in words]
     pools = {"words": sorted({i[0] for i in one if len(i) == 1}),
@@ -156,13 +156,8 @@ def copying(model, tok, words: list[str], n: int = 20, length: int = 30, seed: i
     for kind, pool in pools.items():
         if len(pool) < 2:
             raise ValueError(f"copying: fewer than 2 single-token {kind} to draw from")
-        first = second = 0.0
-        for _ in range(n):
-            seq = [rng.choice(pool) for _ in range(length)]
-            ids = torch.tensor([seq + seq])
-            logp = model(input_ids=ids).logits[0].float().log_softmax(-1)
-            nll = -logp[:-1].gather(1, ids[0, 1:, None])[:, 0]
-            first += nll[:length - 1].mean().item()
-            second += nll[length:].mean().item()
-        out[kind] = {"first": round(first / n, 3), "second": round(second / n, 3)}
+        seqs = [[rng.choice(pool) for _ in range(length)] for _ in range(n)]
+        _, nll = score_tokens(model, torch.tensor([q + q for q in seqs]))
+        out[kind] = {"first": round(nll[:, 1:length].mean().item(), 3),
+                     "second": round(nll[:, length + 1:].mean().item(), 3)}
     return out
