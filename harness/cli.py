@@ -75,7 +75,8 @@ def _sandbox_build(args) -> int:
     from harness.sandbox.build import build_sandbox, sandbox_spec_from
 
     spec = sandbox_spec_from(args.spec, args.override)
-    path = build_sandbox(spec, from_scratch=args.from_scratch, out_root=args.out)
+    path = build_sandbox(spec, from_scratch=args.from_scratch, out_root=args.out,
+                         check_every=args.check_every)
     print(path)
     return 0
 
@@ -277,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-run the whole recipe (corpus, tokenizer, pre-training) and re-check "
                         "the properties instead of using the shipped base model")
     b.add_argument("--out", default=None, help="where to build (default: runs/sandbox)")
+    b.add_argument("--check-every", type=int, default=0, metavar="STEPS",
+                   help="while pre-training from scratch, log the induction check every STEPS "
+                        "steps (a multiple of 50; 0 = off)")
     b.set_defaults(func=_sandbox_build)
     co = sub.add_parser("construct", allow_abbrev=False,
                         help="build one stage dataset of one method and print its manifest")

@@ -20,12 +20,45 @@ from harness.config import Spec, stable_hash
 
 def method_key(spec: Spec, label: str) -> str:
     """Hash of everything a method's stages depend on (not eval, tracking or other methods),
-    so a changed setting recomputes only what depends on it."""
+    the base model's identity included, so a changed setting or base model recomputes only
+    what depends on it."""
     d = spec.model_dump(mode="json")
     entry = next(m for m in d["methods"] if (m["label"] or m["name"]) == label)
     keep = {k: d[k] for k in ("seed", "sandbox", "model", "corpus", "retrieval", "screening",
                               "stages", "context_extension", "train")}
-    return stable_hash({**keep, "method": entry}, 10)
+    return stable_hash({**keep, "method": entry, "base_model": model_identity(spec)}, 10)
+
+
+def model_identity(spec: Spec) -> str:
+    """What the base model is, beyond its spec entry: for ``model.path: sandbox`` the sandbox
+    model's key (its world seed and pre-training recipe, so a new recipe is a new model); for a
+    local folder a fingerprint of ``config.json`` and the weight files (names, sizes, their
+    first and last MiB: cheap for any size, and a retrained model differs there); for a hub id
+    the id itself (the hub is read offline, one revision)."""
+    import hashlib
+
+    from harness.registry import MODEL_SOURCES, resolve
+
+    path = spec.model.path
+    if path in MODEL_SOURCES:    # a lazy target: the layout sits below the sandbox
+        return f"{path}:{resolve('model_source', path)(spec)}"
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return str(path)
+    h = hashlib.sha256()
+    files = [folder / "config.json"] + sorted(
+        p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))
+    for f in files:
+        if not f.is_file():
+            continue
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read())
+    return h.hexdigest()[:16]
 
 
 def stage_dir(spec: Spec, label: str, stage: int) -> Path:
@@ -51,7 +84,7 @@ def eval_dir(spec: Spec, label: str, stage: int, name: str) -> Path:
 
 
 def base_eval_dir(spec: Spec, name: str) -> Path:
-    """The untouched base model's evaluation."""
+    """The untouched base model's evaluation (``name`` holds the model's identity)."""
     return Path(spec.output_dir) / "base" / name
 
 

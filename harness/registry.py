@@ -45,8 +45,16 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                "HELMET: Recall generated; RAG and re-rank from a HELMET data folder"),
 }
 
+# named base models (``model.path: <name>``): the target gives the model's identity for a spec,
+# which the output layout hashes (``harness.layout.model_identity``)
+MODEL_SOURCES: dict[str, tuple[str, str]] = {
+    "sandbox": ("harness.sandbox.build:model_identity",
+                "the embedded sandbox's base model, keyed by world seed and pre-training recipe"),
+}
+
 _GROUPS = {"method": ("policylong.methods", METHODS),
-           "benchmark": ("policylong.benchmarks", BENCHMARKS)}
+           "benchmark": ("policylong.benchmarks", BENCHMARKS),
+           "model_source": ("policylong.model_sources", MODEL_SOURCES)}
 
 
 class UnknownName(KeyError):

@@ -195,3 +195,38 @@ def test_plugins_import_only_the_facade_names_it_exports():
                 if isinstance(node, ast.ImportFrom) and node.module == "harness.api":
                     missing = [a.name for a in node.names if a.name not in api.__all__]
                     assert not missing, f"{p}: {missing} not in harness.api.__all__"
+
+
+def test_outputs_are_keyed_by_the_base_model_itself_not_only_its_spec_entry(tmp_path,
+                                                                           monkeypatch):
+    """A new sandbox recipe, or other weights in the same model folder, give other stage and
+    evaluation folders: no result of one base model is reused for another."""
+    import dataclasses
+
+    from harness.config import load_spec
+    from harness.evaluation.runner import eval_name
+    from harness.layout import method_key, model_identity
+    from harness.sandbox import build as B
+
+    spec = load_spec(REPO / "runs" / "smoke.yaml", [])
+    assert spec.model.path == "sandbox"
+    keys = (method_key(spec, "standard"), eval_name(spec), model_identity(spec))
+    assert keys[2] == "sandbox:" + B.model_key(spec.sandbox)
+    monkeypatch.setattr(B, "RECIPE", dataclasses.replace(B.RECIPE, copy_share=0.1))
+    assert all(a != b for a, b in zip(keys, (method_key(spec, "standard"), eval_name(spec),
+                                             model_identity(spec))))
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "qwen2"}')
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"\0" * (3 << 20))
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"path": str(folder)})})
+    before = (method_key(spec, "standard"), eval_name(spec))
+    data = bytearray(weights.read_bytes())
+    data[-10] = 1                                    # the last MiB of the weights changed
+    weights.write_bytes(bytes(data))
+    after = (method_key(spec, "standard"), eval_name(spec))
+    assert before[0] != after[0] and before[1] != after[1]
+    weights.write_bytes(b"\0" * (3 << 20))
+    assert (method_key(spec, "standard"), eval_name(spec)) == before

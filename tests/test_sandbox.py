@@ -115,12 +115,14 @@ def test_from_scratch_recipe_runs_end_to_end(tmp_path, monkeypatch):
     from harness.sandbox import build as B
     tiny = dataclasses.replace(B.RECIPE, steps=3, micro_batch=2, layers=1, hidden=32,
                                intermediate=64, heads=2, kv_heads=1, tokenizer_texts=200,
-                               drill_warmup_steps=1)
+                               drill_warmup_steps=1, copy_warmup_steps=1, continue_steps=2,
+                               format_steps=0)
     monkeypatch.setattr(B, "RECIPE", tiny)
     spec = SandboxSpec(n_entities=10, n_probe_entities=4, n_filler_docs=2)
     out = B.build_sandbox(spec, from_scratch=True, out_root=tmp_path)
     man = json.loads((out / "manifest.json").read_text())
     assert man["model_origin"] == "from-scratch" and man["recipe"]["steps"] == 3
+    assert man["model_key"] == B.model_key(spec, tiny)
     props = json.loads((out / "properties.json").read_text())
     assert 0.0 <= props["a_value_tokens_anchor_frac"] <= 1.0
     assert not list(tmp_path.glob("*.tmp"))
@@ -210,3 +212,48 @@ def test_the_copying_check_reads_a_copier_and_a_non_copier_apart():
     for kind in ("words", "digits"):
         assert flat[kind]["first"] == pytest.approx(math.log(V), abs=1e-3)
         assert flat[kind]["second"] == pytest.approx(math.log(V), abs=1e-3)
+
+
+def test_copy_rows_carry_loss_only_on_a_slice_of_the_sequence_before_it():
+    """Slice copying (recipe version 4): every loss-carrying run is the sequence's last token,
+    then a contiguous slice of that sequence, then EOS; a phase's mix holds the copy warm-up
+    first and ``copy_share`` of copy rows after it; another stream seed gives other rows."""
+    import dataclasses
+
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from harness.sandbox import build as B
+
+    tok = AutoTokenizer.from_pretrained(str(B.ASSET / "model"))
+    s, eos = SandboxSpec(), tok.eos_token_id
+    ids, pos, pad = B.copy_rows(s, tok, 6, seed=3)
+    n_examples = 0
+    for r in range(len(ids)):
+        carried = np.flatnonzero(~pad[r])
+        for run in np.split(carried, np.flatnonzero(np.diff(carried) > 1) + 1):
+            start = run[0] - pos[r, run[0]]          # where this example's sequence begins
+            seq, got = list(ids[r, start:run[0] + 1]), list(ids[r, run[1:]])
+            assert got[-1] == eos and eos not in seq
+            k = len(got) - 1
+            assert B.RECIPE.copy_slice[0] <= k <= B.RECIPE.copy_slice[1]
+            assert any(seq[i:i + k] == got[:-1] for i in range(len(seq) - k + 1))
+            n_examples += 1
+    assert n_examples > 6 * 5
+    other = B.copy_rows(s, tok, 6, seed=4)[0]
+    assert not np.array_equal(ids, other)
+
+    r = dataclasses.replace(B.RECIPE, steps=30, drill_warmup_steps=5, micro_batch=4)
+    ids, pos, pad = B.mixed_rows(s, tok, r, copy_warmup=10)
+    assert ids.shape == (30 * 4, r.context)
+    assert pad[:40].any(axis=1).all()                 # the warm-up: copy rows only
+    rest = pad[40:].any(axis=1)
+    assert rest.mean() == pytest.approx(r.copy_share, abs=0.02)
+    assert not pad[40:][~rest].any()                  # text rows carry loss on every token
+    with pytest.raises(ValueError, match="copy_len"):
+        B.copy_rows(s, tok, 1, dataclasses.replace(B.RECIPE, copy_len=(20, 300)))
+    with pytest.raises(ValueError, match="copy warm-up"):
+        B.mixed_rows(s, tok, r, copy_warmup=30)
+    assert B._with_copy_check(None, tok, s, print, 0) is print   # off: the log as it was
+    with pytest.raises(ValueError, match="multiple of 50"):
+        B._with_copy_check(None, tok, s, None, 30)

@@ -327,16 +327,22 @@ def test_mlflow_round_trip_keeps_the_substitution(tmp_path):
 
 # ---------------------------------------------------------------- C: the optional format phase
 
-def test_format_phase_is_off_by_default_and_keeps_the_shipped_model_key():
+def test_the_shipped_model_is_the_recipe_s_and_its_key_follows_every_phase():
+    """The shipped asset was made by the current recipe (its key is the recipe's), and turning
+    a phase off or changing the copy warm-up gives another model key (a cached sandbox built
+    by another recipe is not taken for this one)."""
     import dataclasses
 
     from harness.config import SandboxSpec
     from harness.sandbox import build as Bd
 
-    shipped = json.loads((Bd.ASSET / "recipe.json").read_text())["model_key"]
-    assert Bd.RECIPE.format_steps == 0 and Bd.model_key(SandboxSpec()) == shipped
-    on = dataclasses.replace(Bd.RECIPE, format_steps=10)
-    assert Bd.model_key(SandboxSpec(), on) != shipped
+    shipped = json.loads((Bd.ASSET / "recipe.json").read_text())
+    assert shipped["model_key"] == Bd.model_key(SandboxSpec())
+    assert shipped["recipe"] == json.loads(json.dumps(dataclasses.asdict(Bd.RECIPE)))
+    assert Bd.RECIPE.format_steps > 0 and Bd.RECIPE.copy_warmup_steps > 0
+    for change in ({"format_steps": 0}, {"copy_warmup_steps": 100}, {"copy_share": 0.0}):
+        assert Bd.model_key(SandboxSpec(), dataclasses.replace(Bd.RECIPE, **change)) != \
+            shipped["model_key"], change
 
 
 def test_format_rows_teach_the_answers_of_non_probe_entities(tokenizer):
@@ -355,7 +361,10 @@ def test_format_rows_teach_the_answers_of_non_probe_entities(tokenizer):
     ids, pos, pad = Bd.format_rows(s, tokenizer, recipe)
     B, T = recipe.micro_batch, recipe.context
     assert ids.shape == (4 * B, T) and pos.shape == ids.shape == pad.shape
-    assert not pad[3 * B:].any()                      # step 3: phase 2's mix, every token
+    # step 3: phase 2's mix, text rows with the loss on every token and copy_share of the rows
+    # slice copying (the loss on the slices)
+    copy_rows = pad[3 * B:].any(axis=1)
+    assert copy_rows.sum() == int(B * recipe.copy_share) and not pad[3 * B:][~copy_rows].any()
     texts = [tokenizer.decode(ids[r]) for r in range(3 * B)]
     assert any("special magic" in t for t in texts)
     assert any(lb.COMPLETION_ANSWER_PREFIX + " (" in t for t in texts)

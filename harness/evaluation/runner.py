@@ -661,10 +661,14 @@ def format_outputs(out: str | Path) -> str:
 
 
 def eval_name(spec: Spec) -> str:
-    """Evaluations are cached per evaluation settings, seed and model settings."""
+    """Evaluations are cached per evaluation settings, seed, model settings and the base
+    model's identity (``harness.layout.model_identity``: a new sandbox recipe or retrained
+    weights in the same folder is another model)."""
     from harness.config import stable_hash
+    from harness.layout import model_identity
     return "eval-" + stable_hash({"eval": spec.eval.model_dump(mode="json"), "seed": spec.seed,
-                                  "model": spec.model.model_dump(mode="json")}, 10)
+                                  "model": spec.model.model_dump(mode="json"),
+                                  "base_model": model_identity(spec)}, 10)
 
 
 def scored_by_loss(entry: BenchmarkEntry) -> bool:

@@ -33,7 +33,7 @@ ASSET = Path(__file__).resolve().parents[1] / "assets" / "sandbox-model"
 @dataclasses.dataclass(frozen=True)
 class PretrainRecipe:
     """How the sandbox base model is made. All values are ours (DESIGN §5)."""
-    version: int = 3
+    version: int = 4
     vocab_size: int = 6144        # BPE target; names and values end up single tokens
     layers: int = 2
     hidden: int = 128
@@ -43,7 +43,7 @@ class PretrainRecipe:
     context: int = 512            # the base context; extension goes beyond it
     rope_theta: float = 10000.0
     init_std: float = 0.1         # initializer_range (Qwen2's 0.02 left copying unlearned)
-    steps: int = 3000
+    steps: int = 5000             # phase 1, the copy warm-up included
     micro_batch: int = 8
     lr: float = 2e-3
     warmup_steps: int = 100
@@ -56,6 +56,18 @@ class PretrainRecipe:
     # rest are references alone
     episode_mix: tuple[float, float] = (0.6, 0.8)
     tokenizer_texts: int = 5000
+    # Version 4: copying by content (an induction head) is taught first. Phase 1 opens with
+    # ``copy_warmup_steps`` of slice copying only (``copy_rows``: a random sequence of lexicon
+    # words and digits, then a random slice of it, loss on the slice), and every phase after
+    # keeps ``copy_share`` of its rows on it. Version 3 never learned to copy a string seen
+    # once, so RULER's seven-digit answers were guessed; slice copying formed the head in a
+    # fresh model of this shape (phase change at steps 1,100-1,700), but not from version 3's
+    # weights in 2,500 steps (docs/sandbox.md, "copying").
+    copy_warmup_steps: int = 2000
+    copy_share: float = 0.2
+    copy_len: tuple[int, int] = (20, 60)    # sequence length, drawn uniformly
+    copy_slice: tuple[int, int] = (8, 30)   # slice length, drawn uniformly (at most the sequence)
+    copy_digit_share: float = 0.5           # each token is a digit with this probability
     # Version 3: a second phase from the first one's weights, with a fresh optimizer and
     # schedule and fresh rows at the full distance (their own seed streams). In version 2, (b)
     # levelled off at 0.45-0.5 as phase 1's learning rate decayed (docs/sandbox.md).
@@ -63,12 +75,11 @@ class PretrainRecipe:
     continue_lr: float = 2e-3
     continue_warmup_steps: int = 50
     continue_stream_offset: int = 1000
-    # An optional third phase (off while format_steps is 0, which keeps version 3's weights
-    # and model key): the benchmarks' own formats within the base context, RULER niah prompts
-    # and LongBench-v2 multiple-choice prompts with their answers, from entities that are not
-    # the probe's (``format_pretraining``). Every ``format_retain_every``-th step is a batch of
-    # phase 2's mix, so that the planted-fact copying is kept.
-    format_steps: int = 0
+    # A third phase (0 steps = off): the benchmarks' own formats within the base context, RULER
+    # niah prompts and LongBench-v2 multiple-choice prompts with their answers, from entities
+    # that are not the probe's (``format_pretraining``). Every ``format_retain_every``-th step
+    # is a batch of phase 2's mix, so that the planted-fact copying is kept.
+    format_steps: int = 1000
     format_lr: float = 1e-3
     format_warmup_steps: int = 20
     format_retain_every: int = 4
@@ -86,12 +97,20 @@ def world_spec(s: SandboxSpec) -> W.WorldSpec:
 
 
 def model_key(s: SandboxSpec, recipe: PretrainRecipe | None = None) -> str:
-    """The model's identity: the world seed and the recipe (a phase that is off does not
-    count, so adding an optional phase leaves the shipped model's key as it was)."""
+    """The model's identity: the world seed and the recipe (the settings of a part that is
+    off do not count, so adding an optional part leaves an older model's key as it was)."""
     r = dataclasses.asdict(recipe or RECIPE)
     if not r["format_steps"]:
         r = {k: v for k, v in r.items() if not k.startswith("format_")}
+    if not r["copy_warmup_steps"] and not r["copy_share"]:
+        r = {k: v for k, v in r.items() if not k.startswith("copy_")}
     return stable_hash({"seed": s.seed, "recipe": r})
+
+
+def model_identity(spec) -> str:
+    """The base model's identity for a spec with ``model.path: sandbox`` (the registry's
+    ``model_source`` entry): the model key of its sandbox section."""
+    return model_key(spec.sandbox)
 
 
 def sandbox_spec_from(spec_path: str | None, overrides: list[str]) -> SandboxSpec:
@@ -160,6 +179,80 @@ def pretraining_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = 
     return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
 
 
+def copy_rows(s: SandboxSpec, tokenizer, n_rows: int, recipe: PretrainRecipe | None = None,
+              seed: int = 0):
+    """``n_rows`` rows of slice copying, ``(ids, pos, pad)``: a random sequence of single-token
+    lexicon words and digits (``recipe.copy_len`` tokens, a digit with probability
+    ``copy_digit_share``), then a random slice of it (``copy_slice``), then EOS; only the slice
+    and EOS carry loss. Copying a slice pays only by content (the slice starts anywhere), which
+    is what forms an induction head; a repeat of the whole sequence can be learned by position
+    instead (docs/sandbox.md). The task is ours."""
+    import random
+
+    import numpy as np
+
+    recipe = recipe or RECIPE
+    T, eos = recipe.context, tokenizer.eos_token_id
+    words = [tokenizer(" " + w, add_special_tokens=False)["input_ids"]
+             for w in W.World(world_spec(s)).lexicon()]
+    words = sorted({w[0] for w in words if len(w) == 1})
+    digits = sorted({tokenizer(str(d), add_special_tokens=False)["input_ids"][0]
+                     for d in range(10)})
+    (lo, hi), (k_lo, k_hi) = recipe.copy_len, recipe.copy_slice
+    if not (len(words) > 1 and 0 < k_lo <= k_hi and k_lo <= lo <= hi and 2 * hi + 1 <= T):
+        raise ValueError(f"recipe: copy_len {recipe.copy_len} / copy_slice {recipe.copy_slice} "
+                         f"do not fit a {T}-token row (or the tokenizer has no single-token "
+                         f"lexicon words)")
+    rng = random.Random(f"copy-{s.seed}-{seed}")
+    ids = np.full((n_rows, T), eos, dtype=np.int64)
+    pos, pad = np.zeros((n_rows, T), dtype=np.int64), np.ones((n_rows, T), dtype=bool)
+    for row in range(n_rows):
+        fill = 0
+        while True:
+            n = rng.randint(lo, hi)
+            seq = [rng.choice(digits) if rng.random() < recipe.copy_digit_share
+                   else rng.choice(words) for _ in range(n)]
+            k = rng.randint(k_lo, min(k_hi, n))
+            i = rng.randint(0, n - k)
+            ex = seq + seq[i:i + k] + [eos]
+            if fill + len(ex) > T:
+                break
+            ids[row, fill:fill + len(ex)] = ex
+            pos[row, fill:fill + len(ex)] = np.arange(len(ex))
+            pad[row, fill + n - 1:fill + len(ex)] = False   # the sequence's last token predicts
+            fill += len(ex)
+    return ids, pos, pad
+
+
+def mixed_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None,
+               stream_offset: int = 0, copy_warmup: int = 0):
+    """A phase's rows, ``(ids, pos, pad)``: ``copy_warmup`` steps of slice copying only, then
+    ``pretraining_rows`` for the remaining steps with a ``copy_share`` of them (spread evenly)
+    replaced by slice copying from a stream of their own."""
+    import numpy as np
+
+    recipe = recipe or RECIPE
+    B = recipe.micro_batch
+    if not 0 <= copy_warmup < recipe.steps:
+        raise ValueError(f"recipe: the copy warm-up ({copy_warmup} steps) must be below the "
+                         f"phase's steps ({recipe.steps})")
+    if not 0 <= recipe.copy_share < 1:
+        raise ValueError(f"recipe: copy_share must be in [0, 1), got {recipe.copy_share}")
+    ids, pos = pretraining_rows(s, tokenizer, dataclasses.replace(
+        recipe, steps=recipe.steps - copy_warmup), stream_offset)
+    pad = np.zeros(ids.shape, dtype=bool)
+    if recipe.copy_share:
+        n = len(ids)
+        at = np.flatnonzero(np.floor((np.arange(n) + 1) * recipe.copy_share)
+                            > np.floor(np.arange(n) * recipe.copy_share))
+        c = copy_rows(s, tokenizer, len(at), recipe, seed=stream_offset + 1)
+        ids[at], pos[at], pad[at] = c
+    if copy_warmup:
+        c = copy_rows(s, tokenizer, copy_warmup * B, recipe, seed=stream_offset)
+        ids, pos, pad = (np.concatenate([a, b]) for a, b in zip(c, (ids, pos, pad)))
+    return ids, pos, pad
+
+
 def continue_pretraining(s: SandboxSpec, model, tokenizer, recipe: PretrainRecipe | None = None,
                          log=None) -> None:
     """Phase 2 of the recipe, in place on ``model`` (phase 1's weights)."""
@@ -170,13 +263,13 @@ def continue_pretraining(s: SandboxSpec, model, tokenizer, recipe: PretrainRecip
     recipe = recipe or RECIPE
     rows = dataclasses.replace(recipe, steps=recipe.continue_steps, drill_warmup_steps=0,
                                curriculum_fraction=1e-6)   # the full distance from the start
-    ids, pos = pretraining_rows(s, tokenizer, rows, stream_offset=recipe.continue_stream_offset)
+    ids, pos, pad = mixed_rows(s, tokenizer, rows, stream_offset=recipe.continue_stream_offset)
     _log(f"phase 2: {ids.size:,} tokens ({recipe.continue_steps} steps)")
     settings = LoopSettings(steps=recipe.continue_steps, micro_batch=recipe.micro_batch,
                             grad_accum=1, lr=recipe.continue_lr,
                             warmup_steps=recipe.continue_warmup_steps,
                             min_lr_ratio=recipe.min_lr_ratio, log_every=50, seed=s.seed + 1)
-    train_loop(model, RowSource(ids, pos), settings, Accelerator(cpu=True), log=log)
+    train_loop(model, RowSource(ids, pos, pad), settings, Accelerator(cpu=True), log=log)
 
 
 # ---------------------------------------------------------------- phase 3: benchmark formats
@@ -314,7 +407,7 @@ def _with_retention(s, tokenizer, recipe, retain, ids, pos, pad):
     if not retain:
         return ids, pos, pad
     B = recipe.micro_batch
-    r_ids, r_pos = pretraining_rows(s, tokenizer, dataclasses.replace(
+    r_ids, r_pos, r_pad = mixed_rows(s, tokenizer, dataclasses.replace(
         recipe, steps=len(retain), drill_warmup_steps=0, curriculum_fraction=1e-6),
         stream_offset=recipe.format_seed_offset)
     out = [np.empty((recipe.format_steps * B, recipe.context), dtype=x.dtype)
@@ -324,7 +417,7 @@ def _with_retention(s, tokenizer, recipe, retain, ids, pos, pad):
         dst = slice(k * B, (k + 1) * B)
         if r < len(retain) and retain[r] == k:
             src = slice(r * B, (r + 1) * B)
-            out[0][dst], out[1][dst], out[2][dst] = r_ids[src], r_pos[src], False
+            out[0][dst], out[1][dst], out[2][dst] = r_ids[src], r_pos[src], r_pad[src]
             r += 1
         else:
             src = slice(f * B, (f + 1) * B)
@@ -355,8 +448,12 @@ def format_pretraining(s: SandboxSpec, model, tokenizer, recipe: PretrainRecipe 
 
 
 def pretrain(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe | None = None,
-             log=None, on_step=None) -> Path:
-    """Train the tokenizer and the tiny Qwen2 base model; save an HF folder at ``out_dir``."""
+             log=None, check_every: int = 0) -> Path:
+    """Train the tokenizer and the tiny Qwen2 base model; save an HF folder at ``out_dir``.
+
+    ``check_every`` (a multiple of 50) runs the induction check (``properties.copying``) every
+    so many steps of each phase and logs it: the phase change where copying forms is visible as
+    the second copy's NLL falling away from the first's."""
     import torch
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -368,19 +465,21 @@ def pretrain(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe | None = None
     tok_dir = out_dir.with_name(out_dir.name + ".tokenizer")
     train_sandbox_tokenizer(s, tok_dir, recipe)
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
-    ids, pos = pretraining_rows(s, tok, recipe)
+    ids, pos, pad = mixed_rows(s, tok, recipe, copy_warmup=recipe.copy_warmup_steps)
     _log(f"pre-training on {ids.size:,} tokens ({recipe.steps} steps of "
-         f"{recipe.micro_batch}x{recipe.context})")
+         f"{recipe.micro_batch}x{recipe.context}, the first {recipe.copy_warmup_steps} of them "
+         f"slice copying)")
     cfg = tiny_qwen2_config(len(tok), recipe.hidden, recipe.layers, recipe.heads,
                             recipe.kv_heads, recipe.intermediate, recipe.context,
                             recipe.rope_theta, tok.eos_token_id)
     cfg.initializer_range = recipe.init_std
     torch.manual_seed(s.seed)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
+    log = _with_copy_check(model, tok, s, log, check_every)
     settings = LoopSettings(steps=recipe.steps, micro_batch=recipe.micro_batch, grad_accum=1,
                             lr=recipe.lr, warmup_steps=recipe.warmup_steps,
                             min_lr_ratio=recipe.min_lr_ratio, log_every=50, seed=s.seed)
-    train_loop(model, RowSource(ids, pos), settings, Accelerator(cpu=True), log=log)
+    train_loop(model, RowSource(ids, pos, pad), settings, Accelerator(cpu=True), log=log)
     if recipe.continue_steps:
         continue_pretraining(s, model, tok, recipe, log=log)
     if recipe.format_steps:
@@ -388,6 +487,30 @@ def pretrain(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe | None = None
     save_checkpoint(model, tok, out_dir)
     shutil.rmtree(tok_dir, ignore_errors=True)
     return out_dir
+
+
+def _with_copy_check(model, tok, s: SandboxSpec, log, every: int):
+    """``log`` that also runs and logs the induction check every ``every`` steps."""
+    if not every:
+        return log
+    if every % 50:
+        raise ValueError(f"check_every must be a multiple of 50 (the loop logs every 50 steps), "
+                         f"got {every}")
+    from harness.sandbox.properties import copying
+
+    words = W.World(world_spec(s)).lexicon()
+
+    def both(metrics: dict, step: int) -> None:
+        if log is not None:
+            log(metrics, step)
+        if step % every == 0:
+            model.eval()
+            c = copying(model, tok, words, n=8, seed=7)
+            model.train()
+            _log(f"step {step}: loss {metrics['train/loss']:.3f}; copying (1st / 2nd copy NLL) "
+                 f"words {c['words']['first']:.2f} / {c['words']['second']:.2f}, digits "
+                 f"{c['digits']['first']:.2f} / {c['digits']['second']:.2f}")
+    return both
 
 
 def measure_properties(model_dir: Path, probe: list[dict], alpha: float = 2.0,
@@ -403,7 +526,7 @@ def measure_properties(model_dir: Path, probe: list[dict], alpha: float = 2.0,
 
 
 def build_sandbox(s: SandboxSpec | None = None, from_scratch: bool = False,
-                  out_root: str | Path | None = None) -> Path:
+                  out_root: str | Path | None = None, check_every: int = 0) -> Path:
     """Build the sandbox for ``s`` (or find it built) and return its folder."""
     from harness.layout import sandbox_dir
 
@@ -424,8 +547,8 @@ def build_sandbox(s: SandboxSpec | None = None, from_scratch: bool = False,
         if from_scratch or not shipped_ok:
             if not from_scratch:
                 _log(f"no shipped base model for sandbox seed {s.seed}: pre-training from scratch "
-                     f"(about 25 minutes on 2 cores)")
-            pretrain(s, tmp / "model")
+                     f"(about 55 minutes on 2 cores)")
+            pretrain(s, tmp / "model", check_every=check_every)
             origin = "from-scratch"
         else:
             shutil.copytree(ASSET / "model", tmp / "model")
