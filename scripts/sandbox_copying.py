@@ -22,10 +22,12 @@ def answer_nll(model, tok, samples: int, seed: int, length: int = 512) -> list[f
     """Mean NLL of each token of RULER's reference answer, ``" "`` + seven digits + ``"."``."""
     import torch
 
+    from harness.config import BenchmarkEntry
     from harness.construction.scoring import score_tokens
-    from harness.sandbox.build import _benchmark
+    from harness.evaluation.runner import load_benchmark
 
-    bench = _benchmark("ruler", tasks=["niah_single_1"], params={"seed": seed})
+    bench = load_benchmark(BenchmarkEntry(name="ruler", tasks=["niah_single_1"],
+                                          params={"seed": seed}))
     got = bench.samples("niah_single_1", length, tok, samples)
     rows = []
     for x in got:
