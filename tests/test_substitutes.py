@@ -108,6 +108,32 @@ def test_ruler_essay_tasks_use_the_filler_only_without_the_essays(tokenizer, san
     assert [s.prompt for s in from_file] == [s.prompt for s in got]
 
 
+def test_the_shipped_model_reads_ruler_needles_at_its_base_context_and_less_far_past_it(
+        tokenizer, sandbox, tmp_path, monkeypatch):
+    """The shipped base model (recipe version 4) on RULER's niah_single_1 with the sandbox's
+    filler haystack, greedy through transformers: well above chance (0) at 512, its base
+    context, and lower at 2,048 (the same weights, positions past training)."""
+    import shutil
+
+    from harness.evaluation.backends import HFGreedy
+
+    no_hub_essays(monkeypatch)
+    model = tmp_path / "model"
+    shutil.copytree(TOKENIZER, model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["max_position_embeddings"] = 2048
+    (model / "config.json").write_text(json.dumps(cfg))
+    backend = HFGreedy(model, [tokenizer.eos_token_id], dtype="float32")
+    bench, scores = ruler(sandbox_dir=str(sandbox)), {}
+    for length in (512, 2048):
+        got = bench.samples("niah_single_1", length, tokenizer, 8)
+        out = backend.generate([tokenizer(x.prompt)["input_ids"] for x in got],
+                               [24] * len(got))
+        preds = [tokenizer.decode(o, skip_special_tokens=True) for o in out]
+        scores[length] = bench.score("niah_single_1", got, preds).value
+    assert scores[512] >= 75 and scores[2048] <= scores[512] - 50, scores
+
+
 def test_ruler_keeps_real_essays_and_does_not_substitute_off_the_sandbox(
         tokenizer, sandbox, fresh_clone, monkeypatch):
     no_hub_essays(monkeypatch)
