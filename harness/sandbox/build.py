@@ -193,11 +193,10 @@ def copy_rows(s: SandboxSpec, tokenizer, n_rows: int, recipe: PretrainRecipe | N
 
     recipe = recipe or RECIPE
     T, eos = recipe.context, tokenizer.eos_token_id
-    words = [tokenizer(" " + w, add_special_tokens=False)["input_ids"]
-             for w in W.World(world_spec(s)).lexicon()]
-    words = sorted({w[0] for w in words if len(w) == 1})
-    digits = sorted({tokenizer(str(d), add_special_tokens=False)["input_ids"][0]
-                     for d in range(10)})
+    from harness.sandbox.properties import copy_pools
+
+    pools = copy_pools(tokenizer, W.World(world_spec(s)).lexicon())
+    words, digits = pools["words"], pools["digits"]
     (lo, hi), (k_lo, k_hi) = recipe.copy_len, recipe.copy_slice
     if not (len(words) > 1 and 0 < k_lo <= k_hi and k_lo <= lo <= hi and 2 * hi + 1 <= T):
         raise ValueError(f"recipe: copy_len {recipe.copy_len} / copy_slice {recipe.copy_slice} "

@@ -138,6 +138,15 @@ def measure(model, cases: list[Case], pad_id: int, alpha: float = 2.0, eps: floa
 
 
 @torch.no_grad()
+def copy_pools(tok, words: list[str]) -> dict[str, list[int]]:
+    """The token ids that copying is checked (and, in pre-training, taught) on: ``words`` that
+    are a single token after a space, and the ten digits."""
+    one = [tok(" " + w, add_special_tokens=False)["input_ids"] for w in words]
+    return {"words": sorted({i[0] for i in one if len(i) == 1}),
+            "digits": sorted({tok(str(d), add_special_tokens=False)["input_ids"][0]
+                              for d in range(10)})}
+
+
 def copying(model, tok, words: list[str], n: int = 20, length: int = 30, seed: int = 0) -> dict:
     """General copying, the induction check: ``n`` random sequences of ``length`` tokens, each
     followed at once by itself, scored by ``model`` (``score_tokens``). For single-token
@@ -148,10 +157,7 @@ def copying(model, tok, words: list[str], n: int = 20, length: int = 30, seed: i
     skill than this, and RULER's needles (seven digits never seen before) need this one. The
     check is ours (docs/sandbox.md)."""
     rng = random.Random(f"copying-{seed}")
-    one = [tok(" " + w, add_special_tokens=False)["input_ids"] for w in words]
-    pools = {"words": sorted({i[0] for i in one if len(i) == 1}),
-             "digits": sorted({tok(str(d), add_special_tokens=False)["input_ids"][0]
-                               for d in range(10)})}
+    pools = copy_pools(tok, words)
     out = {}
     for kind, pool in pools.items():
         if len(pool) < 2:
