@@ -32,6 +32,9 @@ METHODS: dict[str, tuple[str, str]] = {
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "probe": ("benchmarks.probe:Probe",
               "sandbox probe: planted-value recall and NLL at controlled distances (by loss)"),
+    "probe_lookalike": ("benchmarks.probe:ProbeLookalike",
+                        "sandbox probe with the entity's look-alike profile as a distractor "
+                        "(by loss)"),
     "sandbox_properties": ("harness.sandbox.properties:measure",
                            "the sandbox world's mechanism checks (anchors, ΔI, look-alikes)"),
     # generation benchmarks: classes implementing harness.api.Benchmark

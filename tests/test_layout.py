@@ -230,3 +230,19 @@ def test_outputs_are_keyed_by_the_base_model_itself_not_only_its_spec_entry(tmp_
     assert before[0] != after[0] and before[1] != after[1]
     weights.write_bytes(b"\0" * (3 << 20))
     assert (method_key(spec, "standard"), eval_name(spec)) == before
+
+
+def test_an_evaluation_of_another_probe_version_is_not_reused(monkeypatch):
+    """The probe's items changed in its version 2 (the query starts a sentence): the evaluation
+    folder of a spec with the probe follows the probe's ``version``; the stages' do not."""
+    from benchmarks import probe as P
+    from harness.config import load_spec
+    from harness.evaluation.runner import eval_name
+    from harness.layout import method_key
+
+    spec = load_spec(REPO / "runs" / "smoke.yaml", [])
+    assert "probe" in [b.name for b in spec.eval.benchmarks]
+    before = (method_key(spec, "standard"), eval_name(spec))
+    monkeypatch.setattr(P.Probe, "version", P.PROBE_VERSION + 1)
+    after = (method_key(spec, "standard"), eval_name(spec))
+    assert after[0] == before[0] and after[1] != before[1]

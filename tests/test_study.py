@@ -221,3 +221,37 @@ def test_a_study_arm_must_name_the_spec_methods(tmp_path):
     p.write_text(yaml.safe_dump(data))
     with pytest.raises(SpecError, match=r"study\.arms\.0\.treatment 'policylong-nl'"):
         load_study(p)
+
+
+def test_discrimination_is_judged_on_each_named_probe():
+    """``discrimination_probes``: one verdict per probe, each read from that probe's gain."""
+    s = StudySettings(claims=["discrimination"], discrimination_probes=["probe",
+                                                                        "probe_lookalike"])
+    per_seed = []
+    for e in (0.0, 0.01, -0.01):
+        r = fake_seed({"oracle": [0.3, 0.1, 0.1, 0.0], "standard": [0.3, 0.1, 0.1, 0.0],
+                       "random_context": [0.3, 0.2, 0.1, 0.0]}, {}, {})
+        for label, g in (("oracle", [0.3, 0.9 + e, 0.8 + e, 0.1]),
+                         ("standard", [0.3, 0.2, 0.1, 0.0]),
+                         ("random_context", [0.3, 0.3, 0.2, 0.0])):
+            r["rows"][label]["eval"]["probe_lookalike/gain"] = dict(zip(LENGTHS, g))
+        per_seed.append(r)
+    plain, la = judge(s, per_seed, LENGTHS, BASE_CTX, STAGES)
+    assert plain["verdict"] == "not met" and "in probe gain" in plain["claim"]
+    assert la["verdict"] == "met" and "in probe lookalike gain" in la["claim"]
+    assert la["detail"]["2048/standard"]["mean"] == pytest.approx(0.7)
+    with pytest.raises(Exception, match="discrimination_probes"):
+        StudySettings(discrimination_probes=["probe_lookalikes"])
+
+
+def test_claim_1_reads_the_named_probe():
+    per_seed = seeds([0.5, 0.5, 0.6, 0.8], [0.3, 0.5], 1.01)
+    s = StudySettings(paper_probe="probe_lookalike")
+    for r in per_seed:      # the look-alike probe: policylong below the baselines
+        for label, row in r["rows"].items():
+            row["eval"]["probe_lookalike/gain"] = dict(zip(LENGTHS, [0.0] * 4 if label ==
+                                                           "policylong" else [0.5] * 4))
+    v1 = judge(s, per_seed, LENGTHS, BASE_CTX, STAGES)[0]
+    assert v1["verdict"] == "not supported" and v1["claim"].endswith("(probe lookalike gain)")
+    assert judge(StudySettings(), per_seed, LENGTHS, BASE_CTX, STAGES)[0]["verdict"] == \
+        "supported"

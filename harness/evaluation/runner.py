@@ -666,9 +666,17 @@ def eval_name(spec: Spec) -> str:
     weights in the same folder is another model)."""
     from harness.config import stable_hash
     from harness.layout import model_identity
-    return "eval-" + stable_hash({"eval": spec.eval.model_dump(mode="json"), "seed": spec.seed,
-                                  "model": spec.model.model_dump(mode="json"),
-                                  "base_model": model_identity(spec)}, 10)
+    from harness.registry import resolve
+
+    key = {"eval": spec.eval.model_dump(mode="json"), "seed": spec.seed,
+           "model": spec.model.model_dump(mode="json"), "base_model": model_identity(spec)}
+    # a benchmark whose items changed declares a ``version``; an older one's scores are not
+    # reused (benchmarks without it keep their keys)
+    versions = {e.name: v for e in spec.eval.benchmarks
+                if (v := getattr(resolve("benchmark", e.name), "version", None)) is not None}
+    if versions:
+        key["benchmark_versions"] = versions
+    return "eval-" + stable_hash(key, 10)
 
 
 def scored_by_loss(entry: BenchmarkEntry) -> bool:

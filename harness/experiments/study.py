@@ -17,11 +17,14 @@ profiles before each root) beats every floor control (``study.floors``, default 
 and ``random_context``) in probe gain at each multiple of the base context in
 ``study.discrimination_multiples`` (default 2× and 4×). d = gain(ceiling) − gain(floor) per
 seed. Met: every d's interval above 0. Not met: any interval that reaches 0 or lies below it.
+``study.discrimination_probes`` (default ``[probe]``) names the loss-scored probes the rule is
+judged on, one verdict each (``probe_lookalike``: the probe with a look-alike distractor).
 
 ``paper``: the PolicyLong paper's claims (on Qwen2.5-3B; REFERENCES.md):
 
 1. *PolicyLong beats EntropyLong and NExtLong, with gains that grow with context length.*
-   d(L) = probe gain of the treatment minus that of the best baseline at L (best by mean), at
+   d(L) = probe gain (of ``study.paper_probe``, default ``probe``) of the treatment minus that
+   of the best baseline at L (best by mean), at
    every length beyond the base model's context; and the slope of d over log2 L. Supported: every
    d(L) and the slope above 0. Not supported: some d(L) below 0. Otherwise not resolvable.
 2. *On-policy screening surfaces progressively harder dependencies: larger loss gaps than static
@@ -76,6 +79,9 @@ class StudySettings(Strict):
     floors: list[str] = Field(default_factory=lambda: ["standard", "random_context"],
                               min_length=1)
     discrimination_multiples: list[int] = Field(default_factory=lambda: [2, 4], min_length=1)
+    discrimination_probes: list[Literal["probe", "probe_lookalike"]] = Field(
+        default_factory=lambda: ["probe"], min_length=1)
+    paper_probe: Literal["probe", "probe_lookalike"] = "probe"   # claim 1's probe
     # further arms for the paper's claims, reported after the main arm's verdicts, each
     # labelled with its name (ours)
     arms: list[StudyArm] = Field(default_factory=list)
@@ -242,9 +248,9 @@ def _stage(results: dict, label: str, k: int, key: str):
 
 
 def judge_discrimination(settings: StudySettings, per_seed: list[dict], lengths: list[int],
-                         base_ctx: int) -> dict:
-    """Does the ceiling control beat every floor control at each multiple of the base context
-    (module doc)?"""
+                         base_ctx: int, probe: str = "probe") -> dict:
+    """Does the ceiling control beat every floor control in ``probe``'s gain at each multiple
+    of the base context (module doc)?"""
     conf, C = settings.confidence, settings.ceiling
     parts, sides, detail = [], [], {}
     for m in settings.discrimination_multiples:
@@ -254,7 +260,7 @@ def judge_discrimination(settings: StudySettings, per_seed: list[dict], lengths:
             sides.append("missing")
             continue
         for f in settings.floors:
-            d = interval([_get(r, C, "probe/gain", L) - _get(r, f, "probe/gain", L)
+            d = interval([_get(r, C, f"{probe}/gain", L) - _get(r, f, f"{probe}/gain", L)
                           for r in per_seed], conf)
             detail[f"{L}/{f}"] = d
             sides.append(_side(d))
@@ -268,7 +274,7 @@ def judge_discrimination(settings: StudySettings, per_seed: list[dict], lengths:
     else:
         v = "not met"
     return {"claim": f"0. the world discriminates: {C} beats {' and '.join(settings.floors)} "
-                     f"in probe gain at "
+                     f"in {probe.replace('_', ' ')} gain at "
                      f"{', '.join(f'{m}×' for m in settings.discrimination_multiples)} the base "
                      f"context",
             "verdict": v, "numbers": "; ".join(parts), "detail": detail}
@@ -279,7 +285,8 @@ def judge(settings: StudySettings, per_seed: list[dict], lengths: list[int], bas
     """The verdicts of ``study.claims``, each with the numbers behind it."""
     verdicts = []
     if "discrimination" in settings.claims:
-        verdicts.append(judge_discrimination(settings, per_seed, lengths, base_ctx))
+        verdicts += [judge_discrimination(settings, per_seed, lengths, base_ctx, p)
+                     for p in settings.discrimination_probes]
     if "paper" in settings.claims:
         verdicts += judge_paper(settings, per_seed, lengths, base_ctx, stages)
         for arm in settings.arms:
@@ -299,19 +306,20 @@ def judge_paper(settings: StudySettings, per_seed: list[dict], lengths: list[int
     verdicts = []
 
     # Claim 1: beats the best baseline beyond the base context, more so at longer lengths.
+    gain = f"{settings.paper_probe}/gain"
     beyond = [L for L in lengths if L > base_ctx]
     d_by_len, best_by_len = {}, {}
     for L in beyond:
-        means = {b: np.nanmean([_get(r, b, "probe/gain", L) for r in per_seed]) for b in
+        means = {b: np.nanmean([_get(r, b, gain, L) for r in per_seed]) for b in
                  settings.baselines}
         best = max(means, key=lambda b: means[b])
         best_by_len[L] = best
-        d_by_len[L] = interval([_get(r, T, "probe/gain", L) - _get(r, best, "probe/gain", L)
+        d_by_len[L] = interval([_get(r, T, gain, L) - _get(r, best, gain, L)
                                 for r in per_seed], conf)
     slopes = []
     for r in per_seed:
         x = np.log2(beyond)
-        y = [_get(r, T, "probe/gain", L) - _get(r, best_by_len[L], "probe/gain", L)
+        y = [_get(r, T, gain, L) - _get(r, best_by_len[L], gain, L)
              for L in beyond]
         slopes.append(float(np.polyfit(x, y, 1)[0]) if len(beyond) > 1 else float("nan"))
     slope = interval(slopes, conf)
@@ -325,7 +333,9 @@ def judge_paper(settings: StudySettings, per_seed: list[dict], lengths: list[int
     else:
         v = "not resolvable at this scale"
     verdicts.append({
-        "claim": f"1. {T} beats {' and '.join(settings.baselines)}, more so at longer lengths",
+        "claim": f"1. {T} beats {' and '.join(settings.baselines)}, more so at longer lengths"
+                 + ("" if settings.paper_probe == "probe"
+                    else f" ({settings.paper_probe.replace('_', ' ')} gain)"),
         "verdict": v,
         "numbers": "; ".join(f"{L}: {T} − {best_by_len[L]} = {_fmt_iv(d_by_len[L])} nats"
                              for L in beyond)
