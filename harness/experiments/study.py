@@ -218,12 +218,12 @@ def extension_text(ce) -> str:
 
 
 def value_nll_table(per_seed: list[dict], labels: list[str], lengths: list[int],
-                    base_ctx: int) -> list[str]:
+                    base_ctx: int, probe: str = "probe") -> list[str]:
     """The probe gain's two terms per method and length (means over seeds): the value's NLL
     with its profile and without it (the control, = NLL + gain). A gain can grow because the
     control got worse rather than because the profile made the value easier; this table
-    shows which. Empty when no run logged ``probe/nll``."""
-    if all(np.isnan(_get(r, lab, "probe/nll", x)) for r in per_seed for lab in labels
+    shows which. Empty when no run logged ``<probe>/nll``."""
+    if all(np.isnan(_get(r, lab, f"{probe}/nll", x)) for r in per_seed for lab in labels
            for x in lengths):
         return []
     out = ["Value NLL with the profile / without it (the control), nats, mean over seeds "
@@ -233,8 +233,8 @@ def value_nll_table(per_seed: list[dict], labels: list[str], lengths: list[int],
     for lab in labels:
         cells = []
         for x in lengths:
-            w = np.array([_get(r, lab, "probe/nll", x) for r in per_seed])
-            c = w + np.array([_get(r, lab, "probe/gain", x) for r in per_seed])
+            w = np.array([_get(r, lab, f"{probe}/nll", x) for r in per_seed])
+            c = w + np.array([_get(r, lab, f"{probe}/gain", x) for r in per_seed])
             cells.append("-" if np.isnan(w).all() else
                          f"{np.nanmean(w):.2f} / {np.nanmean(c):.2f}")
         out.append(f"| {lab} | " + " | ".join(cells) + " |")
@@ -393,14 +393,23 @@ def judge_paper(settings: StudySettings, per_seed: list[dict], lengths: list[int
 
 # ----------------------------------------------------------------------------- the report
 
+PROBE_TITLES = {"probe": "probe", "probe_lookalike": "look-alike probe"}
+
+
+def _probes(spec: Spec) -> list[str]:
+    """The loss-scored probes the spec evaluates, in the report's order (``probe`` first)."""
+    names = {b.name for b in spec.eval.benchmarks}
+    return [p for p in PROBE_TITLES if p in names] or ["probe"]
+
+
 def _plots(per_seed: list[dict], labels: list[str], lengths: list[int], stages: int,
-           out: Path) -> list[Path]:
+           out: Path, probes: list[str] = ("probe",)) -> dict[str, Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    files = []
+    files = {}
     colour = {lab: f"C{i}" for i, lab in enumerate(labels)}   # one colour per method everywhere
 
     def band(ax, xs, series, label):
@@ -411,8 +420,9 @@ def _plots(per_seed: list[dict], labels: list[str], lengths: list[int], stages: 
             s = np.nanstd(a, axis=0, ddof=1)
             ax.fill_between(xs, m - s, m + s, alpha=0.15, color=colour[label])
 
-    for bench, ylabel in [("probe/gain", "probe gain: control NLL − value NLL (nats)"),
-                          ("probe", "probe accuracy (value is the argmax)")]:
+    for bench, ylabel in [(x, y) for p in probes for x, y in (
+            (f"{p}/gain", f"{PROBE_TITLES[p]} gain: control NLL − value NLL (nats)"),
+            (p, f"{PROBE_TITLES[p]} accuracy (value is the argmax)"))]:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for lab in labels:
             band(ax, lengths, [[_get(r, lab, bench, L) for L in lengths] for r in per_seed], lab)
@@ -426,7 +436,7 @@ def _plots(per_seed: list[dict], labels: list[str], lengths: list[int], stages: 
         fig.tight_layout()
         fig.savefig(p, dpi=110)
         plt.close(fig)
-        files.append(p)
+        files[bench] = p
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, title in [(axes[0], "loss_gap_probe", "loss gap, fixed probe set"),
                            (axes[1], "loss_gap_frontier", "loss gap, the stage's own data")]:
@@ -447,7 +457,7 @@ def _plots(per_seed: list[dict], labels: list[str], lengths: list[int], stages: 
     fig.tight_layout()
     fig.savefig(p, dpi=110)
     plt.close(fig)
-    files.append(p)
+    files["loss_gaps"] = p
     return files
 
 
@@ -460,7 +470,8 @@ def write_study_report(settings: StudySettings, spec: Spec, study_path: str, per
     stages = spec.stages.count
     labels = ["base"] + [m.label or m.name for m in spec.methods]
     verdicts = judge(settings, per_seed, lengths, base_ctx, stages)
-    files = _plots(per_seed, labels, lengths, stages, img)
+    probes = _probes(spec)
+    files = _plots(per_seed, labels, lengths, stages, img, probes)
     rel = lambda p: Path(p).relative_to(report.parent).as_posix()  # noqa: E731
     n = len(per_seed)
     L = []
@@ -486,7 +497,11 @@ def write_study_report(settings: StudySettings, spec: Spec, study_path: str, per
     L.append(f"- Probe: planted values of held-out entities at context lengths "
              f"{', '.join(map(str, lengths))} (base context {base_ctx}: "
              f"{', '.join(f'{x // base_ctx}×' for x in lengths)}), each against a control of "
-             f"equal length without the profile; gain = control NLL − NLL of the value.")
+             f"equal length without the profile; gain = control NLL − NLL of the value."
+             + (" Look-alike probe: the same with the entity's look-alike profile (same first "
+                "name and attributes, other values) between the profile and the query, in "
+                "both inputs; distractor accuracy: the look-alike's value is the argmax."
+                if "probe_lookalike" in probes else ""))
     L.append("- Loss gap (NLL of anchor tokens without − with their context) after each stage, "
              "on the fixed probe set and on the stage's own data; short-context loss: mean "
              "NLL per token of 200 held-out profiles and references, each scored alone.")
@@ -498,18 +513,24 @@ def write_study_report(settings: StudySettings, spec: Spec, study_path: str, per
     for v in verdicts:
         L.append(f"| {v['claim']} | **{v['verdict']}** | {v['numbers']} |")
     L.append("")
-    L.append("## Probe by distance\n")
-    for bench, title in [("probe/gain", "Gain (nats)"), ("probe", "Accuracy")]:
-        L.append(f"{title}:\n")
-        L.append("| method | " + " | ".join(f"{x} ({x // base_ctx}×)" for x in lengths) + " |")
-        L.append("|---|" + "---|" * len(lengths))
-        for lab in labels:
-            L.append(f"| {lab} | " + " | ".join(_ms([_get(r, lab, bench, x) for r in per_seed])
-                                                 for x in lengths) + " |")
-        L.append("")
-    L += value_nll_table(per_seed, labels, lengths, base_ctx)
-    L.append(f"![probe gain]({rel(files[0])})\n")
-    L.append(f"![probe accuracy]({rel(files[1])})\n")
+    for pr in probes:
+        L.append(f"## {PROBE_TITLES[pr][0].upper() + PROBE_TITLES[pr][1:]} by distance\n")
+        tables = [(f"{pr}/gain", "Gain (nats)"), (pr, "Accuracy")]
+        if pr == "probe_lookalike":
+            tables.append((f"{pr}/distractor_acc", "Distractor accuracy (the look-alike's "
+                                                   "value is the argmax)"))
+        for bench, title in tables:
+            L.append(f"{title}:\n")
+            L.append("| method | " + " | ".join(f"{x} ({x // base_ctx}×)" for x in lengths)
+                     + " |")
+            L.append("|---|" + "---|" * len(lengths))
+            for lab in labels:
+                L.append(f"| {lab} | " + " | ".join(
+                    _ms([_get(r, lab, bench, x) for r in per_seed]) for x in lengths) + " |")
+            L.append("")
+        L += value_nll_table(per_seed, labels, lengths, base_ctx, pr)
+        L.append(f"![{PROBE_TITLES[pr]} gain]({rel(files[f'{pr}/gain'])})\n")
+        L.append(f"![{PROBE_TITLES[pr]} accuracy]({rel(files[pr])})\n")
     L.append("## Loss gaps per stage, and what the stages are made of\n")
     keys = [("loss_gap_probe", "loss gap, probe set"), ("loss_gap_frontier", "loss gap, own data"),
             ("anchors_per_1k", "anchors / 1K"), ("accept_rate", "accept rate"),
@@ -522,7 +543,7 @@ def write_study_report(settings: StudySettings, spec: Spec, study_path: str, per
                 _ms([_stage(r, lab, k, key) for r in per_seed]) for key, _ in keys) + " |")
     L.append(f"\nBase model, probe-set loss gap: "
              f"{_ms([_stage(r, 'base', 0, 'loss_gap_probe') for r in per_seed])}.\n")
-    L.append(f"![loss gaps]({rel(files[2])})\n")
+    L.append(f"![loss gaps]({rel(files['loss_gaps'])})\n")
     L.append("## Short-context loss (held-out, each sequence alone)\n")
     L.append("| method | short loss (nats/token) |")
     L.append("|---|---|")
