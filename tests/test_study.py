@@ -255,3 +255,21 @@ def test_claim_1_reads_the_named_probe():
     assert v1["verdict"] == "not supported" and v1["claim"].endswith("(probe lookalike gain)")
     assert judge(StudySettings(), per_seed, LENGTHS, BASE_CTX, STAGES)[0]["verdict"] == \
         "supported"
+
+
+def test_discrimination_on_the_value_nll_reads_lower_as_better():
+    """``discrimination_metrics: [nll]``: the ceiling must have the lower NLL with the profile;
+    a larger gain that comes from a worse control does not count there."""
+    s = StudySettings(claims=["discrimination"], discrimination_metrics=["gain", "nll"])
+    per_seed = []
+    for e in (0.0, 0.02, -0.02):
+        r = fake_seed({"oracle": [0.0, 1.0, 1.0, 0.0], "standard": [0.0, 2.0, 2.0, 0.0],
+                       "random_context": [0.0, 0.5, 0.5, 0.0]}, {}, {})
+        for label, nll in (("oracle", 3.0 + e), ("standard", 3.5), ("random_context", 4.0)):
+            r["rows"][label]["eval"]["probe/nll"] = dict.fromkeys(LENGTHS, nll)
+        per_seed.append(r)
+    gain, nll = judge(s, per_seed, LENGTHS, BASE_CTX, STAGES)
+    assert gain["verdict"] == "not met" and nll["verdict"] == "met"
+    assert "value NLL with the profile" in nll["claim"]
+    assert nll["detail"]["1024/standard"]["mean"] == pytest.approx(0.5)
+    assert "standard − oracle" in nll["numbers"]

@@ -18,7 +18,11 @@ and ``random_context``) in probe gain at each multiple of the base context in
 ``study.discrimination_multiples`` (default 2× and 4×). d = gain(ceiling) − gain(floor) per
 seed. Met: every d's interval above 0. Not met: any interval that reaches 0 or lies below it.
 ``study.discrimination_probes`` (default ``[probe]``) names the loss-scored probes the rule is
-judged on, one verdict each (``probe_lookalike``: the probe with a look-alike distractor).
+judged on, one verdict each (``probe_lookalike``: the probe with a look-alike distractor);
+``study.discrimination_metrics`` (default ``[gain]``) what it compares, one verdict each: ``gain``
+as above, or ``nll``, the value's NLL with the profile (d = NLL(floor) − NLL(ceiling); the
+inputs are the same for every model, and the gain's control term differs between models: a
+model that is more confidently wrong without the profile gets a larger gain; ours).
 
 ``paper``: the PolicyLong paper's claims (on Qwen2.5-3B; REFERENCES.md):
 
@@ -81,6 +85,8 @@ class StudySettings(Strict):
     discrimination_multiples: list[int] = Field(default_factory=lambda: [2, 4], min_length=1)
     discrimination_probes: list[Literal["probe", "probe_lookalike"]] = Field(
         default_factory=lambda: ["probe"], min_length=1)
+    discrimination_metrics: list[Literal["gain", "nll"]] = Field(
+        default_factory=lambda: ["gain"], min_length=1)
     paper_probe: Literal["probe", "probe_lookalike"] = "probe"   # claim 1's probe
     # further arms for the paper's claims, reported after the main arm's verdicts, each
     # labelled with its name (ours)
@@ -248,10 +254,13 @@ def _stage(results: dict, label: str, k: int, key: str):
 
 
 def judge_discrimination(settings: StudySettings, per_seed: list[dict], lengths: list[int],
-                         base_ctx: int, probe: str = "probe") -> dict:
-    """Does the ceiling control beat every floor control in ``probe``'s gain at each multiple
-    of the base context (module doc)?"""
+                         base_ctx: int, probe: str = "probe", metric: str = "gain") -> dict:
+    """Does the ceiling control beat every floor control in ``probe``'s ``metric`` at each
+    multiple of the base context (module doc)? ``gain``: d = ceiling − floor; ``nll`` (the
+    value's NLL with the profile, lower is better): d = floor − ceiling, so that d > 0 is the
+    ceiling ahead either way."""
     conf, C = settings.confidence, settings.ceiling
+    sign = -1.0 if metric == "nll" else 1.0
     parts, sides, detail = [], [], {}
     for m in settings.discrimination_multiples:
         L = m * base_ctx
@@ -260,11 +269,12 @@ def judge_discrimination(settings: StudySettings, per_seed: list[dict], lengths:
             sides.append("missing")
             continue
         for f in settings.floors:
-            d = interval([_get(r, C, f"{probe}/gain", L) - _get(r, f, f"{probe}/gain", L)
-                          for r in per_seed], conf)
+            d = interval([sign * (_get(r, C, f"{probe}/{metric}", L)
+                                  - _get(r, f, f"{probe}/{metric}", L)) for r in per_seed], conf)
             detail[f"{L}/{f}"] = d
             sides.append(_side(d))
-            parts.append(f"{m}× ({L}): {C} − {f} = {_fmt_iv(d)} nats")
+            parts.append(f"{m}× ({L}): " + (f"{C} − {f}" if metric == "gain" else f"{f} − {C}")
+                         + f" = {_fmt_iv(d)} nats")
     if len(per_seed) < 2:
         v = "not resolvable (one seed)"
     elif "missing" in sides:
@@ -273,8 +283,9 @@ def judge_discrimination(settings: StudySettings, per_seed: list[dict], lengths:
         v = "met"
     else:
         v = "not met"
+    what = "gain" if metric == "gain" else "value NLL with the profile"
     return {"claim": f"0. the world discriminates: {C} beats {' and '.join(settings.floors)} "
-                     f"in {probe.replace('_', ' ')} gain at "
+                     f"in {probe.replace('_', ' ')} {what} at "
                      f"{', '.join(f'{m}×' for m in settings.discrimination_multiples)} the base "
                      f"context",
             "verdict": v, "numbers": "; ".join(parts), "detail": detail}
@@ -285,8 +296,9 @@ def judge(settings: StudySettings, per_seed: list[dict], lengths: list[int], bas
     """The verdicts of ``study.claims``, each with the numbers behind it."""
     verdicts = []
     if "discrimination" in settings.claims:
-        verdicts += [judge_discrimination(settings, per_seed, lengths, base_ctx, p)
-                     for p in settings.discrimination_probes]
+        verdicts += [judge_discrimination(settings, per_seed, lengths, base_ctx, p, m)
+                     for p in settings.discrimination_probes
+                     for m in settings.discrimination_metrics]
     if "paper" in settings.claims:
         verdicts += judge_paper(settings, per_seed, lengths, base_ctx, stages)
         for arm in settings.arms:
