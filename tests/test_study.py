@@ -124,6 +124,11 @@ def test_two_seed_micro_study_end_to_end(tmp_path, monkeypatch):
                        if (m.get("label") or m["name"]) in ("nextlong", "entropylong",
                                                             "policylong")]
     path = tmp_path / "micro-study.yaml"
+    # claim 1 reads the look-alike probe (study.paper_probe): it must be evaluated
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(Exception, match="study.paper_probe 'probe_lookalike' is not evaluated"):
+        study(str(path))
+    data["eval"]["benchmarks"].append({"name": "probe_lookalike"})
     path.write_text(yaml.safe_dump(data))
     (tmp_path / "micro-study.discussion.md").write_text("Written after the results.")
 
@@ -137,8 +142,12 @@ def test_two_seed_micro_study_end_to_end(tmp_path, monkeypatch):
     summary = json.loads(report.with_suffix(".json").read_text())
     assert summary["seeds"] == [0, 1] and len(set(summary["run_ids"])) == 2
     assert all(v["verdict"] for v in summary["verdicts"])
-    for png in ("probe_gain.png", "probe.png", "loss_gaps.png"):
+    for png in ("probe_gain.png", "probe.png", "probe_lookalike_gain.png",
+                "probe_lookalike.png", "loss_gaps.png"):
         assert (report.parent / "img" / "study" / png).stat().st_size > 1000
+    lookalike = text.split("## Look-alike probe by distance")[1].split("## Loss gaps")[0]
+    assert "Distractor accuracy" in lookalike and "| policylong | " in lookalike
+    assert "(probe lookalike gain)" in text
     # the seeds really differ (construction and training are re-seeded) and both are in MLflow
     tracking = Tracking(data["tracking"]["uri"], data["name"])
     parents = [r for r in tracking.client.search_runs([tracking.experiment_id])

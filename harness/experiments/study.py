@@ -139,6 +139,14 @@ def load_study(path: str | Path, overrides: list[str] | None = None
             hint = difflib.get_close_matches(name, labels, n=1)
             raise SpecError(f"{path}: study.{role} '{name}' is not one of the spec's methods "
                             f"{labels}" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+    evaluated = [b.name for b in spec.eval.benchmarks]
+    probes = [("paper_probe", settings.paper_probe)] if "paper" in settings.claims else []
+    if "discrimination" in settings.claims:
+        probes += [("discrimination_probes", p) for p in settings.discrimination_probes]
+    for key, probe in probes:
+        if probe not in evaluated:
+            raise SpecError(f"{path}: study.{key} '{probe}' is not evaluated: add "
+                            f"{{name: {probe}}} to eval.benchmarks (now {evaluated})")
     return settings, spec
 
 
