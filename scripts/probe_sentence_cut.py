@@ -27,6 +27,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from benchmarks.probe import _filler_ids, _whole_sentences   # the probe's two fillers
     from harness.evaluation.loss_gap import probe_split
     from harness.sandbox import world as W
 
@@ -54,19 +55,8 @@ def main() -> None:
                     attr, value = p["facts"][0]
                     q = tok(" " + W.fact(attr, p["first"], p["last"], value)[:-len(value) - 2],
                             add_special_tokens=False)["input_ids"]
-                    fill: list[int] = []
-                    if mode == "cut":
-                        while len(fill) < gap:
-                            fill += tok(" " + W.filler(rng, 20),
-                                        add_special_tokens=False)["input_ids"]
-                        fill = fill[:gap]
-                    else:
-                        while True:
-                            s = tok(" " + W.filler_sentence(rng),
-                                    add_special_tokens=False)["input_ids"]
-                            if len(fill) + len(s) > gap:
-                                break
-                            fill += s
+                    fill = (_filler_ids(tok, rng, gap) if mode == "cut"
+                            else _whole_sentences(tok, rng, gap))
                     with torch.no_grad():
                         logits = model(torch.tensor([fill + q])).logits[0, -1].float()
                     prob = torch.softmax(logits, -1)
