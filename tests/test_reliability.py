@@ -61,6 +61,17 @@ def outcome(out: Path) -> dict:
     return res
 
 
+def _differences(a, b, path: str = "") -> list[str]:
+    """The paths (``rows/base/eval/probe/512``) where two nested results differ, with both
+    values: a failed comparison says which number moved, not only that one did."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in _differences(a.get(k), b.get(k), f"{path}/{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}/{i}")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
 def nothing_looks_complete_that_is_not(out: Path) -> None:
     """Every folder with a manifest is whole; everything half-written is a ``.tmp``."""
     from harness.construction.stage_data import StageDataset
@@ -108,7 +119,8 @@ def test_kill_9_at_every_step_resumes_to_the_same_results(tmp_path, sandbox):
     r = compare(chain, sandbox)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "marked" in r.stderr and "KILLED" in r.stderr
-    assert outcome(tmp_path / "chain") == expected
+    got = outcome(tmp_path / "chain")
+    assert got == expected, f"differs at {_differences(got, expected)[:10]}"
     # the killed processes' MLflow runs were closed, not left running
     tracking = Tracking(f"sqlite:///{tmp_path / 'chain'}.db", "smoke")
     runs = tracking.client.search_runs([tracking.experiment_id])
