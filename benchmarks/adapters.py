@@ -319,12 +319,15 @@ class LongBenchV2:
       sample of N), an item with an empty output dropped and counted (``dropped``).
 
     ``cot: true`` runs the two-pass CoT in either preset (the answer pass is a follow-up pass
-    of the evaluation core).
+    of the evaluation core). ``cot_tokens`` (preset harness; ours) caps the CoT pass's new
+    tokens below pred.py's 1,024, for a model whose context cannot hold them (the sandbox's
+    512-token base model writes a one-sentence CoT); the default reserve is then
+    ``max(cot_tokens, 128) + 32``.
     """
 
     name = "longbench_v2"
-    PARAMS = ("path", "prompt", "reserve", "cot", "samples", "seed", "sandbox_dir",
-              "sandbox_split")
+    PARAMS = ("path", "prompt", "reserve", "cot", "cot_tokens", "samples", "seed",
+              "sandbox_dir", "sandbox_split")
     uses_sandbox = True     # the runner passes params.sandbox_dir for a sandbox corpus
     BREAKDOWN = ("easy", "hard", "short", "medium", "long")
 
@@ -356,7 +359,15 @@ class LongBenchV2:
                              f"(120,000 tokens at 131,072); params.reserve is for preset harness")
         self.completion = prompt == "completion"
         self.cot = _flag(self.name, p, "cot")
-        default_reserve = (lb.MAX_NEW_TOKENS_COT if self.cot else lb.MAX_NEW_TOKENS) + 32
+        self.cot_tokens = int(p.get("cot_tokens", lb.MAX_NEW_TOKENS_COT))
+        if "cot_tokens" in p and (not self.cot or self.official):
+            raise ValueError(f"{self.name}: params.cot_tokens caps the CoT pass of preset harness "
+                             f"(it needs cot: true and is not the official protocol)")
+        if self.cot_tokens < 1:
+            raise ValueError(f"{self.name}: params.cot_tokens must be positive, got "
+                             f"{self.cot_tokens}")
+        default_reserve = (max(self.cot_tokens, lb.MAX_NEW_TOKENS) if self.cot
+                           else lb.MAX_NEW_TOKENS) + 32
         self.reserve = int(p.get("reserve", default_reserve))
         self.samples_param = _samples_param(self.name, p, "all" if self.official else None)
         self.seed = int(p.get("seed", 0))
@@ -480,7 +491,7 @@ class LongBenchV2:
                 str(tokenizer.chat_template).encode()).hexdigest()
         budget = self._budget(length)
         template = lb.TEMPLATE_0SHOT_COT if self.cot else lb.TEMPLATE_0SHOT
-        max_new = lb.MAX_NEW_TOKENS_COT if self.cot else lb.MAX_NEW_TOKENS
+        max_new = self.cot_tokens if self.cot else lb.MAX_NEW_TOKENS
         out = []
         for item in self.select(n):
             text = lb.truncate_middle(lb.fill_template(template, item), tokenizer, budget)
@@ -575,7 +586,7 @@ class LongBenchV2:
                            f"middle, to length - {self.reserve} tokens (params.reserve)"),
             "decoding": {"temperature": self.temperature, "top_p": 1.0,
                          "max_new_tokens": lb.MAX_NEW_TOKENS,
-                         **({"max_new_tokens_cot": lb.MAX_NEW_TOKENS_COT} if self.cot else {}),
+                         **({"max_new_tokens_cot": self.cot_tokens} if self.cot else {}),
                          **({"seed": f"crc32('{self.seed}:<_id>:<pass>')"}
                             if self.temperature else {})},
             "empty_outputs": "dropped and counted (pred.py)" if self.drop_empty

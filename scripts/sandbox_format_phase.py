@@ -1,12 +1,13 @@
-"""Run the sandbox recipe's optional phase 3 (benchmark formats) on a base model and save the
-result into another folder; the shipped asset is never touched.
+"""Run the sandbox recipe's optional phase 3 (benchmark formats) or phase 4 (multiple choice
+with LongBench-v2's CoT) on a base model and save the result into another folder; the shipped
+asset is never touched.
 
     .venv/bin/python scripts/sandbox_format_phase.py --out /tmp/sandbox-format [--steps 600]
-        [--model harness/assets/sandbox-model/model] [--max-positions 4096]
-        [--set format_lr=5e-4 --set format_retain_every=2 ...]
+        [--phase 3|4] [--model harness/assets/sandbox-model/model] [--max-positions 4096]
+        [--set format_lr=5e-4 --set format_retain_every=2 --set cot_mc_share=0.5 ...]
 
-``--steps`` sets ``PretrainRecipe.format_steps``, ``--set`` any other ``format_*`` field (a
-YAML value; the rest keep their defaults); ``--max-positions`` writes a larger
+``--steps`` sets ``PretrainRecipe.format_steps`` (phase 4: ``cot_steps``), ``--set`` any other
+``format_*`` or ``cot_*`` field (a YAML value; the rest keep their defaults); ``--max-positions`` writes a larger
 ``max_position_embeddings`` into the saved config (RoPE unchanged: extrapolation), so that
 ``policylong eval`` may run it past 512.
 Prints the wall time of building the rows and of training.
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=ASSET_MODEL)
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--seed", type=int, default=0, help="the sandbox world's seed")
+    p.add_argument("--phase", type=int, choices=(3, 4), default=3)
     p.add_argument("--max-positions", type=int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a format_* field of the recipe (YAML value)")
@@ -45,19 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     fields = {f.name: f for f in dataclasses.fields(RECIPE)}
-    changes = {"format_steps": args.steps}
+    changes = {"format_steps" if args.phase == 3 else "cot_steps": args.steps}
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep or not key.startswith("format_") or key not in fields:
+        if not sep or not key.startswith(("format_", "cot_")) or key not in fields:
             p.error(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
-                    f"{sorted(k for k in fields if k.startswith('format_'))}")
+                    f"{sorted(k for k in fields if k.startswith(('format_', 'cot_')))}")
         value = yaml.safe_load(value)
         changes[key] = tuple(value) if isinstance(value, list) else value
     recipe = dataclasses.replace(RECIPE, **changes)
     tok = AutoTokenizer.from_pretrained(str(args.model))
     model = load_model(args.model)
     t0 = time.perf_counter()
-    format_pretraining(SandboxSpec(seed=args.seed), model, tok, recipe)
+    format_pretraining(SandboxSpec(seed=args.seed), model, tok, recipe, phase=args.phase)
     seconds = time.perf_counter() - t0
     save_checkpoint(model, tok, args.out)
     if args.max_positions:
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "format_phase.json").write_text(json.dumps(
         {"from": str(args.model), "recipe": dataclasses.asdict(recipe),
          "seconds": round(seconds, 1)}, indent=2))
-    print(f"phase 3: {args.steps} steps in {seconds:.0f} s -> {args.out}")
+    print(f"phase {args.phase}: {args.steps} steps in {seconds:.0f} s -> {args.out}")
     return 0
 
 

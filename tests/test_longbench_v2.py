@@ -426,3 +426,34 @@ def test_provenance_names_preset_file_hash_template_and_decoding(official_file,
     assert hp["preset"] == "harness" and hp["decoding"]["temperature"] == 0.0
     assert "completion" in hp["template"] and hp["empty_outputs"] == "scored wrong"
     assert "first eval.samples_per_task" in hp["samples"]["selection"]
+
+
+def test_cot_tokens_caps_the_cot_pass_and_sets_the_default_reserve(official_file, tokenizer):
+    """``cot_tokens`` (ours, preset harness) caps the CoT pass's new tokens, and the default
+    reserve follows it, so a small context can run the two passes; without it the CoT pass
+    keeps pred.py's 1,024. It needs ``cot: true`` and is refused under the official preset."""
+    from benchmarks.adapters import LongBenchV2
+    from harness.config import BenchmarkEntry
+
+    def harness(**params):
+        return LongBenchV2(BenchmarkEntry(name="longbench_v2",
+                                          params={"path": str(official_file), **params}))
+
+    capped = harness(cot=True, cot_tokens=32)
+    first = capped.samples("overall", 512, tokenizer, n=2)
+    assert [s.max_new_tokens for s in first] == [32, 32]
+    assert capped.reserve == 128 + 32
+    assert all(len(tokenizer(s.prompt)["input_ids"]) <= 512 - 160 for s in first)
+    answer = capped.followup("overall", first, [" A fact.", " Another."], tokenizer, 1)
+    assert [s.max_new_tokens for s in answer] == [LB.MAX_NEW_TOKENS] * 2
+    assert capped.provenance()["decoding"]["max_new_tokens_cot"] == 32
+    assert harness(cot=True, cot_tokens=400).reserve == 432
+    full = harness(cot=True)
+    assert full.reserve == LB.MAX_NEW_TOKENS_COT + 32
+    assert full.samples("overall", 4096, tokenizer, n=1)[0].max_new_tokens == 1024
+    with pytest.raises(ValueError, match="cot_tokens"):
+        harness(cot_tokens=32)
+    with pytest.raises(ValueError, match="cot_tokens"):
+        harness(cot=True, cot_tokens=0)
+    with pytest.raises(ValueError, match="cot_tokens"):
+        official(official_file, cot=True, cot_tokens=32)

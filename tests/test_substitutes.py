@@ -366,7 +366,8 @@ def test_the_shipped_model_is_the_recipe_s_and_its_key_follows_every_phase():
     assert shipped["model_key"] == Bd.model_key(SandboxSpec())
     assert shipped["recipe"] == json.loads(json.dumps(dataclasses.asdict(Bd.RECIPE)))
     assert Bd.RECIPE.format_steps > 0 and Bd.RECIPE.copy_warmup_steps > 0
-    for change in ({"format_steps": 0}, {"copy_warmup_steps": 100}, {"copy_share": 0.0}):
+    for change in ({"format_steps": 0}, {"copy_warmup_steps": 100}, {"copy_share": 0.0},
+                   {"cot_steps": 100}):
         assert Bd.model_key(SandboxSpec(), dataclasses.replace(Bd.RECIPE, **change)) != \
             shipped["model_key"], change
 
@@ -455,3 +456,50 @@ def test_copying_script_reports_each_model_and_refuses_a_folder_without_a_model(
     assert shipped != changed
     printed = capsys.readouterr().out
     assert str(other)[-50:] in printed and "ln 10 = 2.30" in printed
+
+
+def test_phase_4_rows_hold_both_cot_passes_of_the_benchmark_s_own_prompts(tokenizer, tmp_path):
+    """Phase 4 (off in the shipped recipe): each multiple-choice item gives the CoT pass's
+    prompt with the planted fact as its answer, and the answer pass's prompt (the benchmark's
+    own follow-up, that fact as the CoT) with the letter; the model key counts phase 4 only
+    when it is on."""
+    import dataclasses
+
+    import numpy as np
+
+    from harness.config import SandboxSpec
+    from harness.sandbox import build as Bd
+
+    s = SandboxSpec()
+    recipe = dataclasses.replace(Bd.RECIPE, cot_steps=4, format_retain_every=4,
+                                 cot_mc_share=1.0)
+    assert Bd.model_key(s, recipe) != Bd.model_key(s)
+    assert Bd.model_key(s, dataclasses.replace(Bd.RECIPE, cot_lr=5.0)) == Bd.model_key(s)
+    ids, pos, pad = Bd.format_rows(s, tokenizer, recipe, phase=4)
+    B = recipe.micro_batch
+    facts = letters = 0
+    for r in range(3 * B):
+        carried = np.flatnonzero(~pad[r])
+        for run in np.split(carried, np.flatnonzero(np.diff(carried) > 1) + 1):
+            prompt = tokenizer.decode(ids[r, run[0] - pos[r, run[0]]:run[0] + 1])
+            answer = tokenizer.decode(ids[r, run[1:]])
+            if m := re.fullmatch(r" (\w+ \w+) keeps the (\w+) (\w+)\.<\|endoftext\|>", answer):
+                facts += 1
+                assert prompt.endswith("Let\u2019s think step by step:")
+                assert f"Which {m[2]} does {m[1]} keep?" in prompt
+                assert f"{m[1]} keeps the {m[2]} {m[3]}." in prompt   # the evidence survived
+            else:
+                letters += 1
+                assert re.fullmatch(r" \(([ABCD])\)<\|endoftext\|>", answer), answer
+                fact = re.search(r"step by step: (\w+ \w+ keeps the \w+ (\w+))\.", prompt)
+                letter = answer[2]
+                assert "The text is too long and omitted here." in prompt
+                assert f"({letter}) {fact[2]}\n" in prompt
+                assert prompt.endswith(lb.COMPLETION_ANSWER_PREFIX)
+    assert facts > 0 and letters > 0
+    answers = Bd.cot_examples(s, tokenizer, 60, 4000, tmp_path, 512, passes="answer")
+    assert len(answers) == 60 and all(re.fullmatch(r" \([ABCD]\)", a) for _, a in answers)
+    with pytest.raises(ValueError, match="cot_passes"):
+        Bd.cot_examples(s, tokenizer, 6, 4000, tmp_path, 512, passes="second")
+    with pytest.raises(ValueError, match="phase"):
+        Bd.format_rows(s, tokenizer, recipe, phase=5)

@@ -85,6 +85,19 @@ class PretrainRecipe:
     format_retain_every: int = 4
     format_mc_share: float = 0.4      # multiple-choice examples among the format examples
     format_seed_offset: int = 2000
+    # Version 5: a fourth phase (0 steps = off), from phase 3's weights: LongBench-v2's two-pass
+    # chain of thought on the multiple-choice set (``cot_examples``). Its first pass writes the
+    # planted fact (``<First> <Last> keeps the <attr> <value>.``, the world's own wording), the
+    # second picks the letter of the choice that the written fact states. In one pass (phase 3)
+    # the 2-layer model answered one letter for every item: the lookup by name takes both
+    # layers and leaves none for the choice (docs/sandbox.md). The rest of the examples are
+    # RULER's (as in phase 3) and every ``format_retain_every``-th step phase 2's mix.
+    cot_steps: int = 0
+    cot_lr: float = 1e-3
+    cot_warmup_steps: int = 20
+    cot_mc_share: float = 0.6         # CoT examples (each pass one) among the phase's examples
+    cot_seed_offset: int = 4000
+    cot_passes: str = "both"          # "answer" or "cot": that pass's examples only (trials)
 
 
 RECIPE = PretrainRecipe()
@@ -102,6 +115,8 @@ def model_key(s: SandboxSpec, recipe: PretrainRecipe | None = None) -> str:
     r = dataclasses.asdict(recipe or RECIPE)
     if not r["format_steps"]:
         r = {k: v for k, v in r.items() if not k.startswith("format_")}
+    if not r["cot_steps"]:
+        r = {k: v for k, v in r.items() if not k.startswith("cot_")}
     if not r["copy_warmup_steps"] and not r["copy_share"]:
         r = {k: v for k, v in r.items() if not k.startswith("copy_")}
     return stable_hash({"seed": s.seed, "recipe": r})
@@ -281,6 +296,7 @@ FORMAT_RULER = {"niah_single_1": (448, 512, 576, 640), "niah_single_2": (384, 44
                 "niah_multiquery": (576, 640)}
 FORMAT_MC_RESERVES = (12, 60, 110, 160, 260)       # LongBench-v2's prompt: 512 - reserve
 FORMAT_MC_CONTEXT_CHARS = 3000                     # longer than any prompt: always truncated
+FORMAT_COT_TOKENS = 32     # the CoT pass's cap (``cot_tokens``): the fact is about 10 tokens
 
 
 def format_entities(s: SandboxSpec, n: int, seed: int) -> list[dict]:
@@ -352,27 +368,76 @@ def mc_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, context
     return out[:n]
 
 
-def format_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None):
-    """Phase 3's rows, in training order: ``(ids, pos, pad)``. Format examples (prompt,
-    answer, EOS) are packed whole into rows of ``recipe.context`` tokens; only the answer and
-    EOS carry loss (``pad`` marks the rest). Every ``format_retain_every``-th batch is rows of
-    phase 2's mix from their own streams, with the loss on every token."""
+def cot_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, context: int,
+                 passes: str = "both") -> list[tuple[str, str]]:
+    """``n`` (prompt, answer) pairs of LongBench-v2's two-pass CoT on multiple-choice items
+    (``world.mc_items``) about entities that are not the probe's, made by the registered
+    ``longbench_v2`` benchmark itself (``cot: true``, completion form): for each item, the CoT
+    pass's prompt with the planted fact as its answer (`` <First> <Last> keeps the <attr>
+    <value>.``), and the answer pass's prompt (``followup``, that fact as the CoT) with the
+    letter. Items whose evidence the truncation cut are left out. ``passes``: ``answer`` or
+    ``cot`` keeps that pass's examples only."""
+    import random
+
+    if passes not in ("both", "answer", "cot"):
+        raise ValueError(f"recipe: cot_passes must be both, answer or cot, got {passes!r}")
+    rng, out, group = random.Random(seed), [], 0
+    entities = format_entities(s, n if passes == "both" else 2 * n, seed)
+    while len(out) < n and group * 100 < len(entities):
+        block = entities[group * 100:(group + 1) * 100]
+        group += 1
+        items = W.mc_items(block, seed, FORMAT_MC_CONTEXT_CHARS, prefix="format-cot")
+        path = tmp / f"cot-{group}.json"
+        path.write_text(json.dumps(items))
+        bench = _benchmark("longbench_v2", params={
+            "path": str(path), "reserve": rng.choice(FORMAT_MC_RESERVES), "samples": "all",
+            "cot": True, "cot_tokens": FORMAT_COT_TOKENS})
+        firsts = bench.samples("overall", context, tokenizer, 0)
+        for e, x in zip(block, firsts):
+            attr, value = W.mc_question(e, seed)
+            said = W.fact(attr, e["first"], e["last"], value)
+            if said not in x.prompt:
+                continue
+            (answer_pass,) = bench.followup("overall", [x], [" " + said], tokenizer)
+            if passes in ("both", "cot"):
+                out.append((x.prompt, " " + said))
+            if passes in ("both", "answer"):
+                out.append((answer_pass.prompt, f" ({x.references[0]})"))
+    return out[:n]
+
+
+def format_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None,
+                phase: int = 3):
+    """Phase 3's rows (``phase=4``: phase 4's), in training order: ``(ids, pos, pad)``.
+    Format examples (prompt, answer, EOS) are packed whole into rows of ``recipe.context``
+    tokens; only the answer and EOS carry loss (``pad`` marks the rest). Every
+    ``format_retain_every``-th batch is rows of phase 2's mix from their own streams, with the
+    loss on every token. Phase 3's multiple-choice examples are one-pass (``mc_examples``),
+    phase 4's are the two CoT passes (``cot_examples``)."""
     import random
     import tempfile
 
     import numpy as np
 
     recipe = recipe or RECIPE
+    if phase not in (3, 4):
+        raise ValueError(f"format_rows: phase must be 3 or 4, got {phase}")
+    steps, share, offset = ((recipe.format_steps, recipe.format_mc_share,
+                             recipe.format_seed_offset) if phase == 3 else
+                            (recipe.cot_steps, recipe.cot_mc_share, recipe.cot_seed_offset))
     T, B, every = recipe.context, recipe.micro_batch, recipe.format_retain_every
-    retain = [k for k in range(recipe.format_steps) if every and k % every == every - 1]
-    n_rows = (recipe.format_steps - len(retain)) * B
-    seed = recipe.format_seed_offset + s.seed
-    n_mc = int(round(n_rows * recipe.format_mc_share))
+    retain = [k for k in range(steps) if every and k % every == every - 1]
+    n_rows = (steps - len(retain)) * B
+    seed = offset + s.seed
+    n_mc = int(round(n_rows * share))
     with tempfile.TemporaryDirectory(prefix="format_") as tmp:
         hay = Path(tmp) / "haystack.json"
         hay.write_text(json.dumps(W.haystack(seed)))
-        examples = ruler_examples(tokenizer, n_rows - n_mc, seed, hay) + \
-            mc_examples(s, tokenizer, n_mc, seed, Path(tmp), T)
+        if phase == 3:
+            mc = mc_examples(s, tokenizer, n_mc, seed, Path(tmp), T)
+        else:
+            mc = cot_examples(s, tokenizer, n_mc, seed, Path(tmp), T, recipe.cot_passes)
+        examples = ruler_examples(tokenizer, n_rows - n_mc, seed, hay) + mc
     random.Random(seed).shuffle(examples)
     ids, pos, pad = (np.full((n_rows, T), tokenizer.eos_token_id, dtype=np.int64),
                      np.zeros((n_rows, T), dtype=np.int64), np.ones((n_rows, T), dtype=bool))
@@ -395,11 +460,11 @@ def format_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None)
     rows = row + (fill > 0)
     if rows < n_rows:   # too few examples: the rows that have them, cycled
         ids, pos, pad = (np.resize(x[:rows], x.shape) for x in (ids, pos, pad))
-    ids, pos, pad = _with_retention(s, tokenizer, recipe, retain, ids, pos, pad)
+    ids, pos, pad = _with_retention(s, tokenizer, recipe, retain, ids, pos, pad, steps, offset)
     return ids, pos, pad
 
 
-def _with_retention(s, tokenizer, recipe, retain, ids, pos, pad):
+def _with_retention(s, tokenizer, recipe, retain, ids, pos, pad, steps, offset):
     """The format rows with a batch of phase 2's mix at each step in ``retain``."""
     import numpy as np
 
@@ -408,11 +473,10 @@ def _with_retention(s, tokenizer, recipe, retain, ids, pos, pad):
     B = recipe.micro_batch
     r_ids, r_pos, r_pad = mixed_rows(s, tokenizer, dataclasses.replace(
         recipe, steps=len(retain), drill_warmup_steps=0, curriculum_fraction=1e-6),
-        stream_offset=recipe.format_seed_offset)
-    out = [np.empty((recipe.format_steps * B, recipe.context), dtype=x.dtype)
-           for x in (ids, pos, pad)]
+        stream_offset=offset)
+    out = [np.empty((steps * B, recipe.context), dtype=x.dtype) for x in (ids, pos, pad)]
     f = r = 0
-    for k in range(recipe.format_steps):
+    for k in range(steps):
         dst = slice(k * B, (k + 1) * B)
         if r < len(retain) and retain[r] == k:
             src = slice(r * B, (r + 1) * B)
@@ -426,23 +490,26 @@ def _with_retention(s, tokenizer, recipe, retain, ids, pos, pad):
 
 
 def format_pretraining(s: SandboxSpec, model, tokenizer, recipe: PretrainRecipe | None = None,
-                       log=None) -> None:
-    """Phase 3 of the recipe, in place on ``model`` (phase 2's weights), when
-    ``recipe.format_steps`` is set: a fresh optimizer and schedule on ``format_rows``."""
+                       log=None, phase: int = 3) -> None:
+    """Phase 3 of the recipe (``phase=4``: phase 4), in place on ``model`` (the previous
+    phase's weights), when ``recipe.format_steps`` (``cot_steps``) is set: a fresh optimizer
+    and schedule on ``format_rows``."""
     from accelerate import Accelerator
 
     from harness.training.loop import LoopSettings, RowSource, train_loop
 
     recipe = recipe or RECIPE
     t0 = time.perf_counter()
-    ids, pos, pad = format_rows(s, tokenizer, recipe)
-    _log(f"phase 3 (benchmark formats): {recipe.format_steps} steps, "
-         f"{int((~pad).sum()):,} loss-carrying tokens; rows built in "
-         f"{time.perf_counter() - t0:.0f} s")
-    settings = LoopSettings(steps=recipe.format_steps, micro_batch=recipe.micro_batch,
-                            grad_accum=1, lr=recipe.format_lr,
-                            warmup_steps=recipe.format_warmup_steps,
-                            min_lr_ratio=recipe.min_lr_ratio, log_every=25, seed=s.seed + 2)
+    ids, pos, pad = format_rows(s, tokenizer, recipe, phase)
+    steps, lr, warmup = ((recipe.format_steps, recipe.format_lr, recipe.format_warmup_steps)
+                         if phase == 3 else
+                         (recipe.cot_steps, recipe.cot_lr, recipe.cot_warmup_steps))
+    what = "benchmark formats" if phase == 3 else "multiple choice with LongBench-v2's CoT"
+    _log(f"phase {phase} ({what}): {steps} steps, {int((~pad).sum()):,} loss-carrying tokens; "
+         f"rows built in {time.perf_counter() - t0:.0f} s")
+    settings = LoopSettings(steps=steps, micro_batch=recipe.micro_batch, grad_accum=1, lr=lr,
+                            warmup_steps=warmup, min_lr_ratio=recipe.min_lr_ratio,
+                            log_every=25, seed=s.seed + phase - 1)
     train_loop(model, RowSource(ids, pos, pad), settings, Accelerator(cpu=True), log=log)
 
 
@@ -483,6 +550,8 @@ def pretrain(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe | None = None
         continue_pretraining(s, model, tok, recipe, log=log)
     if recipe.format_steps:
         format_pretraining(s, model, tok, recipe, log=log)
+    if recipe.cot_steps:
+        format_pretraining(s, model, tok, recipe, log=log, phase=4)
     save_checkpoint(model, tok, out_dir)
     shutil.rmtree(tok_dir, ignore_errors=True)
     return out_dir

@@ -1,0 +1,102 @@
+"""The sandbox's multiple-choice set, one pass and LongBench-v2's two-pass CoT, pass by pass.
+
+    .venv/bin/python scripts/sandbox_mc_cot.py MODEL [MODEL ...] --sandbox runs/sandbox/<key>
+        [--lengths 512 1024] [-n 40]
+
+For each model and length, on the first ``n`` test-split items (``harness.sandbox.world.
+mc_items``, built by the registered ``longbench_v2`` benchmark, completion form, greedy through
+transformers):
+
+- ``one pass``: the accuracy of the 0-shot prompt (what the main job runs);
+- ``CoT``: the accuracy of the two passes (``cot: true, cot_tokens: 32``);
+- ``fact``: how many first passes wrote the planted fact exactly (``<First> <Last> keeps the
+  <attr> <value>.``, the sandbox's own wording, which the recipe's optional phase 4 teaches);
+- ``gold``: the answer pass's accuracy when its CoT is that fact, i.e. the second hop alone
+  (from the value to its letter);
+- the answers' letters, counted (one letter for every item is chance).
+
+Lengths past 512 need a model folder with ``max_position_embeddings`` raised
+(``scripts/sandbox_format_phase.py --max-positions 4096``). Chance is 25 %.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+from pathlib import Path
+
+
+def _bench(sandbox: Path, **params):
+    from harness.config import BenchmarkEntry
+    from harness.registry import resolve
+
+    return resolve("benchmark", "longbench_v2")(BenchmarkEntry(
+        name="longbench_v2", params={"sandbox_dir": str(sandbox), **params}))
+
+
+def measure(model_dir: Path, sandbox: Path, lengths: list[int], n: int) -> list[dict]:
+    from transformers import AutoTokenizer
+
+    from harness.evaluation.backends import HFGreedy
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    backend = HFGreedy(model_dir, [tok.eos_token_id], dtype="float32")
+
+    def run(samples):
+        ids = [tok(x.prompt, add_special_tokens=x.add_special_tokens)["input_ids"]
+               for x in samples]
+        out = backend.generate(ids, [x.max_new_tokens for x in samples])
+        return [tok.decode(o, skip_special_tokens=True) for o in out]
+
+    one, cot = _bench(sandbox), _bench(sandbox, cot=True, cot_tokens=32)
+    rows = []
+    for length in lengths:
+        first = one.samples("overall", length, tok, n)
+        plain = one.score("overall", first, run(first)).value
+        got = cot.samples("overall", length, tok, n)
+        cots = run(got)
+        answers = run(cot.followup("overall", got, cots, tok))
+        facts = []
+        for x in got:
+            item = x.meta["item"]
+            attr, name = item["question"].removeprefix("Which ").removesuffix(" keep?").split(
+                " does ")
+            facts.append(f"{name} keeps the {attr} {item['choice_' + item['answer']]}.")
+        gold = run(cot.followup("overall", got, [" " + f for f in facts], tok))
+        rows.append({
+            "length": length, "n": len(got), "one_pass": plain,
+            "cot": cot.score("overall", got, answers).value,
+            "fact": sum(c.strip() == f for c, f in zip(cots, facts)),
+            "gold": cot.score("overall", got, gold).value,
+            "letters": dict(collections.Counter(a.strip()[:3] for a in answers).most_common()),
+            "example_cot": cots[0].strip()[:80]})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="+", type=Path)
+    p.add_argument("--sandbox", required=True, type=Path,
+                   help="a built sandbox folder (policylong sandbox build prints it)")
+    p.add_argument("--lengths", nargs="+", type=int, default=[512])
+    p.add_argument("-n", type=int, default=40)
+    args = p.parse_args(argv)
+    if not (args.sandbox / "probe.jsonl").is_file():
+        p.error(f"--sandbox {args.sandbox}: no probe.jsonl there (policylong sandbox build)")
+    # the sandbox's items, not a LongBench-v2 file that may lie in ../shared
+    os.environ["POLICYLONG_SHARED_DATA"] = str(args.sandbox / "no-shared-data")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    print("| model | length | n | one pass | CoT | fact written | gold-CoT answer pass | "
+          "CoT answers |")
+    print("|---|---|---|---|---|---|---|---|")
+    for m in args.models:
+        for r in measure(m, args.sandbox, args.lengths, args.n):
+            letters = ", ".join(f"`{k}` {v}" for k, v in r["letters"].items())
+            print(f"| {m} | {r['length']} | {r['n']} | {r['one_pass']:.1f} | {r['cot']:.1f} | "
+                  f"{r['fact']} / {r['n']} | {r['gold']:.1f} | {letters} |")
+            print(f"|  |  |  |  | first CoT: `{r['example_cot']}` |  |  |  |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
