@@ -343,29 +343,44 @@ def ruler_examples(tokenizer, n: int, seed: int, haystack: Path) -> list[tuple[s
     return out[:n]
 
 
+def _mc_samples(s: SandboxSpec, tokenizer, n_entities: int, seed: int, tmp: Path,
+                context: int, prefix: str, **params):
+    """Multiple-choice items (``world.mc_items``) about ``n_entities`` entities that are not
+    the probe's, in blocks of 100, each block's prompts made by the registered
+    ``longbench_v2`` benchmark (``params`` besides a reserve drawn per block): yields
+    ``(bench, sample, fact)`` for each item whose evidence (the planted fact) the middle
+    truncation kept."""
+    import random
+
+    rng = random.Random(seed)
+    entities = format_entities(s, n_entities, seed)
+    for group in range(0, len(entities), 100):
+        block = entities[group:group + 100]
+        path = tmp / f"{prefix}-{group // 100 + 1}.json"
+        path.write_text(json.dumps(W.mc_items(block, seed, FORMAT_MC_CONTEXT_CHARS,
+                                              prefix=prefix)))
+        bench = _benchmark("longbench_v2", params={
+            "path": str(path), "reserve": rng.choice(FORMAT_MC_RESERVES), "samples": "all",
+            **params})
+        for e, x in zip(block, bench.samples("overall", context, tokenizer, 0)):
+            attr, value = W.mc_question(e, seed)
+            said = W.fact(attr, e["first"], e["last"], value)
+            if said in x.prompt:
+                yield bench, x, said
+
+
 def mc_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, context: int
                 ) -> list[tuple[str, str]]:
     """(prompt, answer) pairs of multiple-choice items (``world.mc_items``) about entities
     that are not the probe's, in the registered ``longbench_v2`` benchmark's own prompt
     (completion form, middle truncation to ``context - reserve`` tokens); items whose
     evidence the truncation cut are left out."""
-    import random
-
-    rng, out, group = random.Random(seed), [], 0
-    entities = format_entities(s, 2 * n, seed)
-    while len(out) < n and group * 100 < len(entities):
-        block = entities[group * 100:(group + 1) * 100]
-        group += 1
-        items = W.mc_items(block, seed, FORMAT_MC_CONTEXT_CHARS, prefix="format-mc")
-        path = tmp / f"mc-{group}.json"
-        path.write_text(json.dumps(items))
-        bench = _benchmark("longbench_v2", params={
-            "path": str(path), "reserve": rng.choice(FORMAT_MC_RESERVES), "samples": "all"})
-        for e, x in zip(block, bench.samples("overall", context, tokenizer, 0)):
-            attr, value = W.mc_question(e, seed)
-            if W.fact(attr, e["first"], e["last"], value) in x.prompt:
-                out.append((x.prompt, f" ({x.references[0]})"))
-    return out[:n]
+    out = []
+    for _, x, _ in _mc_samples(s, tokenizer, 2 * n, seed, tmp, context, "format-mc"):
+        if len(out) == n:
+            break
+        out.append((x.prompt, f" ({x.references[0]})"))
+    return out
 
 
 def cot_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, context: int,
@@ -377,32 +392,19 @@ def cot_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, contex
     <value>.``), and the answer pass's prompt (``followup``, that fact as the CoT) with the
     letter. Items whose evidence the truncation cut are left out. ``passes``: ``answer`` or
     ``cot`` keeps that pass's examples only."""
-    import random
-
     if passes not in ("both", "answer", "cot"):
         raise ValueError(f"recipe: cot_passes must be both, answer or cot, got {passes!r}")
-    rng, out, group = random.Random(seed), [], 0
-    entities = format_entities(s, n if passes == "both" else 2 * n, seed)
-    while len(out) < n and group * 100 < len(entities):
-        block = entities[group * 100:(group + 1) * 100]
-        group += 1
-        items = W.mc_items(block, seed, FORMAT_MC_CONTEXT_CHARS, prefix="format-cot")
-        path = tmp / f"cot-{group}.json"
-        path.write_text(json.dumps(items))
-        bench = _benchmark("longbench_v2", params={
-            "path": str(path), "reserve": rng.choice(FORMAT_MC_RESERVES), "samples": "all",
-            "cot": True, "cot_tokens": FORMAT_COT_TOKENS})
-        firsts = bench.samples("overall", context, tokenizer, 0)
-        for e, x in zip(block, firsts):
-            attr, value = W.mc_question(e, seed)
-            said = W.fact(attr, e["first"], e["last"], value)
-            if said not in x.prompt:
-                continue
-            (answer_pass,) = bench.followup("overall", [x], [" " + said], tokenizer)
-            if passes in ("both", "cot"):
-                out.append((x.prompt, " " + said))
-            if passes in ("both", "answer"):
-                out.append((answer_pass.prompt, f" ({x.references[0]})"))
+    out = []
+    for bench, x, said in _mc_samples(s, tokenizer, n if passes == "both" else 2 * n, seed,
+                                      tmp, context, "format-cot", cot=True,
+                                      cot_tokens=FORMAT_COT_TOKENS):
+        if len(out) >= n:
+            break
+        (answer_pass,) = bench.followup("overall", [x], [" " + said], tokenizer)
+        if passes in ("both", "cot"):
+            out.append((x.prompt, " " + said))
+        if passes in ("both", "answer"):
+            out.append((answer_pass.prompt, f" ({x.references[0]})"))
     return out[:n]
 
 
