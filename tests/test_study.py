@@ -282,3 +282,41 @@ def test_discrimination_on_the_value_nll_reads_lower_as_better():
     assert "value NLL with the profile" in nll["claim"]
     assert nll["detail"]["1024/standard"]["mean"] == pytest.approx(0.5)
     assert "standard − oracle" in nll["numbers"]
+
+
+def test_an_empty_loss_gap_panel_says_why_instead_of_an_empty_frame(tmp_path, monkeypatch):
+    """Controls and `standard` screen no anchors, so no stage has a loss gap on its own data:
+    that panel carries a sentence and no legend; with a screening method it has its curve."""
+    import matplotlib.figure
+
+    from harness.experiments.study import NO_FRONTIER_GAP, _plots
+
+    figures = {}
+
+    def keep(fig, path, *args, **kwargs):
+        figures[Path(path).name] = fig
+        Path(path).write_bytes(b"png")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    def with_accuracy(per_seed):
+        for seed in per_seed:
+            for row in seed["rows"].values():
+                row["eval"]["probe"] = dict.fromkeys(LENGTHS, 0.5)
+        return per_seed
+
+    controls = with_accuracy([fake_seed({"oracle": [1.0, 0.5, 0.2, 0.1]}, {}, {})
+                              for _ in range(2)])
+    for seed in controls:
+        for lab in ("standard", "oracle"):
+            seed["rows"][lab]["stages"] = [{"loss_gap_probe": 1.0 + k} for k in range(STAGES)]
+    _plots(controls, ["base", "standard", "oracle"], LENGTHS, STAGES, tmp_path)
+    probe_panel, own_panel = figures["loss_gaps.png"].axes
+    assert [t.get_text() for t in own_panel.texts] == [NO_FRONTIER_GAP]
+    assert own_panel.get_legend() is None and not own_panel.lines
+    assert probe_panel.get_legend() is not None and not probe_panel.texts
+
+    screened = with_accuracy(seeds([0.5, 0.3, 0.2, 0.1], [0.2, 0.3], 1.0))
+    _plots(screened, ["base", "entropylong", "policylong"], LENGTHS, STAGES, tmp_path)
+    own_panel = figures["loss_gaps.png"].axes[1]
+    assert not own_panel.texts and own_panel.get_legend() is not None
+    assert len(own_panel.lines) == 2

@@ -414,6 +414,8 @@ def judge_paper(settings: StudySettings, per_seed: list[dict], lengths: list[int
 # ----------------------------------------------------------------------------- the report
 
 PROBE_TITLES = {"probe": "probe", "probe_lookalike": "look-alike probe"}
+NO_FRONTIER_GAP = ("none of these methods screens anchors\n(standard and the controls have "
+                   "none),\nso no stage has a loss gap on its own data")
 
 
 def _probes(spec: Spec) -> list[str]:
@@ -460,6 +462,7 @@ def _plots(per_seed: list[dict], labels: list[str], lengths: list[int], stages: 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, title in [(axes[0], "loss_gap_probe", "loss gap, fixed probe set"),
                            (axes[1], "loss_gap_frontier", "loss gap, the stage's own data")]:
+        drawn = 0
         for lab in labels:
             if lab == "base":
                 continue
@@ -467,12 +470,18 @@ def _plots(per_seed: list[dict], labels: list[str], lengths: list[int], stages: 
             if np.all(np.isnan(np.asarray(series, dtype=float))):
                 continue
             band(ax, list(range(stages)), series, lab)
+            drawn += 1
         ax.set_xlabel("stage")
         ax.set_ylabel("nats")
         ax.set_title(title)
         ax.set_xticks(list(range(stages)))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if drawn:
+            ax.legend(fontsize=8)
+        else:   # a sentence, not an empty frame
+            ax.text(0.5, 0.5, NO_FRONTIER_GAP if key == "loss_gap_frontier" else
+                    "no method logged this loss gap", ha="center", va="center",
+                    wrap=True, fontsize=9, transform=ax.transAxes)
     p = out / "loss_gaps.png"
     fig.tight_layout()
     fig.savefig(p, dpi=110)
