@@ -85,12 +85,13 @@ class PretrainRecipe:
     format_retain_every: int = 4
     format_mc_share: float = 0.4      # multiple-choice examples among the format examples
     format_seed_offset: int = 2000
-    # Version 5: a fourth phase (0 steps = off), from phase 3's weights: LongBench-v2's two-pass
-    # chain of thought on the multiple-choice set (``cot_examples``). Its first pass writes the
-    # planted fact (``<First> <Last> keeps the <attr> <value>.``, the world's own wording), the
-    # second picks the letter of the choice that the written fact states. In one pass (phase 3)
-    # the 2-layer model answered one letter for every item: the lookup by name takes both
-    # layers and leaves none for the choice (docs/sandbox.md). The rest of the examples are
+    # A fourth phase (0 steps = off; tried and not adopted, so the recipe stays version 4), from
+    # phase 3's weights: LongBench-v2's two-pass chain of thought on the multiple-choice set
+    # (``cot_examples``). Its first pass writes the planted fact (``<First> <Last> keeps the
+    # <attr> <value>.``, the world's own wording), the second picks the letter of the choice
+    # that the written fact states. In one pass (phase 3) the 2-layer model answered one letter
+    # for every item; with phase 4 neither pass was learned in 500 steps, nor the second alone in
+    # 1,000 (docs/sandbox.md, "The multiple-choice set: two hops"). The rest of the examples are
     # RULER's (as in phase 3) and every ``format_retain_every``-th step phase 2's mix.
     cot_steps: int = 0
     cot_lr: float = 1e-3
