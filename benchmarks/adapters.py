@@ -359,13 +359,14 @@ class LongBenchV2:
                              f"(120,000 tokens at 131,072); params.reserve is for preset harness")
         self.completion = prompt == "completion"
         self.cot = _flag(self.name, p, "cot")
-        self.cot_tokens = int(p.get("cot_tokens", lb.MAX_NEW_TOKENS_COT))
+        self.cot_tokens = p.get("cot_tokens", lb.MAX_NEW_TOKENS_COT)
         if "cot_tokens" in p and (not self.cot or self.official):
             raise ValueError(f"{self.name}: params.cot_tokens caps the CoT pass of preset harness "
                              f"(it needs cot: true and is not the official protocol)")
-        if self.cot_tokens < 1:
-            raise ValueError(f"{self.name}: params.cot_tokens must be positive, got "
-                             f"{self.cot_tokens}")
+        if isinstance(self.cot_tokens, bool) or not isinstance(self.cot_tokens, int) \
+                or self.cot_tokens < 1:
+            raise ValueError(f"{self.name}: params.cot_tokens must be a positive integer, got "
+                             f"{self.cot_tokens!r}")
         default_reserve = (max(self.cot_tokens, lb.MAX_NEW_TOKENS) if self.cot
                            else lb.MAX_NEW_TOKENS) + 32
         self.reserve = int(p.get("reserve", default_reserve))

@@ -453,7 +453,8 @@ def test_cot_tokens_caps_the_cot_pass_and_sets_the_default_reserve(official_file
     assert full.samples("overall", 4096, tokenizer, n=1)[0].max_new_tokens == 1024
     with pytest.raises(ValueError, match="cot_tokens"):
         harness(cot_tokens=32)
-    with pytest.raises(ValueError, match="cot_tokens"):
-        harness(cot=True, cot_tokens=0)
+    for bad in (0, "32", 2.5, True):
+        with pytest.raises(ValueError, match="cot_tokens must be a positive integer"):
+            harness(cot=True, cot_tokens=bad)
     with pytest.raises(ValueError, match="cot_tokens"):
         official(official_file, cot=True, cot_tokens=32)
