@@ -128,6 +128,16 @@ def _flag(bench: str, params: dict, key: str, default: bool = False) -> bool:
     return v
 
 
+def _int_param(bench: str, params: dict, key: str, default: int, minimum: int = 0) -> int:
+    """An integer parameter (``seed``, ``reserve``, ``cot_tokens``, ``shots``) of at least
+    ``minimum``; a float, a bool or a string is refused by name rather than cast."""
+    v = params.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{bench}: params.{key} must be {what}, got {v!r}")
+    return v
+
+
 def _samples_param(bench: str, params: dict, default: str | int | None) -> str | int | None:
     """``params.samples``: "all", or a positive count (a seeded random sample)."""
     v = params.get("samples", default)
@@ -161,7 +171,7 @@ class Ruler:
                                "PaulGrahamEssays.json")
         self.qa = {"qa_1": data_file(self.name, p, "squad_path"),
                    "qa_2": data_file(self.name, p, "hotpotqa_path")}
-        self.seed = int(p.get("seed", DEFAULT_SEED))
+        self.seed = _int_param(self.name, p, "seed", DEFAULT_SEED)
         self.sandbox_dir = sandbox_folder(p)
         self._substitute: tuple[tuple[str, ...], dict] | None = None  # (words, record)
         self._hub_failed: str | None = None
@@ -359,19 +369,15 @@ class LongBenchV2:
                              f"(120,000 tokens at 131,072); params.reserve is for preset harness")
         self.completion = prompt == "completion"
         self.cot = _flag(self.name, p, "cot")
-        self.cot_tokens = p.get("cot_tokens", lb.MAX_NEW_TOKENS_COT)
         if "cot_tokens" in p and (not self.cot or self.official):
             raise ValueError(f"{self.name}: params.cot_tokens caps the CoT pass of preset harness "
                              f"(it needs cot: true and is not the official protocol)")
-        if isinstance(self.cot_tokens, bool) or not isinstance(self.cot_tokens, int) \
-                or self.cot_tokens < 1:
-            raise ValueError(f"{self.name}: params.cot_tokens must be a positive integer, got "
-                             f"{self.cot_tokens!r}")
+        self.cot_tokens = _int_param(self.name, p, "cot_tokens", lb.MAX_NEW_TOKENS_COT, 1)
         default_reserve = (max(self.cot_tokens, lb.MAX_NEW_TOKENS) if self.cot
                            else lb.MAX_NEW_TOKENS) + 32
-        self.reserve = int(p.get("reserve", default_reserve))
+        self.reserve = _int_param(self.name, p, "reserve", default_reserve, 1)
         self.samples_param = _samples_param(self.name, p, "all" if self.official else None)
-        self.seed = int(p.get("seed", 0))
+        self.seed = _int_param(self.name, p, "seed", 0)
         self.temperature = lb.TEMPERATURE if self.official else 0.0
         self.drop_empty = self.official
         self.chat_template_sha256: str | None = None
@@ -616,7 +622,8 @@ class HelmetRecall:
         self._tasks = check_tasks(self.name, entry.tasks, list(hr.RECALL_TASKS))
         self.essay_path = data_file(self.name, p, "essay_path", "POLICYLONG_ESSAYS",
                                     "PaulGrahamEssays.json")
-        self.seed, self.shots = int(p.get("seed", hr.SEED)), int(p.get("shots", hr.SHOTS))
+        self.seed = _int_param(self.name, p, "seed", hr.SEED)
+        self.shots = _int_param(self.name, p, "shots", hr.SHOTS)
         self._essay: list[str] | None = None
         self.preset = entry.preset
         self.files = None

@@ -37,3 +37,31 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
     return save_checkpoint(model, tok, tmp_path_factory.mktemp("model") / "tiny")
+
+
+# A small sandbox world (about 76K tokens): embedding the default world's chunks costs minutes
+SMALL_SANDBOX = {"n_entities": 300, "n_filler_docs": 100}
+
+
+@pytest.fixture(scope="session")
+def sandbox_root(tmp_path_factory):
+    """One folder of built sandboxes for the whole session (each under its spec's key, as
+    ``POLICYLONG_SANDBOX_DIR`` holds them). Tests read these sandboxes; a test that changes a
+    sandbox's files copies them first."""
+    return tmp_path_factory.mktemp("sandboxes")
+
+
+@pytest.fixture(scope="session")
+def small_sandbox(sandbox_root):
+    """The small world (``SMALL_SANDBOX``) with the shipped model, built once a session."""
+    from harness.config import SandboxSpec
+    from harness.sandbox.build import build_sandbox
+    return build_sandbox(SandboxSpec(**SMALL_SANDBOX), out_root=sandbox_root)
+
+
+@pytest.fixture(scope="session")
+def default_sandbox(sandbox_root):
+    """The default world (``SandboxSpec()``) with the shipped model, built once a session."""
+    from harness.config import SandboxSpec
+    from harness.sandbox.build import build_sandbox
+    return build_sandbox(SandboxSpec(), out_root=sandbox_root)

@@ -14,15 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    from harness.config import SandboxSpec
-    from harness.sandbox.build import build_sandbox
-
-    root = tmp_path_factory.mktemp("sb")
+def sandbox(default_sandbox):
     mp = pytest.MonkeyPatch()
-    mp.setenv("POLICYLONG_SANDBOX_DIR", str(root))
-    built = build_sandbox(SandboxSpec(), out_root=root)
-    yield built
+    mp.setenv("POLICYLONG_SANDBOX_DIR", str(default_sandbox.parent))
+    yield default_sandbox
     mp.undo()
 
 

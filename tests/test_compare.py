@@ -9,9 +9,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-# A small sandbox world (about 76K tokens): embedding the default world's chunks costs minutes
-SMALL_SANDBOX = {"n_entities": 300, "n_filler_docs": 100}
+from conftest import SMALL_SANDBOX
 
 
 def micro(data: dict, tmp_path) -> dict:
@@ -39,14 +37,14 @@ def micro_spec_file(tmp_path, sandbox_root) -> Path:
 
 
 @pytest.mark.slow
-def test_micro_compare_end_to_end_and_noop_rerun(tmp_path, monkeypatch):
+def test_micro_compare_end_to_end_and_noop_rerun(tmp_path, monkeypatch, small_sandbox):
     from harness.experiments.compare import compare
     from harness.config import load_spec
     from harness.experiments.report import from_mlflow
     from harness.tracking import Tracking
 
-    monkeypatch.setenv("POLICYLONG_SANDBOX_DIR", str(tmp_path / "sandbox"))
-    spec = load_spec(micro_spec_file(tmp_path, tmp_path / "sandbox"))
+    monkeypatch.setenv("POLICYLONG_SANDBOX_DIR", str(small_sandbox.parent))
+    spec = load_spec(micro_spec_file(tmp_path, small_sandbox.parent))
     md = compare(spec)
     text = md.read_text()
     for label in ("base", "standard", "nextlong", "entropylong", "policylong"):

@@ -627,13 +627,12 @@ def test_lm_eval_vllm_backend_runs_on_vllm_cpu(eval_model_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_eval_runs_the_probe_beside_generated_benchmarks(tmp_path):
+def test_cli_eval_runs_the_probe_beside_generated_benchmarks(tmp_path, default_sandbox):
     """``policylong eval`` on the sandbox: RULER through the hf backend and the probe (scored
     by loss), both in the printed table, in MLflow and on disk."""
-    from harness.sandbox.build import build_sandbox
     from harness.tracking import Tracking
 
-    sandbox = build_sandbox(out_root=tmp_path / "sandbox")
+    sandbox = default_sandbox
     data = yaml.safe_load(write_spec(tmp_path, [{"name": "probe"},
                                                 {"name": "ruler",
                                                  "tasks": ["niah_single_1"]}]).read_text())
@@ -641,7 +640,7 @@ def test_cli_eval_runs_the_probe_beside_generated_benchmarks(tmp_path):
     data["eval"]["lengths"] = [256, 512]
     spec = tmp_path / "sandbox_spec.yaml"
     spec.write_text(yaml.safe_dump(data))
-    env_dir = {"POLICYLONG_SANDBOX_DIR": str(tmp_path / "sandbox")}
+    env_dir = {"POLICYLONG_SANDBOX_DIR": str(sandbox.parent)}
     os.environ.update(env_dir)
     try:
         r = cli("eval", str(spec), "--model", str(sandbox / "model"))

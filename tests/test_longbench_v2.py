@@ -458,3 +458,20 @@ def test_cot_tokens_caps_the_cot_pass_and_sets_the_default_reserve(official_file
             harness(cot=True, cot_tokens=bad)
     with pytest.raises(ValueError, match="cot_tokens"):
         official(official_file, cot=True, cot_tokens=32)
+
+
+@pytest.mark.parametrize("key,bad", [("reserve", 0), ("reserve", "160"), ("reserve", 12.5),
+                                     ("seed", -1), ("seed", "3"), ("seed", False)])
+def test_integer_params_are_refused_by_name_not_cast(official_file, key, bad):
+    """``reserve`` and ``seed`` take integers as given: ``"160"`` or ``12.5`` is named, not
+    cast (a float reserve would otherwise be truncated without a word)."""
+    from benchmarks.adapters import LongBenchV2
+    from harness.config import BenchmarkEntry
+
+    def harness(**params):
+        return LongBenchV2(BenchmarkEntry(name="longbench_v2",
+                                          params={"path": str(official_file), **params}))
+
+    assert harness(**{key: 7}).__dict__[key] == 7
+    with pytest.raises(ValueError, match=rf"longbench_v2: params\.{key} must be"):
+        harness(**{key: bad})

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from harness.config import Spec
-from test_compare import SMALL_SANDBOX
+from conftest import SMALL_SANDBOX
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,12 +31,9 @@ def micro_spec(tmp_path, sandbox_dir, **over) -> Spec:
 
 
 @pytest.fixture(scope="module")
-def sandbox_dir(tmp_path_factory, monkeypatch_module):
-    from harness.config import SandboxSpec
-    from harness.sandbox.build import build_sandbox
-    root = tmp_path_factory.mktemp("sb")
-    monkeypatch_module.setenv("POLICYLONG_SANDBOX_DIR", str(root))
-    return build_sandbox(SandboxSpec(**SMALL_SANDBOX), out_root=root)
+def sandbox_dir(small_sandbox, monkeypatch_module):
+    monkeypatch_module.setenv("POLICYLONG_SANDBOX_DIR", str(small_sandbox.parent))
+    return small_sandbox
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_compare import SMALL_SANDBOX, micro_spec_file
+from test_compare import micro_spec_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,13 +86,8 @@ def nothing_looks_complete_that_is_not(out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    from harness.sandbox.build import build_sandbox
-
-    root = tmp_path_factory.mktemp("sandbox")
-    from harness.config import SandboxSpec
-    build_sandbox(SandboxSpec(**SMALL_SANDBOX), out_root=root)
-    return root
+def sandbox(small_sandbox):
+    return small_sandbox.parent
 
 
 @pytest.mark.slow

@@ -61,10 +61,8 @@ def test_tokenizer_round_trips_through_autotokenizer(tiny_tokenizer_dir):
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    from harness.sandbox.build import build_sandbox
-    root = tmp_path_factory.mktemp("sandbox")
-    return build_sandbox(SandboxSpec(), out_root=root)
+def sandbox(default_sandbox):
+    return default_sandbox
 
 
 def test_build_uses_shipped_model_and_is_cached(sandbox):

@@ -110,11 +110,11 @@ def test_study_file_errors_name_the_key(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_seed_micro_study_end_to_end(tmp_path, monkeypatch):
+def test_two_seed_micro_study_end_to_end(tmp_path, monkeypatch, small_sandbox):
     from harness.experiments.study import study
     from harness.tracking import Tracking
 
-    monkeypatch.setenv("POLICYLONG_SANDBOX_DIR", str(tmp_path / "sandbox"))
+    monkeypatch.setenv("POLICYLONG_SANDBOX_DIR", str(small_sandbox.parent))
     data = micro(yaml.safe_load((REPO / "runs/study/sandbox.yaml").read_text()), tmp_path)
     # the paper's claims on the entropy arm only (the controls, the NLL arm and standard are
     # left out for time; claim 0 and study.arms are judged in the tests above)

@@ -84,7 +84,7 @@ def test_processes_opening_a_new_storage_at_once_all_succeed(tmp_path):
 
 
 @pytest.mark.slow
-def test_tune_completes_and_resumes_after_a_kill(tmp_path):
+def test_tune_completes_and_resumes_after_a_kill(tmp_path, small_sandbox):
     from optuna.trial import TrialState
     from sqlalchemy.exc import OperationalError
 
@@ -95,7 +95,8 @@ def test_tune_completes_and_resumes_after_a_kill(tmp_path):
     p = tune_spec(tmp_path)
     spec = load_spec(p)
     storage, name = spec.tune.storage, study_name(spec)
-    env = dict(os.environ, POLICYLONG_SANDBOX_DIR=str(tmp_path / "sandbox"), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, POLICYLONG_SANDBOX_DIR=str(small_sandbox.parent),
+               HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "harness.cli", "tune", str(p)]
     log = open(tmp_path / "tune.log", "w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
