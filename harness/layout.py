@@ -8,7 +8,8 @@ Layout under ``spec.output_dir``::
     <label>/<key>/stage-<k>/checkpoint/  the model after training on stage k
     base/eval/                           evaluation of the untouched base model
 
-``<key>`` hashes every setting the method's stages depend on (``method_key``).
+``<key>`` hashes every setting the method's stages depend on, the base model's identity and a
+local corpus's content (``method_key``).
 """
 from __future__ import annotations
 
@@ -26,7 +27,43 @@ def method_key(spec: Spec, label: str) -> str:
     entry = next(m for m in d["methods"] if (m["label"] or m["name"]) == label)
     keep = {k: d[k] for k in ("seed", "sandbox", "model", "corpus", "retrieval", "screening",
                               "stages", "context_extension", "train")}
+    corpus = corpus_identity(spec)
+    if corpus is not None:        # absent for the sandbox, whose spec is in the key already
+        keep["corpus_content"] = corpus
     return stable_hash({**keep, "method": entry, "base_model": model_identity(spec)}, 10)
+
+
+_CONTENT_HASHES: dict[tuple, str] = {}
+
+
+def corpus_identity(spec: Spec) -> str | None:
+    """What a local corpus holds, beyond its path: sha256 over the content of every file under
+    ``corpus.path`` (one file or a folder), so a corpus edited in place gives other stage
+    folders instead of reusing datasets built from its old text. Hashed once a process per
+    (file, size, mtime). ``None`` for ``sandbox`` (the sandbox spec, in the key, fixes its
+    corpus) and for a hub dataset id (read offline, one revision; the id is in the key)."""
+    import hashlib
+
+    path = spec.corpus.path
+    if path == "sandbox":
+        return None
+    root = Path(path).expanduser()
+    if not root.exists():
+        return None
+    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        memo = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+        if memo not in _CONTENT_HASHES:
+            fh_hash = hashlib.sha256()
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 24), b""):
+                    fh_hash.update(block)
+            _CONTENT_HASHES[memo] = fh_hash.hexdigest()
+        rel = f.name if f == root else str(f.relative_to(root))
+        h.update(f"{rel}:{_CONTENT_HASHES[memo]}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def model_identity(spec: Spec) -> str:

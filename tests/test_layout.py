@@ -6,6 +6,7 @@ module-level or inside a function. Old import paths still work, with a warning."
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -246,3 +247,37 @@ def test_an_evaluation_of_another_probe_version_is_not_reused(monkeypatch):
     monkeypatch.setattr(P.Probe, "version", P.PROBE_VERSION + 1)
     after = (method_key(spec, "standard"), eval_name(spec))
     assert after[0] == before[0] and after[1] != before[1]
+
+
+def test_a_corpus_edited_in_place_gives_other_stage_folders(tmp_path):
+    """A local corpus's content is in the stages' key: a document edited at the same path (same
+    size, so no reader could tell from the file's length) gives another key, and the text put
+    back gives the old one; a folder corpus counts every file under it. The sandbox's key holds
+    no content hash (its spec fixes its corpus)."""
+    from harness.config import load_spec
+    from harness.layout import corpus_identity, method_key
+
+    spec = load_spec(REPO / "runs" / "smoke.yaml", [])
+    assert corpus_identity(spec) is None
+    corpus = tmp_path / "c.jsonl"
+
+    def key(path):
+        s = spec.model_copy(update={"corpus": spec.corpus.model_copy(update={"path": str(path)})})
+        return method_key(s, "standard")
+
+    def write(text, when):         # an edit made later (the hash is kept per size and mtime)
+        corpus.write_text(text)
+        os.utime(corpus, ns=(when, when))
+
+    write('{"id": "a", "text": "one two"}\n', 10**18)
+    before = key(corpus)
+    write('{"id": "a", "text": "one TWO"}\n', 10**18 + 10**9)
+    assert key(corpus) != before
+    write('{"id": "a", "text": "one two"}\n', 10**18 + 2 * 10**9)
+    assert key(corpus) == before
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "x.txt").write_text("first")
+    in_folder = key(folder)
+    (folder / "sub" / "y.txt").write_text("second")
+    assert key(folder) != in_folder
