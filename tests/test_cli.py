@@ -23,7 +23,7 @@ def test_check_prints_resolved_config_and_hash():
     lines = r.stdout.splitlines()
     assert lines[-1] == f"# config hash: {spec_hash(load_spec(ROOT / 'runs/smoke.yaml'))}"
     body = yaml.safe_load(r.stdout)                   # the hash line is a YAML comment
-    assert body["name"] == "smoke" and body["train"]["lr"] == 1e-3
+    assert body["name"] == "smoke" and body["train"]["lr"] == 1e-4
     assert body["train"]["weight_decay"] == 0.1       # defaults are filled in
 
 

@@ -145,7 +145,7 @@ def test_overrides_change_values():
                              "methods.0.params.x=1", "methods.1.label=nx",
                              "eval.lengths=[256, 512]", "train.gradient_checkpointing=true",
                              "methods.2.params.name=foo", "model.dtype=bfloat16"])
-    assert base.train.lr == pytest.approx(1e-3)
+    assert base.train.lr == pytest.approx(1e-4)
     assert spec.train.lr == pytest.approx(2e-5)
     assert spec.screening.epsilon == 0.5
     assert spec.seed == 7
@@ -178,8 +178,8 @@ def test_override_values_are_yaml_typed():
 def test_exponent_floats_in_files(tmp_path):
     data = smoke_data()
     path = write(tmp_path, data)
-    text = path.read_text().replace("lr: 0.001", "lr: 1e-3")
-    assert "lr: 1e-3" in text
+    text = path.read_text().replace("lr: 0.0001", "lr: 1e-4")
+    assert "lr: 1e-4" in text
     path.write_text(text, encoding="utf-8")
     assert spec_hash(load_spec(path)) == spec_hash(load_spec(SMOKE))
 
