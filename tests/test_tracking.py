@@ -64,7 +64,7 @@ def roundtrip(tracking: Tracking) -> None:
 
     # params: the resolved config, flattened
     params = p.data.params
-    assert params["train.lr"] == "0.001"
+    assert params["train.lr"] == "0.0001"
     assert params["name"] == "smoke"
     assert params["methods.0.name"] == "standard"
     assert params["eval.lengths"] == str(config["eval"]["lengths"])
