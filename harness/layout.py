@@ -44,6 +44,8 @@ def corpus_identity(spec: Spec) -> str | None:
     corpus) and for a hub dataset id (read offline, one revision; the id is in the key)."""
     import hashlib
 
+    from harness.fileio import sha256_file
+
     path = spec.corpus.path
     if path == "sandbox":
         return None
@@ -56,11 +58,7 @@ def corpus_identity(spec: Spec) -> str | None:
         st = f.stat()
         memo = (str(f.resolve()), st.st_size, st.st_mtime_ns)
         if memo not in _CONTENT_HASHES:
-            fh_hash = hashlib.sha256()
-            with f.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 24), b""):
-                    fh_hash.update(block)
-            _CONTENT_HASHES[memo] = fh_hash.hexdigest()
+            _CONTENT_HASHES[memo] = sha256_file(f)
         rel = f.name if f == root else str(f.relative_to(root))
         h.update(f"{rel}:{_CONTENT_HASHES[memo]}\n".encode())
     return h.hexdigest()[:16]

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-
 from conftest import SMALL_SANDBOX
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def micro(data: dict, tmp_path) -> dict:
