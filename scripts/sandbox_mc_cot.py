@@ -7,7 +7,9 @@ For each model and length, on the first ``n`` test-split items (``harness.sandbo
 mc_items``, built by the registered ``longbench_v2`` benchmark, completion form, greedy through
 transformers):
 
-- ``one pass``: the accuracy of the 0-shot prompt (what the main job runs);
+- ``one pass``: the accuracy of the 0-shot prompt (what the main job runs), how many of its
+  responses name the true value before the answer line (``value first``: the response form of
+  ``PretrainRecipe.format_mc_answer`` ``value``/``fact``), and its letters, counted;
 - ``CoT``: the accuracy of the two passes (``cot: true, cot_tokens: 32``);
 - ``fact``: how many first passes wrote the planted fact exactly (``<First> <Last> keeps the
   <attr> <value>.``, the sandbox's own wording, which the recipe's optional phase 4 teaches);
@@ -34,7 +36,15 @@ def _bench(sandbox: Path, **params):
         name="longbench_v2", params={"sandbox_dir": str(sandbox), **params}))
 
 
-def measure(model_dir: Path, sandbox: Path, lengths: list[int], n: int) -> list[dict]:
+def _letters(responses) -> dict:
+    from benchmarks.longbench_v2 import COMPLETION_ANSWER_PREFIX, extract_answer
+
+    return dict(collections.Counter(
+        str(extract_answer(COMPLETION_ANSWER_PREFIX + r)) for r in responses).most_common())
+
+
+def measure(model_dir: Path, sandbox: Path, lengths: list[int], n: int, cot_too: bool = True
+            ) -> list[dict]:
     from transformers import AutoTokenizer
 
     from harness.evaluation.backends import HFGreedy
@@ -52,7 +62,16 @@ def measure(model_dir: Path, sandbox: Path, lengths: list[int], n: int) -> list[
     rows = []
     for length in lengths:
         first = one.samples("overall", length, tok, n)
-        plain = one.score("overall", first, run(first)).value
+        said = run(first)
+        plain = one.score("overall", first, said).value
+        values = [x.meta["item"]["choice_" + x.meta["item"]["answer"]] for x in first]
+        row = {"length": length, "n": len(first), "one_pass": plain, "one_letters":
+               _letters(said), "value_first": sum(
+                   r.split(".")[0].strip().split(" ")[-1:] == [v] for r, v in zip(said, values)),
+               "example_one": said[0].strip()[:80]}
+        if not cot_too:
+            rows.append(row)
+            continue
         got = cot.samples("overall", length, tok, n)
         cots = run(got)
         answers = run(cot.followup("overall", got, cots, tok))
@@ -64,8 +83,7 @@ def measure(model_dir: Path, sandbox: Path, lengths: list[int], n: int) -> list[
             facts.append(f"{name} keeps the {attr} {item['choice_' + item['answer']]}.")
         gold = run(cot.followup("overall", got, [" " + f for f in facts], tok))
         rows.append({
-            "length": length, "n": len(got), "one_pass": plain,
-            "cot": cot.score("overall", got, answers).value,
+            **row, "cot": cot.score("overall", got, answers).value,
             "fact": sum(c.strip() == f for c, f in zip(cots, facts)),
             "gold": cot.score("overall", got, gold).value,
             "letters": dict(collections.Counter(a.strip()[:3] for a in answers).most_common()),
@@ -80,21 +98,29 @@ def main(argv: list[str] | None = None) -> int:
                    help="a built sandbox folder (policylong sandbox build prints it)")
     p.add_argument("--lengths", nargs="+", type=int, default=[512])
     p.add_argument("-n", type=int, default=40)
+    p.add_argument("--one-pass", action="store_true", help="the one-pass prompt only")
     args = p.parse_args(argv)
     if not (args.sandbox / "probe.jsonl").is_file():
         p.error(f"--sandbox {args.sandbox}: no probe.jsonl there (policylong sandbox build)")
     # the sandbox's items, not a LongBench-v2 file that may lie in ../shared
     os.environ["POLICYLONG_SHARED_DATA"] = str(args.sandbox / "no-shared-data")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    print("| model | length | n | one pass | CoT | fact written | gold-CoT answer pass | "
-          "CoT answers |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | length | n | one pass | value first | one-pass answers | CoT | fact written "
+          "| gold-CoT answer pass | CoT answers |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for m in args.models:
-        for r in measure(m, args.sandbox, args.lengths, args.n):
+        for r in measure(m, args.sandbox, args.lengths, args.n, not args.one_pass):
+            one = ", ".join(f"`{k}` {v}" for k, v in r["one_letters"].items())
+            head = (f"| {m} | {r['length']} | {r['n']} | {r['one_pass']:.1f} | "
+                    f"{r['value_first']} / {r['n']} | {one} |")
+            if "cot" not in r:
+                print(head + " - | - | - | - |")
+                print(f"|  |  |  | first response: `{r['example_one']}` |  |  |  |  |  |  |")
+                continue
             letters = ", ".join(f"`{k}` {v}" for k, v in r["letters"].items())
-            print(f"| {m} | {r['length']} | {r['n']} | {r['one_pass']:.1f} | {r['cot']:.1f} | "
-                  f"{r['fact']} / {r['n']} | {r['gold']:.1f} | {letters} |")
-            print(f"|  |  |  |  | first CoT: `{r['example_cot']}` |  |  |  |")
+            print(f"{head} {r['cot']:.1f} | {r['fact']} / {r['n']} | {r['gold']:.1f} | {letters} |")
+            print(f"|  |  |  | first response: `{r['example_one']}` |  |  | first CoT: "
+                  f"`{r['example_cot']}` |  |  |  |")
     return 0
 
 

@@ -503,3 +503,68 @@ def test_phase_4_rows_hold_both_cot_passes_of_the_benchmark_s_own_prompts(tokeni
         Bd.cot_examples(s, tokenizer, 6, 4000, tmp_path, 512, passes="second")
     with pytest.raises(ValueError, match="phase"):
         Bd.format_rows(s, tokenizer, recipe, phase=5)
+
+
+def test_value_first_mc_answers_name_the_item_s_value_and_its_letter(tokenizer, tmp_path):
+    """``format_mc_answer`` (a trial, off in the shipped recipe): the one-pass answer names the
+    right choice's value (``value``) or states the planted fact (``fact``) and then gives the
+    official answer line, which the official extraction reads off the completion; the
+    version-4 default leaves the model key as it was."""
+    import dataclasses
+
+    from harness.config import SandboxSpec
+    from harness.sandbox import build as Bd
+
+    s = SandboxSpec()
+    assert Bd.model_key(s) == Bd.model_key(s, dataclasses.replace(Bd.RECIPE,
+                                                                 format_mc_answer="letter"))
+    assert Bd.model_key(s, dataclasses.replace(Bd.RECIPE, format_mc_answer="value")) \
+        != Bd.model_key(s)
+    letters = Bd.mc_examples(s, tokenizer, 40, 2000, tmp_path, 512)
+    for form in ("value", "fact"):
+        got = Bd.mc_examples(s, tokenizer, 40, 2000, tmp_path, 512, answer=form)
+        assert [p for p, _ in got] == [p for p, _ in letters]   # the same items, other answers
+        for (prompt, answer), (_, letter) in zip(got, letters):
+            m = re.fullmatch(r" (?:(\w+ \w+) keeps the (\w+) )?(\w+)\. The correct answer is "
+                             r"\(([ABCD])\)\.", answer)
+            assert m and bool(m[1]) == (form == "fact"), answer
+            assert f" ({m[4]})" == letter
+            assert lb.extract_answer(lb.COMPLETION_ANSWER_PREFIX + answer) == m[4]
+            assert f"({m[4]}) {m[3]}\n" in prompt                 # the value is that choice's
+            if form == "fact":
+                assert f"{m[1]} keeps the {m[2]} {m[3]}." in prompt
+                assert f"Which {m[2]} does {m[1]} keep?" in prompt
+    with pytest.raises(ValueError, match="format_mc_answer"):
+        Bd.mc_examples(s, tokenizer, 2, 2000, tmp_path, 512, answer="letters")
+    with pytest.raises(ValueError, match="entities are too few"):   # not random.sample's error
+        W.mc_items(Bd.format_entities(s, 3, 2000), 2000)
+
+
+def test_letter_drill_script_trains_reports_and_refuses_bad_arguments(tmp_path):
+    import importlib.util
+    import json
+    import random
+
+    from harness.fileio import sha256_file
+    from harness.sandbox.build import ASSET
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "sandbox_letter_drill.py"
+    spec = importlib.util.spec_from_file_location("sandbox_letter_drill", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for bad in (["--eval-every", "30"], ["--steps", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            script.main(["--out", str(tmp_path / "bad"), *bad])
+        assert exc.value.code == 2
+    assert not (tmp_path / "bad").exists()
+    prompt, letter = script.drill(random.Random(0), ["chevar", "moshath", "dravin", "sword", "kelp"])
+    value = prompt.rsplit("\n", 1)[1].split(".")[0]
+    assert f"({letter}) {value}\n" in prompt and prompt.endswith("The correct answer is (")
+    assert script.main(["--out", str(tmp_path / "m"), "--steps", "25", "--eval-every", "25",
+                        "-n", "8", "--lr", "1e-2"]) == 0
+    report = json.loads((tmp_path / "m" / "letter_drill.json").read_text())
+    first, last = report["history"]
+    assert first["step"] == 0 and last["step"] == 25 and "loss" in last
+    assert sum(last["predicted"].values()) == 8
+    assert sha256_file(tmp_path / "m" / "model.safetensors") != sha256_file(
+        ASSET / "model" / "model.safetensors")                  # it trained

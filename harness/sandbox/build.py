@@ -85,6 +85,12 @@ class PretrainRecipe:
     format_retain_every: int = 4
     format_mc_share: float = 0.4      # multiple-choice examples among the format examples
     format_seed_offset: int = 2000
+    # What a one-pass multiple-choice example's answer is (``mc_examples``): ``letter`` (version
+    # 4: `` (B)``), or, tried and not adopted, the value first and then the official answer
+    # line, which the official extraction finds anywhere in the response (``value``:
+    # `` <value>. The correct answer is (B).``; ``fact``: `` <First> <Last> keeps the <attr>
+    # <value>. The correct answer is (B).``). Ours: LongBench-v2 fixes no response.
+    format_mc_answer: str = "letter"
     # A fourth phase (0 steps = off; tried and not adopted, so the recipe stays version 4), from
     # phase 3's weights: LongBench-v2's two-pass chain of thought on the multiple-choice set
     # (``cot_examples``). Its first pass writes the planted fact (``<First> <Last> keeps the
@@ -114,6 +120,8 @@ def model_key(s: SandboxSpec, recipe: PretrainRecipe | None = None) -> str:
     """The model's identity: the world seed and the recipe (the settings of a part that is
     off do not count, so adding an optional part leaves an older model's key as it was)."""
     r = dataclasses.asdict(recipe or RECIPE)
+    if r["format_mc_answer"] == "letter":   # added after version 4: its default keeps the key
+        del r["format_mc_answer"]
     if not r["format_steps"]:
         r = {k: v for k, v in r.items() if not k.startswith("format_")}
     if not r["cot_steps"]:
@@ -367,20 +375,30 @@ def _mc_samples(s: SandboxSpec, tokenizer, n_entities: int, seed: int, tmp: Path
             attr, value = W.mc_question(e, seed)
             said = W.fact(attr, e["first"], e["last"], value)
             if said in x.prompt:
-                yield bench, x, said
+                yield bench, x, said, value
 
 
-def mc_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, context: int
-                ) -> list[tuple[str, str]]:
+MC_ANSWERS = ("letter", "value", "fact")
+
+
+def mc_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, context: int,
+                answer: str = "letter") -> list[tuple[str, str]]:
     """(prompt, answer) pairs of multiple-choice items (``world.mc_items``) about entities
     that are not the probe's, in the registered ``longbench_v2`` benchmark's own prompt
     (completion form, middle truncation to ``context - reserve`` tokens); items whose
-    evidence the truncation cut are left out."""
+    evidence the truncation cut are left out. ``answer`` (``PretrainRecipe.format_mc_answer``):
+    the letter alone, or the value (or the whole fact) and then the official answer line."""
+    if answer not in MC_ANSWERS:
+        raise ValueError(f"recipe: format_mc_answer must be one of {MC_ANSWERS}, got {answer!r}")
     out = []
-    for _, x, _ in _mc_samples(s, tokenizer, 2 * n, seed, tmp, context, "format-mc"):
+    for _, x, said, value in _mc_samples(s, tokenizer, 2 * n, seed, tmp, context, "format-mc"):
         if len(out) == n:
             break
-        out.append((x.prompt, f" ({x.references[0]})"))
+        letter = f" ({x.references[0]})"
+        if answer != "letter":
+            stated = value if answer == "value" else said.removesuffix(".")
+            letter = f" {stated}. The correct answer is{letter}."
+        out.append((x.prompt, letter))
     return out
 
 
@@ -396,7 +414,7 @@ def cot_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, contex
     if passes not in ("both", "answer", "cot"):
         raise ValueError(f"recipe: cot_passes must be both, answer or cot, got {passes!r}")
     out = []
-    for bench, x, said in _mc_samples(s, tokenizer, n if passes == "both" else 2 * n, seed,
+    for bench, x, said, _ in _mc_samples(s, tokenizer, n if passes == "both" else 2 * n, seed,
                                       tmp, context, "format-cot", cot=True,
                                       cot_tokens=FORMAT_COT_TOKENS):
         if len(out) >= n:
@@ -437,7 +455,7 @@ def format_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None,
         hay = Path(tmp) / "haystack.json"
         hay.write_text(json.dumps(W.haystack(seed)))
         if phase == 3:
-            mc = mc_examples(s, tokenizer, n_mc, seed, Path(tmp), T)
+            mc = mc_examples(s, tokenizer, n_mc, seed, Path(tmp), T, recipe.format_mc_answer)
         else:
             mc = cot_examples(s, tokenizer, n_mc, seed, Path(tmp), T, recipe.cot_passes)
         examples = ruler_examples(tokenizer, n_rows - n_mc, seed, hay) + mc

@@ -314,6 +314,10 @@ def _mc_item(e: dict, i: int, entities: list[dict], seed: int, context_chars: in
         distractors, words = [], set(re.findall(r"[A-Za-z]+", context))
     pool = sorted({v for x in others for a, v in x["facts"] + x["lookalike"]["facts"]
                    if a == attr} - taken - set(distractors) - words)
+    if len(pool) < 3 - len(distractors):
+        raise ValueError(f"mc_items: {len(entities)} entities are too few for item {e['id']}: "
+                         f"{len(pool)} other values of {attr!r} to draw "
+                         f"{3 - len(distractors)} distractors from")
     distractors += rng.sample(pool, 3 - len(distractors))
     rng.shuffle(distractors)
     choices = distractors[:]

@@ -1,0 +1,151 @@
+"""The multiple-choice set's second hop alone: can the sandbox model learn to name the letter
+of a choice from its value?
+
+    .venv/bin/python scripts/sandbox_letter_drill.py --out /tmp/drill [--steps 1500]
+        [--lr 1e-3] [--model harness/assets/sandbox-model/model] [--eval-every 250] [-n 400]
+
+Each drill is LongBench-v2's choice block with four values of the world's facts (values of
+entities that are not the probe's, ``harness.sandbox.build.format_entities``), then one of the
+values and the official answer line, the letter to be predicted::
+
+    Choices:
+    (A) chevar
+    (B) moshath
+    (C) dravin
+    (D) sword
+
+    moshath. The correct answer is (B
+
+Drills are packed whole into rows of the base context (each with its own positions, so no
+drill sees another) and only the letter carries loss. The value stands at a fixed distance
+before the answer, so the drill is the second hop without the first (finding the value in the
+context): the response form of ``PretrainRecipe.format_mc_answer`` ``value``. A fresh AdamW and
+cosine schedule (20 warm-up steps, to 10 %) from the given weights; every ``--eval-every``
+steps it prints the training loss (ln 4 = 1.386 is chance) and the accuracy on ``n`` held-out
+drills (their own seed), per true letter, with the letters predicted. The model is saved to
+``--out``; the shipped asset is never touched.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+import time
+from pathlib import Path
+
+ASSET_MODEL = Path(__file__).resolve().parents[1] / "harness" / "assets" / "sandbox-model" / "model"
+LETTERS = "ABCD"
+
+
+def drill(rng: random.Random, values: list[str]) -> tuple[str, str]:
+    """(prompt, letter): the choice block, a blank line, the value and the answer line."""
+    choices, k = rng.sample(values, 4), rng.randrange(4)
+    block = "Choices:\n" + "".join(f"({c}) {v}\n" for c, v in zip(LETTERS, choices))
+    return f"{block}\n{choices[k]}. The correct answer is (", LETTERS[k]
+
+
+def drill_rows(tokenizer, values: list[str], n_rows: int, context: int, seed: int):
+    import numpy as np
+
+    rng = random.Random(seed)
+    ids = np.full((n_rows, context), tokenizer.eos_token_id, dtype=np.int64)
+    pos, pad = np.zeros_like(ids), np.ones((n_rows, context), dtype=bool)
+    for row in range(n_rows):
+        fill = 0
+        while True:
+            prompt, letter = drill(rng, values)
+            toks = tokenizer(prompt)["input_ids"] + tokenizer(
+                letter, add_special_tokens=False)["input_ids"]
+            if fill + len(toks) > context:
+                break
+            ids[row, fill:fill + len(toks)] = toks
+            pos[row, fill:fill + len(toks)] = np.arange(len(toks))
+            pad[row, fill + len(toks) - 2:fill + len(toks)] = False   # last prompt token -> letter
+            fill += len(toks)
+    return ids, pos, pad
+
+
+def accuracy(model, tokenizer, values: list[str], n: int, seed: int) -> dict:
+    """Greedy choice among the four letter tokens on ``n`` held-out drills."""
+    import torch
+
+    letter_ids = [tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in LETTERS]
+    rng, hits, total, said = random.Random(seed), collections.Counter(), collections.Counter(), \
+        collections.Counter()
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for _ in range(n):
+            prompt, letter = drill(rng, values)
+            ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+            got = LETTERS[int(model(input_ids=ids).logits[0, -1, letter_ids].argmax())]
+            total[letter] += 1
+            hits[letter] += got == letter
+            said[got] += 1
+    model.train(was_training)
+    return {"accuracy": round(sum(hits.values()) / n, 3),
+            "by_letter": {c: f"{hits[c]}/{total[c]}" for c in LETTERS},
+            "predicted": dict(sorted(said.items()))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--model", type=Path, default=ASSET_MODEL)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("-n", type=int, default=400, help="held-out drills per evaluation")
+    p.add_argument("--seed", type=int, default=0, help="the sandbox world's seed")
+    args = p.parse_args(argv)
+    if args.out.resolve() == args.model.resolve() or ASSET_MODEL.parent in args.out.resolve(
+            ).parents:
+        p.error("--out must be a new folder outside the shipped asset")
+    if args.steps < 1 or args.n < 1 or args.eval_every < 1 or args.eval_every % 25:
+        p.error("--steps and -n must be positive, --eval-every a positive multiple of 25 "
+                "(the training loop logs every 25 steps)")
+
+    from accelerate import Accelerator
+    from transformers import AutoTokenizer
+
+    from harness.config import SandboxSpec
+    from harness.sandbox.build import RECIPE, format_entities
+    from harness.training.loop import LoopSettings, RowSource, train_loop
+    from harness.training.model_io import load_model, save_checkpoint
+
+    tok = AutoTokenizer.from_pretrained(str(args.model))
+    model = load_model(args.model)
+    values = sorted({v for e in format_entities(SandboxSpec(seed=args.seed), 300, 7)
+                     for _, v in e["facts"]})
+    ids, pos, pad = drill_rows(tok, values, args.steps * RECIPE.micro_batch, RECIPE.context,
+                               seed=1)
+    history = [{"step": 0, **accuracy(model, tok, values, args.n, seed=2)}]
+    print(json.dumps(history[-1]), flush=True)
+    losses: list[float] = []
+
+    def log(metrics: dict, step: int) -> None:
+        if "train/loss" in metrics:
+            losses.append(metrics["train/loss"])
+        if step % args.eval_every == 0 or step == args.steps:
+            history.append({"step": step, "loss": round(sum(losses) / max(len(losses), 1), 3),
+                            **accuracy(model, tok, values, args.n, seed=2)})
+            losses.clear()
+            print(json.dumps(history[-1]), flush=True)
+
+    settings = LoopSettings(steps=args.steps, micro_batch=RECIPE.micro_batch, grad_accum=1,
+                            lr=args.lr, warmup_steps=20, min_lr_ratio=RECIPE.min_lr_ratio,
+                            log_every=25, seed=args.seed)
+    t0 = time.perf_counter()
+    train_loop(model, RowSource(ids, pos, pad), settings, Accelerator(cpu=True), log=log)
+    seconds = time.perf_counter() - t0
+    save_checkpoint(model, tok, args.out)
+    (args.out / "letter_drill.json").write_text(json.dumps(
+        {"from": str(args.model), "steps": args.steps, "lr": args.lr,
+         "seconds": round(seconds, 1), "history": history}, indent=2))
+    print(f"{args.steps} drill steps in {seconds:.0f} s -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
