@@ -67,6 +67,11 @@ class StudyArm(Strict):
     static_baseline: str
 
 
+# the loss-scored probes, in the report's order, with their titles; the settings accept these
+PROBE_TITLES: dict[str, str] = {"probe": "probe", "probe_lookalike": "look-alike probe"}
+ProbeName = Literal[tuple(PROBE_TITLES)]  # type: ignore[valid-type]
+
+
 class StudySettings(Strict):
     """The ``study:`` block. Defaults are ours (the papers report single runs)."""
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
@@ -83,11 +88,11 @@ class StudySettings(Strict):
     floors: list[str] = Field(default_factory=lambda: ["standard", "random_context"],
                               min_length=1)
     discrimination_multiples: list[int] = Field(default_factory=lambda: [2, 4], min_length=1)
-    discrimination_probes: list[Literal["probe", "probe_lookalike"]] = Field(
+    discrimination_probes: list[ProbeName] = Field(
         default_factory=lambda: ["probe"], min_length=1)
     discrimination_metrics: list[Literal["gain", "nll"]] = Field(
         default_factory=lambda: ["gain"], min_length=1)
-    paper_probe: Literal["probe", "probe_lookalike"] = "probe"   # claim 1's probe
+    paper_probe: ProbeName = "probe"   # claim 1's probe
     # further arms for the paper's claims, reported after the main arm's verdicts, each
     # labelled with its name (ours)
     arms: list[StudyArm] = Field(default_factory=list)
@@ -413,7 +418,6 @@ def judge_paper(settings: StudySettings, per_seed: list[dict], lengths: list[int
 
 # ----------------------------------------------------------------------------- the report
 
-PROBE_TITLES = {"probe": "probe", "probe_lookalike": "look-alike probe"}
 NO_FRONTIER_GAP = ("none of these methods screens anchors\n(standard and the controls have "
                    "none),\nso no stage has a loss gap on its own data")
 
