@@ -40,9 +40,11 @@ LETTERS = "ABCD"
 
 def drill(rng: random.Random, values: list[str]) -> tuple[str, str]:
     """(prompt, letter): the choice block, a blank line, the value and the answer line."""
+    from benchmarks.longbench_v2 import COMPLETION_ANSWER_PREFIX
+
     choices, k = rng.sample(values, 4), rng.randrange(4)
     block = "Choices:\n" + "".join(f"({c}) {v}\n" for c, v in zip(LETTERS, choices))
-    return f"{block}\n{choices[k]}. The correct answer is (", LETTERS[k]
+    return f"{block}\n{choices[k]}. {COMPLETION_ANSWER_PREFIX} (", LETTERS[k]
 
 
 def drill_rows(tokenizer, values: list[str], n_rows: int, context: int, seed: int):
