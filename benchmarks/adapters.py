@@ -368,6 +368,8 @@ class LongBenchV2:
             raise ValueError(f"{self.name}: preset official truncates to the official budget "
                              f"(120,000 tokens at 131,072); params.reserve is for preset harness")
         self.completion = prompt == "completion"
+        # the line a completion prompt ends with, which an answer continues ("" for chat)
+        self.answer_prefix = lb.COMPLETION_ANSWER_PREFIX if self.completion else ""
         self.cot = _flag(self.name, p, "cot")
         if "cot_tokens" in p and (not self.cot or self.official):
             raise ValueError(f"{self.name}: params.cot_tokens caps the CoT pass of preset harness "
@@ -544,7 +546,7 @@ class LongBenchV2:
               ) -> TaskScore:
         from benchmarks import longbench_v2 as lb
 
-        prefix = lb.COMPLETION_ANSWER_PREFIX if self.completion else ""
+        prefix = self.answer_prefix
         records, per, dropped = [], [], 0
         for s, p in zip(samples, predictions, strict=True):
             if self.drop_empty and p == "":

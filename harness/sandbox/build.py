@@ -390,16 +390,14 @@ def mc_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, context
     the letter alone, or the value (or the whole fact) and then the official answer line."""
     if answer not in MC_ANSWERS:
         raise ValueError(f"recipe: format_mc_answer must be one of {MC_ANSWERS}, got {answer!r}")
-    from benchmarks.longbench_v2 import COMPLETION_ANSWER_PREFIX
-
     out = []
-    for _, x, said, value in _mc_samples(s, tokenizer, 2 * n, seed, tmp, context, "format-mc"):
+    for bench, x, said, value in _mc_samples(s, tokenizer, 2 * n, seed, tmp, context, "format-mc"):
         if len(out) == n:
             break
         reply = f" ({x.references[0]})"
         if answer != "letter":   # the statement, then the official answer line
             stated = value if answer == "value" else said.removesuffix(".")
-            reply = f" {stated}. {COMPLETION_ANSWER_PREFIX}{reply}."
+            reply = f" {stated}. {bench.answer_prefix}{reply}."
         out.append((x.prompt, reply))
     return out
 
