@@ -10,6 +10,11 @@ transformers):
 - ``one pass``: the accuracy of the 0-shot prompt (what the main job runs), how many of its
   responses name the true value before the answer line (``value first``: the response form of
   ``PretrainRecipe.format_mc_answer`` ``value``/``fact``), and its letters, counted;
+- ``named a choice``/``its letter``: how many one-pass responses name one of the four choices'
+  values before the answer line, and how many of those then give that value's letter (the
+  second hop in place, right or wrong value); ``asked``: how many responses in the ``fact``
+  form start with the name and attribute the question asks (``<First> <Last> keeps the
+  <attr>``, copied from the question);
 - ``CoT``: the accuracy of the two passes (``cot: true, cot_tokens: 32``);
 - ``fact``: how many first passes wrote the planted fact exactly (``<First> <Last> keeps the
   <attr> <value>.``, the sandbox's own wording, which the recipe's optional phase 4 teaches);
@@ -43,6 +48,26 @@ def _letters(responses) -> dict:
         str(extract_answer(COMPLETION_ANSWER_PREFIX + r)) for r in responses).most_common())
 
 
+def _second_hop(samples, responses) -> dict:
+    """Of the one-pass responses that state something before the answer line: how many start
+    with the question's name and attribute, how many name one of the choices' values, and how
+    many of those give that value's letter."""
+    from benchmarks.longbench_v2 import COMPLETION_ANSWER_PREFIX, extract_answer
+
+    asked = named = agree = 0
+    for x, r in zip(samples, responses):
+        item = x.meta["item"]
+        attr, name = item["question"].removeprefix("Which ").removesuffix(" keep?").split(
+            " does ")
+        stated = r.split(".")[0].strip()
+        asked += stated.startswith(f"{name} keeps the {attr} ")
+        choice = [c for c in "ABCD" if stated.split(" ")[-1:] == [item["choice_" + c]]]
+        if choice:
+            named += 1
+            agree += extract_answer(COMPLETION_ANSWER_PREFIX + r) == choice[0]
+    return {"asked": asked, "named": named, "agree": agree}
+
+
 def measure(model_dir: Path, sandbox: Path, lengths: list[int], n: int, cot_too: bool = True
             ) -> list[dict]:
     from transformers import AutoTokenizer
@@ -65,7 +90,8 @@ def measure(model_dir: Path, sandbox: Path, lengths: list[int], n: int, cot_too:
         said = run(first)
         plain = one.score("overall", first, said).value
         values = [x.meta["item"]["choice_" + x.meta["item"]["answer"]] for x in first]
-        row = {"length": length, "n": len(first), "one_pass": plain, "one_letters":
+        hop = _second_hop(first, said)
+        row = {**hop, "length": length, "n": len(first), "one_pass": plain, "one_letters":
                _letters(said), "value_first": sum(
                    r.split(".")[0].strip().split(" ")[-1:] == [v] for r, v in zip(said, values)),
                "example_one": said[0].strip()[:80]}
@@ -105,21 +131,22 @@ def main(argv: list[str] | None = None) -> int:
     # the sandbox's items, not a LongBench-v2 file that may lie in ../shared
     os.environ["POLICYLONG_SHARED_DATA"] = str(args.sandbox / "no-shared-data")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    print("| model | length | n | one pass | value first | one-pass answers | CoT | fact written "
-          "| gold-CoT answer pass | CoT answers |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | length | n | one pass | value first | asked | named a choice / its letter "
+          "| one-pass answers | CoT | fact written | gold-CoT answer pass | CoT answers |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m in args.models:
         for r in measure(m, args.sandbox, args.lengths, args.n, not args.one_pass):
             one = ", ".join(f"`{k}` {v}" for k, v in r["one_letters"].items())
             head = (f"| {m} | {r['length']} | {r['n']} | {r['one_pass']:.1f} | "
-                    f"{r['value_first']} / {r['n']} | {one} |")
+                    f"{r['value_first']} / {r['n']} | {r['asked']} | {r['named']} / "
+                    f"{r['agree']} | {one} |")
             if "cot" not in r:
                 print(head + " - | - | - | - |")
-                print(f"|  |  |  | first response: `{r['example_one']}` |  |  |  |  |  |  |")
+                print(f"|  |  |  | first response: `{r['example_one']}` |  |  |  |  |  |  |  |  |")
                 continue
             letters = ", ".join(f"`{k}` {v}" for k, v in r["letters"].items())
             print(f"{head} {r['cot']:.1f} | {r['fact']} / {r['n']} | {r['gold']:.1f} | {letters} |")
-            print(f"|  |  |  | first response: `{r['example_one']}` |  |  | first CoT: "
+            print(f"|  |  |  | first response: `{r['example_one']}` |  |  |  |  | first CoT: "
                   f"`{r['example_cot']}` |  |  |  |")
     return 0
 

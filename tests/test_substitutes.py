@@ -568,3 +568,24 @@ def test_letter_drill_script_trains_reports_and_refuses_bad_arguments(tmp_path):
     assert sum(last["predicted"].values()) == 8
     assert sha256_file(tmp_path / "m" / "model.safetensors") != sha256_file(
         ASSET / "model" / "model.safetensors")                  # it trained
+
+
+def test_mc_cot_script_counts_the_second_hop_in_place():
+    import importlib.util
+    from types import SimpleNamespace
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "sandbox_mc_cot.py"
+    spec = importlib.util.spec_from_file_location("sandbox_mc_cot", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    item = {"question": "Which lantern does Lozen Braibrem keep?", "answer": "B",
+            "choice_A": "moshath", "choice_B": "chevar", "choice_C": "dravin", "choice_D": "kelp"}
+    x = SimpleNamespace(meta={"item": item})
+    responses = [" Lozen Braibrem keeps the lantern chevar. The correct answer is (B).",
+                 " Lozen Braibrem keeps the lantern dravin. The correct answer is (A).",
+                 " Futhor Braibrem keeps the horse kelp. The correct answer is (D).",
+                 " sword. The correct answer is (C).",
+                 " (A)."]
+    got = script._second_hop([x] * 5, responses)
+    assert got == {"asked": 2, "named": 3, "agree": 2}
+    assert script._second_hop([x], [responses[1].replace("(A)", "(C)")])["agree"] == 1
