@@ -86,7 +86,7 @@ def test_processes_opening_a_new_storage_at_once_all_succeed(tmp_path):
 @pytest.mark.slow
 def test_tune_completes_and_resumes_after_a_kill(tmp_path, small_sandbox):
     from optuna.trial import TrialState
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import IntegrityError, OperationalError
 
     from harness.config import load_spec
     from harness.tracking import Tracking
@@ -106,7 +106,9 @@ def test_tune_completes_and_resumes_after_a_kill(tmp_path, small_sandbox):
             if (tmp_path / "optuna.db").exists():
                 try:
                     ts = _trials(storage, name)
-                except (KeyError, OperationalError):   # the study or its tables not made yet
+                # the study or its tables not made yet, or this reader lost the race to stamp
+                # the new storage's schema version with the tune process (as ``_storage``)
+                except (KeyError, OperationalError, IntegrityError):
                     ts = []
                 if any(t.state == TrialState.COMPLETE for t in ts) and \
                         any(t.state == TrialState.RUNNING for t in ts):
