@@ -14,7 +14,9 @@ transformers):
   values before the answer line, and how many of those then give that value's letter (the
   second hop in place, right or wrong value); ``asked``: how many responses in the ``fact``
   form start with the name and attribute the question asks (``<First> <Last> keeps the
-  <attr>``, copied from the question);
+  <attr>``, copied from the question); ``value given the ask``: how many times the true value
+  is the first word written after the one-pass prompt followed by that start (the first hop
+  alone, greedy, 4 new tokens);
 - ``CoT``: the accuracy of the two passes (``cot: true, cot_tokens: 32``);
 - ``fact``: how many first passes wrote the planted fact exactly (``<First> <Last> keeps the
   <attr> <value>.``, the sandbox's own wording, which the recipe's optional phase 4 teaches);
@@ -48,24 +50,36 @@ def _letters(responses) -> dict:
         str(extract_answer(COMPLETION_ANSWER_PREFIX + r)) for r in responses).most_common())
 
 
+def _fact(item: dict) -> tuple[str, str]:
+    """The planted fact the question (``Which <attr> does <First> <Last> keep?``) asks, in the
+    world's wording (``world.fact``), and its start without the value (``<First> <Last> keeps
+    the <attr>``)."""
+    from harness.sandbox.world import fact
+
+    attr, name = item["question"].removeprefix("Which ").removesuffix(" keep?").split(" does ")
+    value = item["choice_" + item["answer"]]
+    said = fact(attr, *name.split(" ", 1), value)
+    return said, said.removesuffix(f" {value}.")
+
+
 def _second_hop(samples, responses) -> dict:
-    """Of the one-pass responses that state something before the answer line: how many start
-    with the question's name and attribute, how many name one of the choices' values, and how
-    many of those give that value's letter."""
+    """Of the one-pass responses: how many state the true value before the answer line
+    (``value_first``), how many start with the question's name and attribute, how many name one
+    of the choices' values, and how many of those give that value's letter."""
     from benchmarks.longbench_v2 import COMPLETION_ANSWER_PREFIX, extract_answer
 
-    asked = named = agree = 0
+    true = asked = named = agree = 0
     for x, r in zip(samples, responses):
         item = x.meta["item"]
-        attr, name = item["question"].removeprefix("Which ").removesuffix(" keep?").split(
-            " does ")
         stated = r.split(".")[0].strip()
-        asked += stated.startswith(f"{name} keeps the {attr} ")
-        choice = [c for c in "ABCD" if stated.split(" ")[-1:] == [item["choice_" + c]]]
+        asked += stated.startswith(_fact(item)[1] + " ")
+        last = stated.split(" ")[-1:]
+        true += last == [item["choice_" + item["answer"]]]
+        choice = [c for c in "ABCD" if last == [item["choice_" + c]]]
         if choice:
             named += 1
             agree += extract_answer(COMPLETION_ANSWER_PREFIX + r) == choice[0]
-    return {"asked": asked, "named": named, "agree": agree}
+    return {"value_first": true, "asked": asked, "named": named, "agree": agree}
 
 
 def measure(model_dir: Path, sandbox: Path, lengths: list[int], n: int, cot_too: bool = True
@@ -89,11 +103,15 @@ def measure(model_dir: Path, sandbox: Path, lengths: list[int], n: int, cot_too:
         first = one.samples("overall", length, tok, n)
         said = run(first)
         plain = one.score("overall", first, said).value
-        values = [x.meta["item"]["choice_" + x.meta["item"]["answer"]] for x in first]
-        hop = _second_hop(first, said)
-        row = {**hop, "length": length, "n": len(first), "one_pass": plain, "one_letters":
-               _letters(said), "value_first": sum(
-                   r.split(".")[0].strip().split(" ")[-1:] == [v] for r, v in zip(said, values)),
+        # the first hop alone: the value greedily written after the prompt and the asked fact
+        given = backend.generate([tok(x.prompt + " " + _fact(x.meta["item"])[1],
+                                      add_special_tokens=x.add_special_tokens)["input_ids"]
+                                  for x in first], [4] * len(first))
+        row = {**_second_hop(first, said), "length": length, "n": len(first),
+               "one_pass": plain, "one_letters": _letters(said), "given": sum(
+                   tok.decode(o, skip_special_tokens=True).strip().split(" ")[0].rstrip(".")
+                   == x.meta["item"]["choice_" + x.meta["item"]["answer"]]
+                   for o, x in zip(given, first)),
                "example_one": said[0].strip()[:80]}
         if not cot_too:
             rows.append(row)
@@ -101,12 +119,7 @@ def measure(model_dir: Path, sandbox: Path, lengths: list[int], n: int, cot_too:
         got = cot.samples("overall", length, tok, n)
         cots = run(got)
         answers = run(cot.followup("overall", got, cots, tok))
-        facts = []
-        for x in got:
-            item = x.meta["item"]
-            attr, name = item["question"].removeprefix("Which ").removesuffix(" keep?").split(
-                " does ")
-            facts.append(f"{name} keeps the {attr} {item['choice_' + item['answer']]}.")
+        facts = [_fact(x.meta["item"])[0] for x in got]
         gold = run(cot.followup("overall", got, [" " + f for f in facts], tok))
         rows.append({
             **row, "cot": cot.score("overall", got, answers).value,
@@ -132,21 +145,22 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["POLICYLONG_SHARED_DATA"] = str(args.sandbox / "no-shared-data")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     print("| model | length | n | one pass | value first | asked | named a choice / its letter "
-          "| one-pass answers | CoT | fact written | gold-CoT answer pass | CoT answers |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| value given the ask | one-pass answers | CoT | fact written | gold-CoT answer pass "
+          "| CoT answers |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m in args.models:
         for r in measure(m, args.sandbox, args.lengths, args.n, not args.one_pass):
             one = ", ".join(f"`{k}` {v}" for k, v in r["one_letters"].items())
             head = (f"| {m} | {r['length']} | {r['n']} | {r['one_pass']:.1f} | "
                     f"{r['value_first']} / {r['n']} | {r['asked']} | {r['named']} / "
-                    f"{r['agree']} | {one} |")
+                    f"{r['agree']} | {r['given']} / {r['n']} | {one} |")
             if "cot" not in r:
                 print(head + " - | - | - | - |")
-                print(f"|  |  |  | first response: `{r['example_one']}` |  |  |  |  |  |  |  |  |")
+                print(f"|  |  |  | first response: `{r['example_one']}` |  |  |  |  |  |  |  |  |  |")
                 continue
             letters = ", ".join(f"`{k}` {v}" for k, v in r["letters"].items())
             print(f"{head} {r['cot']:.1f} | {r['fact']} / {r['n']} | {r['gold']:.1f} | {letters} |")
-            print(f"|  |  |  | first response: `{r['example_one']}` |  |  |  |  | first CoT: "
+            print(f"|  |  |  | first response: `{r['example_one']}` |  |  |  |  |  | first CoT: "
                   f"`{r['example_cot']}` |  |  |  |")
     return 0
 

@@ -587,5 +587,7 @@ def test_mc_cot_script_counts_the_second_hop_in_place():
                  " sword. The correct answer is (C).",
                  " (A)."]
     got = script._second_hop([x] * 5, responses)
-    assert got == {"asked": 2, "named": 3, "agree": 2}
+    assert got == {"value_first": 1, "asked": 2, "named": 3, "agree": 2}
+    assert script._fact(item) == ("Lozen Braibrem keeps the lantern chevar.",
+                                  "Lozen Braibrem keeps the lantern")
     assert script._second_hop([x], [responses[1].replace("(A)", "(C)")])["agree"] == 1
