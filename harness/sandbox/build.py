@@ -91,6 +91,11 @@ class PretrainRecipe:
     # `` <value>. The correct answer is (B).``; ``fact``: `` <First> <Last> keeps the <attr>
     # <value>. The correct answer is (B).``). Ours: LongBench-v2 fixes no response.
     format_mc_answer: str = "letter"
+    # Share of phase 3's format rows that are rows of in-place letter drills (``mc_drills``; 0 =
+    # none, version 4; ours, a trial): the tail of a one-pass prompt, the planted fact as the
+    # ``fact`` form states it, and the answer line, the loss on its letter alone, so that the
+    # second hop (value to letter) is taught densely where the one-pass response takes it.
+    format_drill_share: float = 0.0
     # A fourth phase (0 steps = off; tried and not adopted, so the recipe stays version 4), from
     # phase 3's weights: LongBench-v2's two-pass chain of thought on the multiple-choice set
     # (``cot_examples``). Its first pass writes the planted fact (``<First> <Last> keeps the
@@ -122,6 +127,8 @@ def model_key(s: SandboxSpec, recipe: PretrainRecipe | None = None) -> str:
     r = dataclasses.asdict(recipe or RECIPE)
     if r["format_mc_answer"] == "letter":   # added after version 4: its default keeps the key
         del r["format_mc_answer"]
+    if not r["format_drill_share"]:         # likewise
+        del r["format_drill_share"]
     if not r["format_steps"]:
         r = {k: v for k, v in r.items() if not k.startswith("format_")}
     if not r["cot_steps"]:
@@ -306,6 +313,8 @@ FORMAT_RULER = {"niah_single_1": (448, 512, 576, 640), "niah_single_2": (384, 44
 FORMAT_MC_RESERVES = (12, 60, 110, 160, 260)       # LongBench-v2's prompt: 512 - reserve
 FORMAT_MC_CONTEXT_CHARS = 3000                     # longer than any prompt: always truncated
 FORMAT_COT_TOKENS = 32     # the CoT pass's cap (``cot_tokens``): the fact is about 10 tokens
+FORMAT_DRILL_STREAM = 500  # the drills' entities: their own stream beside the items'
+FORMAT_DRILL_CONTEXT_CHARS = 200   # the drills' items need no document (it is left out)
 
 
 def format_entities(s: SandboxSpec, n: int, seed: int) -> list[dict]:
@@ -402,6 +411,33 @@ def mc_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, context
     return out
 
 
+def mc_drills(s: SandboxSpec, tokenizer, n: int, seed: int) -> list[tuple[str, str]]:
+    """``n`` in-place letter drills (``PretrainRecipe.format_drill_share``): for items about
+    entities that are not the probe's (``world.mc_items``, their own stream), the tail of the
+    registered benchmark's one-pass prompt from the question on (``What is the correct answer
+    to this question: ...``, the choices, the format line, the answer prefix; the document is
+    left out), then the planted fact as the ``fact`` form's response states it and the answer
+    line up to ``(``. The answer is the letter and ``).``: the second hop with the first hop's
+    output given, at the place of the one-pass response."""
+    from benchmarks import longbench_v2 as lb
+
+    out = []
+    entities = format_entities(s, n, seed + FORMAT_DRILL_STREAM)
+    for group in range(0, len(entities), 100):
+        block = entities[group:group + 100]
+        if len(block) < 4:          # mc_items draws distractors within a block
+            break
+        for e, item in zip(block, W.mc_items(block, seed, FORMAT_DRILL_CONTEXT_CHARS,
+                                             prefix="format-drill")):
+            attr, value = W.mc_question(e, seed)
+            prompt = lb.completion_prompt(lb.fill_template(lb.TEMPLATE_0SHOT, item))
+            tail = prompt[prompt.index("What is the correct answer to this question:"):]
+            said = W.fact(attr, e["first"], e["last"], value).removesuffix(".")
+            out.append((f"{tail} {said}. {lb.COMPLETION_ANSWER_PREFIX} (",
+                        f"{item['answer']})."))
+    return out[:n]
+
+
 def cot_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, context: int,
                  passes: str = "both") -> list[tuple[str, str]]:
     """``n`` (prompt, answer) pairs of LongBench-v2's two-pass CoT on multiple-choice items
@@ -434,7 +470,8 @@ def format_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None,
     tokens; only the answer and EOS carry loss (``pad`` marks the rest). Every
     ``format_retain_every``-th batch is rows of phase 2's mix from their own streams, with the
     loss on every token. Phase 3's multiple-choice examples are one-pass (``mc_examples``),
-    phase 4's are the two CoT passes (``cot_examples``)."""
+    phase 4's are the two CoT passes (``cot_examples``); ``format_drill_share`` of phase 3's
+    format rows are rows of letter drills (``mc_drills``), in seeded order among the rest."""
     import random
     import tempfile
 
@@ -450,7 +487,11 @@ def format_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None,
     retain = [k for k in range(steps) if every and k % every == every - 1]
     n_rows = (steps - len(retain)) * B
     seed = offset + s.seed
-    n_mc = int(round(n_rows * share))
+    if not 0 <= recipe.format_drill_share < 1:
+        raise ValueError(f"recipe: format_drill_share must be in [0, 1), got "
+                         f"{recipe.format_drill_share!r}")
+    n_drill = int(round(n_rows * recipe.format_drill_share)) if phase == 3 else 0
+    n_mc = int(round((n_rows - n_drill) * share))
     with tempfile.TemporaryDirectory(prefix="format_") as tmp:
         hay = Path(tmp) / "haystack.json"
         hay.write_text(json.dumps(W.haystack(seed)))
@@ -458,8 +499,25 @@ def format_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None,
             mc = mc_examples(s, tokenizer, n_mc, seed, Path(tmp), T, recipe.format_mc_answer)
         else:
             mc = cot_examples(s, tokenizer, n_mc, seed, Path(tmp), T, recipe.cot_passes)
-        examples = ruler_examples(tokenizer, n_rows - n_mc, seed, hay) + mc
+        examples = ruler_examples(tokenizer, n_rows - n_drill - n_mc, seed, hay) + mc
     random.Random(seed).shuffle(examples)
+    ids, pos, pad = _pack(examples, tokenizer, n_rows - n_drill, T)
+    if n_drill:   # rows of drills (about 3 fit a row), spread among the others
+        drills = mc_drills(s, tokenizer, 4 * n_drill, seed)
+        random.Random(seed).shuffle(drills)   # mc_items rotates the true letter
+        drills = _pack(drills, tokenizer, n_drill, T)
+        order = np.random.default_rng(seed).permutation(n_rows)
+        ids, pos, pad = (np.concatenate([x, d])[order] for x, d in zip((ids, pos, pad), drills))
+    ids, pos, pad = _with_retention(s, tokenizer, recipe, retain, ids, pos, pad, steps, offset)
+    return ids, pos, pad
+
+
+def _pack(examples: list[tuple[str, str]], tokenizer, n_rows: int, T: int):
+    """``(ids, pos, pad)`` of ``n_rows`` rows of ``T`` tokens with ``examples`` (prompt,
+    answer) packed whole from the end of the list, each with its own positions, the loss on the
+    answer and an EOS; too few examples: the rows that have them, cycled."""
+    import numpy as np
+
     ids, pos, pad = (np.full((n_rows, T), tokenizer.eos_token_id, dtype=np.int64),
                      np.zeros((n_rows, T), dtype=np.int64), np.ones((n_rows, T), dtype=bool))
     row, fill, left = 0, 0, list(examples)
@@ -479,9 +537,8 @@ def format_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None,
         pad[row, fill + len(p) - 1:fill + n] = False   # the last prompt token predicts
         fill += n
     rows = row + (fill > 0)
-    if rows < n_rows:   # too few examples: the rows that have them, cycled
+    if rows < n_rows:
         ids, pos, pad = (np.resize(x[:rows], x.shape) for x in (ids, pos, pad))
-    ids, pos, pad = _with_retention(s, tokenizer, recipe, retain, ids, pos, pad, steps, offset)
     return ids, pos, pad
 
 
