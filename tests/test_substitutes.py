@@ -540,6 +540,58 @@ def test_value_first_mc_answers_name_the_item_s_value_and_its_letter(tokenizer, 
         W.mc_items(Bd.format_entities(s, 3, 2000), 2000)
 
 
+def test_in_place_letter_drills_state_the_fact_and_take_their_share_of_phase_3(tokenizer):
+    """``format_drill_share`` (a trial, 0 in the shipped recipe): each drill is the one-pass
+    prompt's tail with the asked fact stated and the answer line up to the letter of the choice
+    holding that fact's value; that share of phase 3's format rows are drill rows whose loss
+    falls on the letter and after it; the share 0 keeps version 4's rows and key."""
+    import dataclasses
+    import hashlib
+
+    from harness.config import SandboxSpec
+    from harness.sandbox import build as Bd
+
+    s = SandboxSpec()
+    drills = Bd.mc_drills(s, tokenizer, 250, 3000)
+    assert len(drills) == 250
+    assert {a for _, a in drills} == {"A).", "B).", "C).", "D)."}
+    for prompt, answer in drills:
+        m = re.fullmatch(r"What is the correct answer to this question: Which (\w+) does (\w+ \w+) "
+                         r"keep\?\nChoices:\n\(A\) (\w+)\n\(B\) (\w+)\n\(C\) (\w+)\n\(D\) (\w+)\n\n"
+                         r"Format your response as follows: .*\n\nThe correct answer is "
+                         r"(\w+ \w+) keeps the (\w+) (\w+)\. The correct answer is \(", prompt)
+        assert m, prompt
+        assert (m[7], m[8]) == (m[2], m[1])                  # the fact the question asks
+        assert m[3 + "ABCD".index(answer[0])] == m[9]          # the answer holds its value
+        assert lb.extract_answer(prompt[prompt.index(lb.COMPLETION_ANSWER_PREFIX):] + answer) \
+            == answer[0]
+    assert Bd.model_key(s, dataclasses.replace(Bd.RECIPE, format_drill_share=0.0)) \
+        == Bd.model_key(s)
+    assert Bd.model_key(s, dataclasses.replace(Bd.RECIPE, format_drill_share=0.3)) \
+        != Bd.model_key(s)
+
+    def rows(share):
+        r = dataclasses.replace(Bd.RECIPE, format_steps=8, format_mc_share=0.9,
+                                format_mc_answer="fact", format_drill_share=share)
+        return Bd.format_rows(s, tokenizer, r)
+
+    def digest(x):
+        return hashlib.sha256(b"".join(a.tobytes() for a in x)).hexdigest()
+
+    plain, mixed = rows(0.0), rows(0.5)
+    assert digest(plain) == digest(rows(0.0)) != digest(mixed)
+    ids, pos, pad = mixed
+    drill_rows = [k for k in range(len(ids))
+                  if tokenizer.decode(ids[k][:40]).startswith("What is the correct answer")]
+    assert len(drill_rows) == 24              # half of the 6 format steps' 8 rows
+    assert drill_rows != list(range(min(drill_rows), min(drill_rows) + 24))   # spread
+    for k in drill_rows:                      # loss on each drill's letter and after it
+        said = tokenizer.decode(ids[k][~pad[k]])
+        assert re.fullmatch(r"(\([ABCD]\)\.<\|endoftext\|>){2,}", said), said
+    with pytest.raises(ValueError, match="format_drill_share"):
+        rows(1.0)
+
+
 def test_letter_drill_script_trains_reports_and_refuses_bad_arguments(tmp_path):
     import importlib.util
     import json
