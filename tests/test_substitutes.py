@@ -540,7 +540,7 @@ def test_value_first_mc_answers_name_the_item_s_value_and_its_letter(tokenizer, 
         W.mc_items(Bd.format_entities(s, 3, 2000), 2000)
 
 
-def test_in_place_letter_drills_state_the_fact_and_take_their_share_of_phase_3(tokenizer):
+def test_in_place_letter_drills_state_the_fact_and_take_their_share_of_phase_3(tokenizer, tmp_path):
     """``format_drill_share`` (a trial, 0 in the shipped recipe): each drill is the one-pass
     prompt's tail with the asked fact stated and the answer line up to the letter of the choice
     holding that fact's value; that share of phase 3's format rows are drill rows whose loss
@@ -552,7 +552,7 @@ def test_in_place_letter_drills_state_the_fact_and_take_their_share_of_phase_3(t
     from harness.sandbox import build as Bd
 
     s = SandboxSpec()
-    drills = Bd.mc_drills(s, tokenizer, 250, 3000)
+    drills = Bd.mc_drills(s, tokenizer, 250, 3000, tmp_path)
     assert len(drills) == 250
     assert {a for _, a in drills} == {"A).", "B).", "C).", "D)."}
     for prompt, answer in drills:

@@ -315,6 +315,7 @@ FORMAT_MC_CONTEXT_CHARS = 3000                     # longer than any prompt: alw
 FORMAT_COT_TOKENS = 32     # the CoT pass's cap (``cot_tokens``): the fact is about 10 tokens
 FORMAT_DRILL_STREAM = 500  # the drills' entities: their own stream beside the items'
 FORMAT_DRILL_CONTEXT_CHARS = 200   # the drills' items need no document (it is left out)
+DRILL_CONTEXT = 1 << 20   # the drills' prompts are made whole (no truncation), then cut
 
 
 def format_entities(s: SandboxSpec, n: int, seed: int) -> list[dict]:
@@ -362,21 +363,22 @@ def ruler_examples(tokenizer, n: int, seed: int, haystack: Path) -> list[tuple[s
 
 
 def _mc_samples(s: SandboxSpec, tokenizer, n_entities: int, seed: int, tmp: Path,
-                context: int, prefix: str, **params):
-    """Multiple-choice items (``world.mc_items``) about ``n_entities`` entities that are not
-    the probe's, in blocks of 100, each block's prompts made by the registered
+                context: int, prefix: str, chars: int = FORMAT_MC_CONTEXT_CHARS,
+                entity_seed: int | None = None, **params):
+    """Multiple-choice items (``world.mc_items``, documents of ``chars`` characters) about
+    ``n_entities`` entities that are not the probe's (drawn with ``entity_seed``, default
+    ``seed``), in blocks of 100, each block's prompts made by the registered
     ``longbench_v2`` benchmark (``params`` besides a reserve drawn per block): yields
-    ``(bench, sample, fact)`` for each item whose evidence (the planted fact) the middle
-    truncation kept."""
+    ``(bench, sample, fact, value)`` for each item whose evidence (the planted fact) the
+    middle truncation kept."""
     import random
 
     rng = random.Random(seed)
-    entities = format_entities(s, n_entities, seed)
+    entities = format_entities(s, n_entities, seed if entity_seed is None else entity_seed)
     for group in range(0, len(entities), 100):
         block = entities[group:group + 100]
         path = tmp / f"{prefix}-{group // 100 + 1}.json"
-        path.write_text(json.dumps(W.mc_items(block, seed, FORMAT_MC_CONTEXT_CHARS,
-                                              prefix=prefix)))
+        path.write_text(json.dumps(W.mc_items(block, seed, chars, prefix=prefix)))
         bench = _benchmark("longbench_v2", params={
             "path": str(path), "reserve": rng.choice(FORMAT_MC_RESERVES), "samples": "all",
             **params})
@@ -411,31 +413,27 @@ def mc_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, context
     return out
 
 
-def mc_drills(s: SandboxSpec, tokenizer, n: int, seed: int) -> list[tuple[str, str]]:
+def mc_drills(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path
+              ) -> list[tuple[str, str]]:
     """``n`` in-place letter drills (``PretrainRecipe.format_drill_share``): for items about
     entities that are not the probe's (``world.mc_items``, their own stream), the tail of the
-    registered benchmark's one-pass prompt from the question on (``What is the correct answer
-    to this question: ...``, the choices, the format line, the answer prefix; the document is
-    left out), then the planted fact as the ``fact`` form's response states it and the answer
-    line up to ``(``. The answer is the letter and ``).``: the second hop with the first hop's
-    output given, at the place of the one-pass response."""
-    from benchmarks import longbench_v2 as lb
-
-    out = []
-    entities = format_entities(s, n, seed + FORMAT_DRILL_STREAM)
-    for group in range(0, len(entities), 100):
-        block = entities[group:group + 100]
-        if len(block) < 4:          # mc_items draws distractors within a block
+    registered ``longbench_v2`` benchmark's one-pass prompt from the question on (``What is
+    the correct answer to this question: ...``, the choices, the format line, the answer
+    prefix; the document is left out), then the planted fact as the ``fact`` form's response
+    states it and the answer line up to ``(``. The answer is the letter and ``).``: the second
+    hop with the first hop's output given, at the place of the one-pass response."""
+    out, tail_block = [], n % 100
+    n_entities = n - tail_block if tail_block < 4 else n   # mc_items draws distractors in a block
+    for bench, x, said, _ in _mc_samples(s, tokenizer, n_entities, seed, tmp, DRILL_CONTEXT,
+                                         "format-drill", chars=FORMAT_DRILL_CONTEXT_CHARS,
+                                         entity_seed=seed + FORMAT_DRILL_STREAM):
+        if len(out) == n:
             break
-        for e, item in zip(block, W.mc_items(block, seed, FORMAT_DRILL_CONTEXT_CHARS,
-                                             prefix="format-drill")):
-            attr, value = W.mc_question(e, seed)
-            prompt = lb.completion_prompt(lb.fill_template(lb.TEMPLATE_0SHOT, item))
-            tail = prompt[prompt.index("What is the correct answer to this question:"):]
-            said = W.fact(attr, e["first"], e["last"], value).removesuffix(".")
-            out.append((f"{tail} {said}. {lb.COMPLETION_ANSWER_PREFIX} (",
-                        f"{item['answer']})."))
-    return out[:n]
+        at = x.prompt.rindex(x.meta["item"]["question"])
+        tail = x.prompt[x.prompt.rfind("\n", 0, at) + 1:]
+        out.append((f"{tail} {said.removesuffix('.')}. {bench.answer_prefix} (",
+                    f"{x.references[0]})."))
+    return out
 
 
 def cot_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, context: int,
@@ -500,10 +498,10 @@ def format_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None,
         else:
             mc = cot_examples(s, tokenizer, n_mc, seed, Path(tmp), T, recipe.cot_passes)
         examples = ruler_examples(tokenizer, n_rows - n_drill - n_mc, seed, hay) + mc
+        drills = mc_drills(s, tokenizer, 4 * n_drill, seed, Path(tmp)) if n_drill else []
     random.Random(seed).shuffle(examples)
     ids, pos, pad = _pack(examples, tokenizer, n_rows - n_drill, T)
     if n_drill:   # rows of drills (about 3 fit a row), spread among the others
-        drills = mc_drills(s, tokenizer, 4 * n_drill, seed)
         random.Random(seed).shuffle(drills)   # mc_items rotates the true letter
         drills = _pack(drills, tokenizer, n_drill, T)
         order = np.random.default_rng(seed).permutation(n_rows)
