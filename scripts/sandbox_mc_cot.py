@@ -16,13 +16,19 @@ transformers):
   form start with the name and attribute the question asks (``<First> <Last> keeps the
   <attr>``, copied from the question); ``value given the ask``: how many times the true value
   is the first word written after the one-pass prompt followed by that start (the first hop
-  alone, greedy, 4 new tokens);
+  alone, greedy, 4 new tokens); ``letter given the fact``: how many times the true letter is
+  the token written after the one-pass prompt followed by the true fact and the answer line
+  up to ``(`` (the second hop in place, the document in the prompt);
 - ``CoT``: the accuracy of the two passes (``cot: true, cot_tokens: 32``);
 - ``fact``: how many first passes wrote the planted fact exactly (``<First> <Last> keeps the
   <attr> <value>.``, the sandbox's own wording, which the recipe's optional phase 4 teaches);
 - ``gold``: the answer pass's accuracy when its CoT is that fact, i.e. the second hop alone
   (from the value to its letter);
 - the answers' letters, counted (one letter for every item is chance).
+
+``--drills N``: besides, the letter accuracy on ``N`` held-out in-place letter drills
+(``harness.sandbox.build.mc_drills``, seed ``DRILL_SEED``, which no recipe trains on; the
+document left out), with the letters predicted.
 
 Lengths past 512 need a model folder with ``max_position_embeddings`` raised
 (``scripts/sandbox_format_phase.py --max-positions 4096``). Chance is 25 %.
@@ -60,6 +66,42 @@ def _fact(item: dict) -> tuple[str, str]:
     value = item["choice_" + item["answer"]]
     said = fact(attr, *name.split(" ", 1), value)
     return said, said.removesuffix(f" {value}.")
+
+
+DRILL_SEED = 9000   # held-out drills: format_seed_offset of the recipe and its trials is below
+
+
+def _letter_prompt(prompt: str, item: dict) -> str:
+    """The one-pass prompt, the true fact as the ``fact`` form states it and the answer line up
+    to the letter."""
+    from benchmarks.longbench_v2 import COMPLETION_ANSWER_PREFIX
+
+    return f"{prompt} {_fact(item)[0]} {COMPLETION_ANSWER_PREFIX} ("
+
+
+def _next_letters(backend, tok, prompts: list[str]) -> list[str]:
+    """The greedy next token after each prompt (with BOS, as the one-pass prompt is sent)."""
+    out = backend.generate([tok(p)["input_ids"] for p in prompts], [1] * len(prompts))
+    return [tok.decode(o, skip_special_tokens=True).strip() for o in out]
+
+
+def held_out_drills(model_dir: Path, n: int) -> dict:
+    """The letter accuracy on ``n`` in-place letter drills no recipe trains on."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from harness.config import SandboxSpec
+    from harness.evaluation.backends import HFGreedy
+    from harness.sandbox.build import mc_drills
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    backend = HFGreedy(model_dir, [tok.eos_token_id], dtype="float32")
+    with tempfile.TemporaryDirectory() as tmp:
+        drills = mc_drills(SandboxSpec(), tok, n, DRILL_SEED, Path(tmp))
+    said = _next_letters(backend, tok, [p for p, _ in drills])
+    return {"n": len(drills), "right": sum(s == a[0] for s, (_, a) in zip(said, drills)),
+            "letters": dict(collections.Counter(said).most_common())}
 
 
 def _second_hop(samples, responses) -> dict:
@@ -112,6 +154,9 @@ def measure(model_dir: Path, sandbox: Path, lengths: list[int], n: int, cot_too:
                    tok.decode(o, skip_special_tokens=True).strip().split(" ")[0].rstrip(".")
                    == x.meta["item"]["choice_" + x.meta["item"]["answer"]]
                    for o, x in zip(given, first)),
+               "letter": sum(got == x.references[0] for got, x in zip(_next_letters(
+                   backend, tok, [_letter_prompt(x.prompt, x.meta["item"]) for x in first]),
+                   first)),
                "example_one": said[0].strip()[:80]}
         if not cot_too:
             rows.append(row)
@@ -138,30 +183,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lengths", nargs="+", type=int, default=[512])
     p.add_argument("-n", type=int, default=40)
     p.add_argument("--one-pass", action="store_true", help="the one-pass prompt only")
+    p.add_argument("--drills", type=int, default=0, metavar="N",
+                   help="also the letter accuracy on N held-out in-place letter drills")
     args = p.parse_args(argv)
+    if args.drills < 0:
+        p.error(f"--drills must be 0 or more, got {args.drills}")
     if not (args.sandbox / "probe.jsonl").is_file():
         p.error(f"--sandbox {args.sandbox}: no probe.jsonl there (policylong sandbox build)")
     # the sandbox's items, not a LongBench-v2 file that may lie in ../shared
     os.environ["POLICYLONG_SHARED_DATA"] = str(args.sandbox / "no-shared-data")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     print("| model | length | n | one pass | value first | asked | named a choice / its letter "
-          "| value given the ask | one-pass answers | CoT | fact written | gold-CoT answer pass "
-          "| CoT answers |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| value given the ask | letter given the fact | one-pass answers | CoT | fact written "
+          "| gold-CoT answer pass | CoT answers |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    drilled = []
     for m in args.models:
         for r in measure(m, args.sandbox, args.lengths, args.n, not args.one_pass):
             one = ", ".join(f"`{k}` {v}" for k, v in r["one_letters"].items())
             head = (f"| {m} | {r['length']} | {r['n']} | {r['one_pass']:.1f} | "
                     f"{r['value_first']} / {r['n']} | {r['asked']} | {r['named']} / "
-                    f"{r['agree']} | {r['given']} / {r['n']} | {one} |")
+                    f"{r['agree']} | {r['given']} / {r['n']} | {r['letter']} / {r['n']} | {one} |")
             if "cot" not in r:
                 print(head + " - | - | - | - |")
-                print(f"|  |  |  | first response: `{r['example_one']}` |  |  |  |  |  |  |  |  |  |")
+                print(f"|  |  |  | first response: `{r['example_one']}` |" + "  |" * 10)
                 continue
             letters = ", ".join(f"`{k}` {v}" for k, v in r["letters"].items())
             print(f"{head} {r['cot']:.1f} | {r['fact']} / {r['n']} | {r['gold']:.1f} | {letters} |")
-            print(f"|  |  |  | first response: `{r['example_one']}` |  |  |  |  |  | first CoT: "
-                  f"`{r['example_cot']}` |  |  |  |")
+            print(f"|  |  |  | first response: `{r['example_one']}` |" + "  |" * 6
+                  + f" first CoT: `{r['example_cot']}` |  |  |  |")
+        if args.drills:
+            d = held_out_drills(m, args.drills)
+            drilled.append(f"- {m}: {d['right']} / {d['n']} held-out in-place letter drills "
+                           f"(seed {DRILL_SEED}); letters: " + ", ".join(
+                               f"`{k}` {v}" for k, v in d["letters"].items()))
+    if drilled:
+        print()
+        print("\n".join(drilled))
     return 0
 
 

@@ -643,3 +643,8 @@ def test_mc_cot_script_counts_the_second_hop_in_place():
     assert script._fact(item) == ("Lozen Braibrem keeps the lantern chevar.",
                                   "Lozen Braibrem keeps the lantern")
     assert script._second_hop([x], [responses[1].replace("(A)", "(C)")])["agree"] == 1
+    # the second hop in place: the true fact, then the answer line up to the letter
+    assert script._letter_prompt("<prompt>", item) == (
+        "<prompt> Lozen Braibrem keeps the lantern chevar. The correct answer is (")
+    with pytest.raises(SystemExit):
+        script.main(["m", "--sandbox", "s", "--drills", "-1"])
