@@ -555,6 +555,7 @@ def test_in_place_letter_drills_state_the_fact_and_take_their_share_of_phase_3(t
     drills = Bd.mc_drills(s, tokenizer, 250, 3000, tmp_path)
     assert len(drills) == 250
     assert {a for _, a in drills} == {"A).", "B).", "C).", "D)."}
+    assert Bd.mc_drills(s, tokenizer, 1044, 3000, tmp_path)[:250] == drills   # any count
     for prompt, answer in drills:
         m = re.fullmatch(r"What is the correct answer to this question: Which (\w+) does (\w+ \w+) "
                          r"keep\?\nChoices:\n\(A\) (\w+)\n\(B\) (\w+)\n\(C\) (\w+)\n\(D\) (\w+)\n\n"

@@ -422,8 +422,8 @@ def mc_drills(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path
     prefix; the document is left out), then the planted fact as the ``fact`` form's response
     states it and the answer line up to ``(``. The answer is the letter and ``).``: the second
     hop with the first hop's output given, at the place of the one-pass response."""
-    out, tail_block = [], n % 100
-    n_entities = n - tail_block if tail_block < 4 else n   # mc_items draws distractors in a block
+    out = []
+    n_entities = -(-n // 100) * 100   # whole blocks: mc_items draws distractors within one
     for bench, x, said, _ in _mc_samples(s, tokenizer, n_entities, seed, tmp, DRILL_CONTEXT,
                                          "format-drill", chars=FORMAT_DRILL_CONTEXT_CHARS,
                                          entity_seed=seed + FORMAT_DRILL_STREAM):
