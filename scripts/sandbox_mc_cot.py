@@ -85,18 +85,23 @@ def _next_letters(backend, tok, prompts: list[str]) -> list[str]:
     return [tok.decode(o, skip_special_tokens=True).strip() for o in out]
 
 
-def held_out_drills(model_dir: Path, n: int) -> dict:
+def load(model_dir: Path):
+    """The model's tokenizer and a greedy float32 transformers backend."""
+    from transformers import AutoTokenizer
+
+    from harness.evaluation.backends import HFGreedy
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    return tok, HFGreedy(model_dir, [tok.eos_token_id], dtype="float32")
+
+
+def held_out_drills(tok, backend, n: int) -> dict:
     """The letter accuracy on ``n`` in-place letter drills no recipe trains on."""
     import tempfile
 
-    from transformers import AutoTokenizer
-
     from harness.config import SandboxSpec
-    from harness.evaluation.backends import HFGreedy
     from harness.sandbox.build import mc_drills
 
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    backend = HFGreedy(model_dir, [tok.eos_token_id], dtype="float32")
     with tempfile.TemporaryDirectory() as tmp:
         drills = mc_drills(SandboxSpec(), tok, n, DRILL_SEED, Path(tmp))
     said = _next_letters(backend, tok, [p for p, _ in drills])
@@ -124,15 +129,8 @@ def _second_hop(samples, responses) -> dict:
     return {"value_first": true, "asked": asked, "named": named, "agree": agree}
 
 
-def measure(model_dir: Path, sandbox: Path, lengths: list[int], n: int, cot_too: bool = True
+def measure(tok, backend, sandbox: Path, lengths: list[int], n: int, cot_too: bool = True
             ) -> list[dict]:
-    from transformers import AutoTokenizer
-
-    from harness.evaluation.backends import HFGreedy
-
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    backend = HFGreedy(model_dir, [tok.eos_token_id], dtype="float32")
-
     def run(samples):
         ids = [tok(x.prompt, add_special_tokens=x.add_special_tokens)["input_ids"]
                for x in samples]
@@ -199,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     drilled = []
     for m in args.models:
-        for r in measure(m, args.sandbox, args.lengths, args.n, not args.one_pass):
+        tok, backend = load(m)
+        for r in measure(tok, backend, args.sandbox, args.lengths, args.n, not args.one_pass):
             one = ", ".join(f"`{k}` {v}" for k, v in r["one_letters"].items())
             head = (f"| {m} | {r['length']} | {r['n']} | {r['one_pass']:.1f} | "
                     f"{r['value_first']} / {r['n']} | {r['asked']} | {r['named']} / "
@@ -213,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"|  |  |  | first response: `{r['example_one']}` |" + "  |" * 6
                   + f" first CoT: `{r['example_cot']}` |  |  |  |")
         if args.drills:
-            d = held_out_drills(m, args.drills)
+            d = held_out_drills(tok, backend, args.drills)
             drilled.append(f"- {m}: {d['right']} / {d['n']} held-out in-place letter drills "
                            f"(seed {DRILL_SEED}); letters: " + ", ".join(
                                f"`{k}` {v}" for k, v in d["letters"].items()))

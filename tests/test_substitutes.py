@@ -649,3 +649,34 @@ def test_mc_cot_script_counts_the_second_hop_in_place():
         "<prompt> Lozen Braibrem keeps the lantern chevar. The correct answer is (")
     with pytest.raises(SystemExit):
         script.main(["m", "--sandbox", "s", "--drills", "-1"])
+
+
+def test_mc_cot_script_scores_held_out_drills_by_their_letters(tokenizer):
+    """``--drills``: a backend that reads each drill's stated value off its choices scores
+    every drill; one that always answers ``B`` scores the drills whose answer is ``B``."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "sandbox_mc_cot.py"
+    spec = importlib.util.spec_from_file_location("sandbox_mc_cot", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def letter_of(prompt: str) -> str:
+        value = prompt.rsplit(". The correct answer is (", 1)[0].rsplit(" ", 1)[1]
+        return re.search(rf"\(([ABCD])\) {value}\n", prompt)[1]
+
+    class Answering:
+        def __init__(self, answer):
+            self.answer = answer
+
+        def generate(self, ids, max_new):
+            assert max_new == [1] * len(ids)
+            return [tokenizer(self.answer(tokenizer.decode(x, skip_special_tokens=True)),
+                              add_special_tokens=False)["input_ids"] for x in ids]
+
+    right = script.held_out_drills(tokenizer, Answering(letter_of), 40)
+    assert right["n"] == 40 and right["right"] == 40
+    assert set(right["letters"]) == set("ABCD") and sum(right["letters"].values()) == 40
+    always_b = script.held_out_drills(tokenizer, Answering(lambda _: "B"), 40)
+    assert always_b["letters"] == {"B": 40}
+    assert always_b["right"] == right["letters"]["B"] < 40
