@@ -166,6 +166,14 @@ def study_times_file(spec: Spec) -> Path:
     return Path(spec.output_dir) / "study-wall-seconds.json"
 
 
+def study_seed_file(report: str | Path, seed: int) -> Path:
+    """One finished seed's results, kept beside the study's report (``docs/study-seeds/seed-0.json``
+    for ``docs/study.md``) so that a study's seeds can be run on different machines or days and
+    the report built from them without the MLflow store that ran them."""
+    report = Path(report)
+    return report.parent / f"{report.stem}-seeds" / f"seed-{seed}.json"
+
+
 def sandbox_root() -> Path:
     """Built sandboxes (``<root>/<key of the SandboxSpec>/``): ``$POLICYLONG_SANDBOX_DIR`` or
     ``runs/sandbox``."""

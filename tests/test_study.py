@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.config import SpecError
 from harness.experiments.study import StudySettings, interval, judge
 from test_compare import micro
 
@@ -161,6 +162,21 @@ def test_two_seed_micro_study_end_to_end(tmp_path, monkeypatch, small_sandbox):
     # regenerating from MLflow alone gives the same verdicts
     again = study(str(path), report_only=True)
     assert json.loads(again.with_suffix(".json").read_text())["verdicts"] == summary["verdicts"]
+    # each seed's results are kept beside the report; where this MLflow store is absent the
+    # report is built from them with the same verdicts, and a report on some seeds says so
+    kept = sorted((tmp_path / "docs" / "study-seeds").glob("seed-*.json"))
+    assert [k.name for k in kept] == ["seed-0.json", "seed-1.json"]
+    elsewhere = [f"tracking.uri=sqlite:///{tmp_path}/elsewhere.db"]
+    moved = study(str(path), elsewhere)                 # nothing is trained again
+    assert not Tracking(f"sqlite:///{tmp_path}/elsewhere.db", data["name"]).search()
+    assert json.loads(moved.with_suffix(".json").read_text())["verdicts"] == summary["verdicts"]
+    assert json.loads(moved.with_suffix(".json").read_text())["run_ids"] == summary["run_ids"]
+    assert "**Partial" not in moved.read_text()
+    part = study(str(path), elsewhere, seeds=[1], report_only=True).read_text()
+    assert "**Partial: seeds 1 of the study's 0, 1." in part
+    # kept results that another spec made are refused, naming the file
+    with pytest.raises(SpecError, match="seed-0.json: kept results of seed 0 were made by"):
+        study(str(path), elsewhere + ["screening.alpha=3.0"], report_only=True)
 
 
 def test_value_nll_table_splits_the_gain_into_its_terms():
@@ -320,3 +336,20 @@ def test_an_empty_loss_gap_panel_says_why_instead_of_an_empty_frame(tmp_path, mo
     own_panel = figures["loss_gaps.png"].axes[1]
     assert not own_panel.texts and own_panel.get_legend() is not None
     assert len(own_panel.lines) == 2
+
+
+def test_kept_seed_results_round_trip_and_refuse_a_malformed_file(tmp_path):
+    """A kept seed's lengths come back as integers, and a file that is not one is named."""
+    from harness.config import load_spec
+    from harness.experiments.study import load_seed_results, save_seed_results
+
+    spec = load_spec(REPO / "runs/smoke.yaml")
+    f = tmp_path / "study-seeds" / "seed-3.json"
+    results = {"rows": {"oracle": {"eval": {"probe/gain": {512: 1.5, 1024: 2.5}},
+                                   "stages": [{"loss_gap_probe": 0.4}]}}, "cross": {}}
+    save_seed_results(f, 3, spec, "run-abc", results, 61.0)
+    run_id, got, seconds = load_seed_results(f, 3, spec)
+    assert (run_id, got, seconds) == ("run-abc", results, 61.0)
+    f.write_text('{"seed": 3, "results": {}}')
+    with pytest.raises(SpecError, match=r"seed-3.json: not a kept seed result \(KeyError"):
+        load_seed_results(f, 3, spec)
