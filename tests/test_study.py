@@ -338,8 +338,9 @@ def test_an_empty_loss_gap_panel_says_why_instead_of_an_empty_frame(tmp_path, mo
     assert len(own_panel.lines) == 2
 
 
-def test_kept_seed_results_round_trip_and_refuse_a_malformed_file(tmp_path):
-    """A kept seed's lengths come back as integers, and a file that is not one is named."""
+def test_kept_seed_results_round_trip_and_refuse_a_malformed_file(tmp_path, monkeypatch):
+    """A kept seed's lengths come back as integers, results from another shipped sandbox model
+    are refused, and a file that is not a kept result is named."""
     from harness.config import load_spec
     from harness.experiments.study import load_seed_results, save_seed_results
 
@@ -350,6 +351,15 @@ def test_kept_seed_results_round_trip_and_refuse_a_malformed_file(tmp_path):
     save_seed_results(f, 3, spec, "run-abc", results, 61.0)
     run_id, got, seconds = load_seed_results(f, 3, spec)
     assert (run_id, got, seconds) == ("run-abc", results, 61.0)
+    # a new shipped sandbox model does not mix with seeds trained from the old one
+    import harness.sandbox.build as build
+    sandbox_spec = spec.model_copy(
+        update={"model": spec.model.model_copy(update={"path": "sandbox"})})
+    save_seed_results(f, 3, sandbox_spec, "run-abc", results, 61.0)
+    assert load_seed_results(f, 3, sandbox_spec)[0] == "run-abc"
+    monkeypatch.setattr(build, "ASSET", tmp_path / "another-model")
+    with pytest.raises(SpecError, match="seed-3.json: kept results of seed 3 were made by"):
+        load_seed_results(f, 3, sandbox_spec)
     f.write_text('{"seed": 3, "results": {}}')
     with pytest.raises(SpecError, match=r"seed-3.json: not a kept seed result \(KeyError"):
         load_seed_results(f, 3, spec)

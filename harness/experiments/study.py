@@ -8,7 +8,7 @@ rerun only does what is missing. The report (``study.report``, by default ``docs
 its plots beside it) is generated from the MLflow runs of the seeds, never from memory. Each
 seed's results, as read from MLflow, are also kept beside the report
 (``docs/study-seeds/seed-<s>.json``, tagged with the hash of the seed's spec less its
-``output_dir`` and ``tracking``): a seed whose run is
+``output_dir`` and ``tracking``, and of the shipped sandbox model when the spec uses it): a seed whose run is
 not in the store at hand (run on another machine or day) is read from there and not run again,
 and refused if another spec made it. ``--seeds`` runs or reports some of the seeds; a report on fewer than
 ``study.seeds`` says that it is partial.
@@ -641,7 +641,19 @@ def _kept_hash(sspec: Spec) -> str:
     data = resolved(sspec)
     data.pop("output_dir", None)
     data.pop("tracking", None)
+    if sspec.model.path == "sandbox":    # the shipped weights are not in the spec: a new base
+        data["shipped_sandbox_model"] = _shipped_model_sha()   # model must not mix with old seeds
     return stable_hash(data)
+
+
+def _shipped_model_sha() -> str:
+    import hashlib
+    from harness.sandbox.build import ASSET
+    h = hashlib.sha256()
+    for name in ("model/model.safetensors", "recipe.json"):
+        f = ASSET / name
+        h.update(f.read_bytes() if f.is_file() else b"absent")
+    return h.hexdigest()
 
 
 def save_seed_results(file: Path, seed: int, sspec: Spec, run_id: str, results: dict,
