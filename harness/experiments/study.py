@@ -8,10 +8,10 @@ rerun only does what is missing. The report (``study.report``, by default ``docs
 its plots beside it) is generated from the MLflow runs of the seeds, never from memory. Each
 seed's results, as read from MLflow, are also kept beside the report
 (``docs/study-seeds/seed-<s>.json``, tagged with the hash of the seed's spec less its
-``output_dir`` and ``tracking``, and of the shipped sandbox model when the spec uses it): a seed whose run is
-not in the store at hand (run on another machine or day) is read from there and not run again,
-and refused if another spec made it. ``--seeds`` runs or reports some of the seeds; a report on fewer than
-``study.seeds`` says that it is partial.
+``output_dir`` and ``tracking``, and of the shipped sandbox model when the spec uses it): a seed
+whose run is not in the store at hand (run on another machine or day) is read from there and not
+run again, and refused if another spec or model made it. ``--seeds`` runs or reports some of the
+seeds; a report on fewer than ``study.seeds`` says that it is partial.
 
 What is judged (``study.claims``) and how. Every difference is paired by seed (the methods of
 one seed share the probe sample and the corpus), and judged by its two-sided Student-t confidence
@@ -60,8 +60,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 
 from harness.layout import seed_dir, study_seed_file, study_times_file
-from harness.config import (Spec, SpecError, Strict, _format_errors, read_mapping,
-                            spec_from_data, spec_hash)
+from harness.config import (Spec, SpecError, Strict, _format_errors, read_mapping, resolved,
+                            spec_from_data, spec_hash, stable_hash)
 
 
 class StudyArm(Strict):
@@ -519,8 +519,8 @@ def write_study_report(settings: StudySettings, spec: Spec, study_path: str, per
              f"{n} seed{'s' if n > 1 else ''} ({', '.join(map(str, seeds))}; experiment "
              f"`{spec.tracking.experiment or spec.name}`, parent runs "
              f"{', '.join(f'`{r[:8]}`' for r in run_ids)}; each seed's results kept in "
-             f"`{rel(study_seed_file(report, seeds[0]).parent)}/`). Every number is the mean ± sample "
-             f"std over seeds; differences are paired by seed with a two-sided "
+             f"`{rel(study_seed_file(report, seeds[0]).parent)}/`). Every number is the mean ± "
+             f"sample std over seeds; differences are paired by seed with a two-sided "
              f"{settings.confidence:.0%} Student-t interval in brackets.\n")
     if planned is not None and sorted(seeds) != sorted(planned):
         L.append(f"**Partial: seeds {', '.join(map(str, seeds))} of the study's "
@@ -637,7 +637,6 @@ def _base_context(spec: Spec) -> int:
 def _kept_hash(sspec: Spec) -> str:
     """The hash that ties kept results to a seed's spec: every key but where the outputs and
     the MLflow runs were written (``output_dir``, ``tracking``), which do not change them."""
-    from harness.config import resolved, stable_hash
     data = resolved(sspec)
     data.pop("output_dir", None)
     data.pop("tracking", None)
@@ -703,24 +702,23 @@ def study(path: str, overrides: list[str] | None = None, seeds: list[int] | None
     check_reachable(uri)
     times_file = study_times_file(spec)
     wall = json.loads(times_file.read_text()) if times_file.exists() else {}
+    tracking = Tracking(uri, spec.tracking.experiment or spec.name)
     if not report_only:
-        tracking = Tracking(uri, spec.tracking.experiment or spec.name)
         for s in settings.seeds:
-            kept = study_seed_file(settings.report, s)
-            if kept.is_file() and _parent_run(tracking, seed_spec(spec, s)) is None:
-                load_seed_results(kept, s, seed_spec(spec, s))    # refused if another spec
+            kept, sspec = study_seed_file(settings.report, s), seed_spec(spec, s)
+            if kept.is_file() and _parent_run(tracking, sspec) is None:
+                load_seed_results(kept, s, sspec)    # refused if another spec or model
                 _log(f"seed {s}: finished elsewhere, its results kept in {kept} (delete the "
                      f"file to run it again)")
                 continue
             _log(f"seed {s}: {len(spec.methods)} methods + base")
             t0 = time.perf_counter()
-            compare(seed_spec(spec, s))
+            compare(sspec)
             dt = time.perf_counter() - t0
             if dt > 60 or str(s) not in wall:      # a cached rerun keeps the timing of the work
                 wall[str(s)] = dt
             times_file.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(times_file, json.dumps(wall, indent=2))
-    tracking = Tracking(uri, spec.tracking.experiment or spec.name)
     per_seed, run_ids, done = [], [], []
     for s in settings.seeds:
         sspec = seed_spec(spec, s)
