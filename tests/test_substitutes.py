@@ -550,6 +550,9 @@ def test_in_place_letter_drills_state_the_fact_and_take_their_share_of_phase_3(t
 
     from harness.config import SandboxSpec
     from harness.sandbox import build as Bd
+    import torch
+
+    from harness.training.loss import packed_labels
 
     s = SandboxSpec()
     drills = Bd.mc_drills(s, tokenizer, 250, 3000, tmp_path)
@@ -571,9 +574,10 @@ def test_in_place_letter_drills_state_the_fact_and_take_their_share_of_phase_3(t
     assert Bd.model_key(s, dataclasses.replace(Bd.RECIPE, format_drill_share=0.3)) \
         != Bd.model_key(s)
 
-    def rows(share):
+    def rows(share, mode="rows"):
         r = dataclasses.replace(Bd.RECIPE, format_steps=8, format_mc_share=0.9,
-                                format_mc_answer="fact", format_drill_share=share)
+                                format_mc_answer="fact", format_drill_share=share,
+                                format_drill_mode=mode)
         return Bd.format_rows(s, tokenizer, r)
 
     def digest(x):
@@ -591,6 +595,33 @@ def test_in_place_letter_drills_state_the_fact_and_take_their_share_of_phase_3(t
         assert re.fullmatch(r"(\([ABCD]\)\.<\|endoftext\|>){2,}", said), said
     with pytest.raises(ValueError, match="format_drill_share"):
         rows(1.0)
+
+    # format_drill_mode="steps": the drill rows make whole batches, the loss on the letter alone
+    assert Bd.model_key(s, dataclasses.replace(Bd.RECIPE, format_drill_share=0.3,
+                                               format_drill_mode="rows")) \
+        == Bd.model_key(s, dataclasses.replace(Bd.RECIPE, format_drill_share=0.3))
+    assert Bd.model_key(s, dataclasses.replace(Bd.RECIPE, format_drill_share=0.3,
+                                               format_drill_mode="steps")) \
+        != Bd.model_key(s, dataclasses.replace(Bd.RECIPE, format_drill_share=0.3))
+    by_step = rows(0.5, "steps")
+    assert digest(by_step) != digest(mixed)
+    ids, pos, pad = by_step
+    B = Bd.RECIPE.micro_batch
+    is_drill = [tokenizer.decode(ids[k][:40]).startswith("What is the correct answer")
+                for k in range(len(ids))]
+    assert sum(is_drill) == 24
+    batches = {tuple(is_drill[b * B:(b + 1) * B]) for b in range(len(ids) // B)}
+    assert batches == {(True,) * B, (False,) * B}            # no batch mixes the two
+    assert is_drill[:3 * B] != [True] * (3 * B)               # the drill steps are spread
+    for k in (k for k in range(len(ids)) if is_drill[k]):     # loss on each letter alone
+        said = tokenizer.decode(ids[k][~pad[k]])
+        assert re.fullmatch(r"(\([ABCD]){2,}", said), said
+    labels = packed_labels(*(torch.from_numpy(x[is_drill]) for x in (ids, pos, pad)))
+    assert {tokenizer.decode([t]).strip() for t in labels[labels != -100].tolist()} \
+        == set("ABCD")
+    assert len(labels[labels != -100]) >= 2 * 24          # two or more drills a row
+    with pytest.raises(ValueError, match="format_drill_mode"):
+        rows(0.5, "step")
 
 
 def test_letter_drill_script_trains_reports_and_refuses_bad_arguments(tmp_path):

@@ -96,6 +96,12 @@ class PretrainRecipe:
     # ``fact`` form states it, and the answer line, the loss on its letter alone, so that the
     # second hop (value to letter) is taught densely where the one-pass response takes it.
     format_drill_share: float = 0.0
+    # How the drill rows are trained (ours, a trial): ``rows`` (the first trials), spread among
+    # the other format rows, the loss on the letter and what follows it; ``steps``, whole
+    # batches of drill rows (steps of their own) with the loss on the letter alone, so that
+    # each drill step's gradient is the letters' only, as in the drill alone
+    # (``scripts/sandbox_letter_drill.py``), which learned the hop.
+    format_drill_mode: str = "rows"
     # A fourth phase (0 steps = off; tried and not adopted, so the recipe stays version 4), from
     # phase 3's weights: LongBench-v2's two-pass chain of thought on the multiple-choice set
     # (``cot_examples``). Its first pass writes the planted fact (``<First> <Last> keeps the
@@ -129,6 +135,8 @@ def model_key(s: SandboxSpec, recipe: PretrainRecipe | None = None) -> str:
         del r["format_mc_answer"]
     if not r["format_drill_share"]:         # likewise
         del r["format_drill_share"]
+    if r["format_drill_mode"] == "rows":    # likewise
+        del r["format_drill_mode"]
     if not r["format_steps"]:
         r = {k: v for k, v in r.items() if not k.startswith("format_")}
     if not r["cot_steps"]:
@@ -315,6 +323,7 @@ FORMAT_MC_CONTEXT_CHARS = 3000                     # longer than any prompt: alw
 FORMAT_COT_TOKENS = 32     # the CoT pass's cap (``cot_tokens``): the fact is about 10 tokens
 FORMAT_DRILL_STREAM = 500  # the drills' entities: their own stream beside the items'
 FORMAT_DRILL_CONTEXT_CHARS = 200   # the drills' items need no document (it is left out)
+DRILL_MODES = ("rows", "steps")   # PretrainRecipe.format_drill_mode
 DRILL_CONTEXT = 1 << 20   # the drills' prompts are made whole (no truncation), then cut
 
 
@@ -469,7 +478,8 @@ def format_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None,
     ``format_retain_every``-th batch is rows of phase 2's mix from their own streams, with the
     loss on every token. Phase 3's multiple-choice examples are one-pass (``mc_examples``),
     phase 4's are the two CoT passes (``cot_examples``); ``format_drill_share`` of phase 3's
-    format rows are rows of letter drills (``mc_drills``), in seeded order among the rest."""
+    format rows are rows of letter drills (``mc_drills``), in seeded order among the rest
+    (``format_drill_mode="steps"``: whole batches of them, the loss on the letters alone)."""
     import random
     import tempfile
 
@@ -488,7 +498,13 @@ def format_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None,
     if not 0 <= recipe.format_drill_share < 1:
         raise ValueError(f"recipe: format_drill_share must be in [0, 1), got "
                          f"{recipe.format_drill_share!r}")
+    if recipe.format_drill_mode not in DRILL_MODES:
+        raise ValueError(f"recipe: format_drill_mode must be one of {DRILL_MODES}, got "
+                         f"{recipe.format_drill_mode!r}")
+    by_step = recipe.format_drill_mode == "steps"
     n_drill = int(round(n_rows * recipe.format_drill_share)) if phase == 3 else 0
+    if by_step:   # whole batches
+        n_drill = B * int(round(n_drill / B))
     n_mc = int(round((n_rows - n_drill) * share))
     with tempfile.TemporaryDirectory(prefix="format_") as tmp:
         hay = Path(tmp) / "haystack.json"
@@ -503,17 +519,22 @@ def format_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None,
     ids, pos, pad = _pack(examples, tokenizer, n_rows - n_drill, T)
     if n_drill:   # rows of drills (about 3 fit a row), spread among the others
         random.Random(seed).shuffle(drills)   # mc_items rotates the true letter
-        drills = _pack(drills, tokenizer, n_drill, T)
+        drills = _pack(drills, tokenizer, n_drill, T, answer_loss=1 if by_step else None)
         order = np.random.default_rng(seed).permutation(n_rows)
+        if by_step:   # batches, not rows, are shuffled: a drill batch stays whole
+            order = (np.random.default_rng(seed).permutation(n_rows // B)[:, None] * B
+                     + np.arange(B)).ravel()
         ids, pos, pad = (np.concatenate([x, d])[order] for x, d in zip((ids, pos, pad), drills))
     ids, pos, pad = _with_retention(s, tokenizer, recipe, retain, ids, pos, pad, steps, offset)
     return ids, pos, pad
 
 
-def _pack(examples: list[tuple[str, str]], tokenizer, n_rows: int, T: int):
+def _pack(examples: list[tuple[str, str]], tokenizer, n_rows: int, T: int,
+          answer_loss: int | None = None):
     """``(ids, pos, pad)`` of ``n_rows`` rows of ``T`` tokens with ``examples`` (prompt,
     answer) packed whole from the end of the list, each with its own positions, the loss on the
-    answer and an EOS; too few examples: the rows that have them, cycled."""
+    answer and an EOS (``answer_loss``: on the answer's first so many tokens only); too few
+    examples: the rows that have them, cycled."""
     import numpy as np
 
     ids, pos, pad = (np.full((n_rows, T), tokenizer.eos_token_id, dtype=np.int64),
@@ -532,7 +553,8 @@ def _pack(examples: list[tuple[str, str]], tokenizer, n_rows: int, T: int):
         n = len(p) + len(a)
         ids[row, fill:fill + n] = p + a
         pos[row, fill:fill + n] = np.arange(n)
-        pad[row, fill + len(p) - 1:fill + n] = False   # the last prompt token predicts
+        end = n if answer_loss is None else len(p) + answer_loss
+        pad[row, fill + len(p) - 1:fill + end] = False   # the last prompt token predicts
         fill += n
     rows = row + (fill > 0)
     if rows < n_rows:
