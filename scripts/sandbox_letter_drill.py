@@ -3,6 +3,7 @@ of a choice from its value?
 
     .venv/bin/python scripts/sandbox_letter_drill.py --out /tmp/drill [--steps 1500]
         [--lr 1e-3] [--model harness/assets/sandbox-model/model] [--eval-every 250] [-n 400]
+        [--form alone|in-place]
 
 Each drill is LongBench-v2's choice block with four values of the world's facts (values of
 entities that are not the probe's, ``harness.sandbox.build.format_entities``), then one of the
@@ -24,6 +25,14 @@ cosine schedule (20 warm-up steps, to 10 %) from the given weights; every ``--ev
 steps it prints the training loss (ln 4 = 1.386 is chance) and the accuracy on ``n`` held-out
 drills (their own seed), per true letter, with the letters predicted. The model is saved to
 ``--out``; the shipped asset is never touched.
+
+``--form in-place`` trains and measures the in-place drill instead (``harness.sandbox.build.
+mc_drills``, what ``PretrainRecipe.format_drill_share`` mixes into phase 3): the benchmark's
+one-pass prompt from its question on, the planted fact as the ``fact`` form states it, and the
+answer line up to ``(``, about 155 tokens against the drill's 45, the choices farther from the
+letter and the format line between; packed whole, the loss on the letter alone. Training drills
+come from seed ``IN_PLACE_SEED`` (the trials' ``format_seed_offset``), the held-out ones from
+``scripts/sandbox_mc_cot.py``'s ``DRILL_SEED``, which no recipe trains on.
 """
 from __future__ import annotations
 
@@ -36,6 +45,9 @@ from pathlib import Path
 
 ASSET_MODEL = Path(__file__).resolve().parents[1] / "harness" / "assets" / "sandbox-model" / "model"
 LETTERS = "ABCD"
+FORMS = ("alone", "in-place")
+IN_PLACE_SEED = 3000   # the training drills of --form in-place (the trials' format_seed_offset)
+HELD_OUT_SEED = 9000   # scripts/sandbox_mc_cot.py's DRILL_SEED: the held-out in-place drills
 
 
 def drill(rng: random.Random, values: list[str]) -> tuple[str, str]:
@@ -91,6 +103,36 @@ def accuracy(model, tokenizer, values: list[str], n: int, seed: int) -> dict:
             "predicted": dict(sorted(said.items()))}
 
 
+def in_place_accuracy(model, tokenizer, drills: list[tuple[str, str]]) -> dict:
+    """Greedy choice among the four letter tokens on in-place drills ``(prompt, "X).")``."""
+    import torch
+
+    letter_ids = [tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in LETTERS]
+    hits, total, said = collections.Counter(), collections.Counter(), collections.Counter()
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for prompt, answer in drills:
+            ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+            got = LETTERS[int(model(input_ids=ids).logits[0, -1, letter_ids].argmax())]
+            total[answer[0]] += 1
+            hits[answer[0]] += got == answer[0]
+            said[got] += 1
+    model.train(was_training)
+    return {"accuracy": round(sum(hits.values()) / len(drills), 3),
+            "by_letter": {c: f"{hits[c]}/{total[c]}" for c in LETTERS},
+            "predicted": dict(sorted(said.items()))}
+
+
+def in_place_rows(s, tokenizer, n_rows: int, context: int, tmp: Path):
+    """``n_rows`` rows of in-place drills (seed ``IN_PLACE_SEED``), the loss on the letter."""
+    from harness.sandbox.build import _pack, mc_drills
+
+    drills = mc_drills(s, tokenizer, 4 * n_rows, IN_PLACE_SEED, tmp)   # about 3 fit a row
+    random.Random(IN_PLACE_SEED).shuffle(drills)
+    return _pack(drills, tokenizer, n_rows, context, answer_loss=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path)
@@ -100,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("-n", type=int, default=400, help="held-out drills per evaluation")
     p.add_argument("--seed", type=int, default=0, help="the sandbox world's seed")
+    p.add_argument("--form", choices=FORMS, default="alone",
+                   help="the drill alone (default) or the in-place drill of phase 3's mix")
     args = p.parse_args(argv)
     if args.out.resolve() == args.model.resolve() or ASSET_MODEL.parent in args.out.resolve(
             ).parents:
@@ -118,11 +162,28 @@ def main(argv: list[str] | None = None) -> int:
 
     tok = AutoTokenizer.from_pretrained(str(args.model))
     model = load_model(args.model)
-    values = sorted({v for e in format_entities(SandboxSpec(seed=args.seed), 300, 7)
-                     for _, v in e["facts"]})
-    ids, pos, pad = drill_rows(tok, values, args.steps * RECIPE.micro_batch, RECIPE.context,
-                               seed=1)
-    history = [{"step": 0, **accuracy(model, tok, values, args.n, seed=2)}]
+    n_rows = args.steps * RECIPE.micro_batch
+    if args.form == "alone":
+        values = sorted({v for e in format_entities(SandboxSpec(seed=args.seed), 300, 7)
+                         for _, v in e["facts"]})
+        ids, pos, pad = drill_rows(tok, values, n_rows, RECIPE.context, seed=1)
+
+        def measure() -> dict:
+            return accuracy(model, tok, values, args.n, seed=2)
+    else:
+        import tempfile
+
+        from harness.sandbox.build import mc_drills
+
+        with tempfile.TemporaryDirectory() as tmp:
+            ids, pos, pad = in_place_rows(SandboxSpec(seed=args.seed), tok, n_rows,
+                                          RECIPE.context, Path(tmp))
+            held_out = mc_drills(SandboxSpec(seed=args.seed), tok, args.n, HELD_OUT_SEED,
+                                 Path(tmp))
+
+        def measure() -> dict:
+            return in_place_accuracy(model, tok, held_out)
+    history = [{"step": 0, **measure()}]
     print(json.dumps(history[-1]), flush=True)
     losses: list[float] = []
 
@@ -131,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             losses.append(metrics["train/loss"])
         if step % args.eval_every == 0 or step == args.steps:
             history.append({"step": step, "loss": round(sum(losses) / max(len(losses), 1), 3),
-                            **accuracy(model, tok, values, args.n, seed=2)})
+                            **measure()})
             losses.clear()
             print(json.dumps(history[-1]), flush=True)
 
@@ -143,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
     save_checkpoint(model, tok, args.out)
     (args.out / "letter_drill.json").write_text(json.dumps(
-        {"from": str(args.model), "steps": args.steps, "lr": args.lr,
+        {"from": str(args.model), "form": args.form, "steps": args.steps, "lr": args.lr,
          "seconds": round(seconds, 1), "history": history}, indent=2))
     print(f"{args.steps} drill steps in {seconds:.0f} s -> {args.out}")
     return 0

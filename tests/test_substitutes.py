@@ -657,6 +657,47 @@ def test_letter_drill_script_trains_reports_and_refuses_bad_arguments(tmp_path):
     assert sum(last["predicted"].values()) == 8
     assert sha256_file(tmp_path / "m" / "model.safetensors") != sha256_file(
         ASSET / "model" / "model.safetensors")                  # it trained
+    # the in-place form: the drills of phase 3's mix, measured on the held-out ones
+    with pytest.raises(SystemExit):
+        script.main(["--out", str(tmp_path / "bad"), "--form", "inplace"])
+    assert script.main(["--out", str(tmp_path / "p"), "--form", "in-place", "--steps", "25",
+                        "--eval-every", "25", "-n", "8", "--lr", "1e-2"]) == 0
+    report = json.loads((tmp_path / "p" / "letter_drill.json").read_text())
+    assert report["form"] == "in-place" and [h["step"] for h in report["history"]] == [0, 25]
+    assert sum(report["history"][-1]["predicted"].values()) == 8
+    assert sha256_file(tmp_path / "p" / "model.safetensors") != sha256_file(
+        tmp_path / "m" / "model.safetensors")
+
+
+def test_in_place_drill_rows_carry_the_letter_alone_and_are_not_the_held_out_ones(tokenizer,
+                                                                                  tmp_path):
+    import importlib.util
+
+    import torch
+
+    from harness.config import SandboxSpec
+    from harness.sandbox.build import mc_drills
+    from harness.training.loss import packed_labels
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    mods = {}
+    for name in ("sandbox_letter_drill", "sandbox_mc_cot"):
+        spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
+        mods[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mods[name])
+    drill = mods["sandbox_letter_drill"]
+    assert drill.HELD_OUT_SEED == mods["sandbox_mc_cot"].DRILL_SEED != drill.IN_PLACE_SEED
+    ids, pos, pad = drill.in_place_rows(SandboxSpec(), tokenizer, 4, 512, tmp_path)
+    labels = packed_labels(*(torch.from_numpy(x) for x in (ids, pos, pad)))
+    letters = [tokenizer.decode([t]).strip() for t in labels[labels != -100].tolist()]
+    assert set(letters) == set("ABCD") and len(letters) >= 4 * 2   # two or more drills a row
+    text = tokenizer.decode(ids[0].tolist())
+    assert text.startswith("What is the correct answer to this question")
+    held_out = {p for p, _ in mc_drills(SandboxSpec(), tokenizer, 20, drill.HELD_OUT_SEED,
+                                        tmp_path)}
+    trained = {p for p, _ in mc_drills(SandboxSpec(), tokenizer, 20, drill.IN_PLACE_SEED,
+                                       tmp_path)}
+    assert len(held_out) == len(trained) == 20 and not held_out & trained
 
 
 def test_mc_cot_script_counts_the_second_hop_in_place():
