@@ -3,7 +3,7 @@ of a choice from its value?
 
     .venv/bin/python scripts/sandbox_letter_drill.py --out /tmp/drill [--steps 1500]
         [--lr 1e-3] [--model harness/assets/sandbox-model/model] [--eval-every 250] [-n 400]
-        [--form alone|in-place]
+        [--form alone|in-place|in-place-no-format]
 
 Each drill is LongBench-v2's choice block with four values of the world's facts (values of
 entities that are not the probe's, ``harness.sandbox.build.format_entities``), then one of the
@@ -32,7 +32,10 @@ one-pass prompt from its question on, the planted fact as the ``fact`` form stat
 answer line up to ``(``, about 155 tokens against the drill's 45, the choices farther from the
 letter and the format line between; packed whole, the loss on the letter alone. Training drills
 come from seed ``IN_PLACE_SEED`` (the trials' ``format_seed_offset``), the held-out ones from
-``scripts/sandbox_mc_cot.py``'s ``DRILL_SEED``, which no recipe trains on.
+``scripts/sandbox_mc_cot.py``'s ``DRILL_SEED``, which no recipe trains on. ``--form
+in-place-no-format`` is the same without LongBench-v2's format line (``Format your response as
+follows: "The correct answer is (insert answer here)".``), in training and in measurement: the
+one difference from ``in-place`` whose effect it isolates.
 """
 from __future__ import annotations
 
@@ -45,7 +48,8 @@ from pathlib import Path
 
 ASSET_MODEL = Path(__file__).resolve().parents[1] / "harness" / "assets" / "sandbox-model" / "model"
 LETTERS = "ABCD"
-FORMS = ("alone", "in-place")
+FORMS = ("alone", "in-place", "in-place-no-format")
+FORMAT_LINE = "Format your response as follows:"   # LongBench-v2's, up to its end of line
 IN_PLACE_SEED = 3000   # the training drills of --form in-place (the trials' format_seed_offset)
 HELD_OUT_SEED = 9000   # scripts/sandbox_mc_cot.py's DRILL_SEED: the held-out in-place drills
 
@@ -124,11 +128,28 @@ def in_place_accuracy(model, tokenizer, drills: list[tuple[str, str]]) -> dict:
             "predicted": dict(sorted(said.items()))}
 
 
-def in_place_rows(s, tokenizer, n_rows: int, context: int, tmp: Path):
-    """``n_rows`` rows of in-place drills (seed ``IN_PLACE_SEED``), the loss on the letter."""
-    from harness.sandbox.build import _pack, mc_drills
+def without_format_line(prompt: str) -> str:
+    """``prompt`` less LongBench-v2's format line and the blank line after it."""
+    at = prompt.index(FORMAT_LINE)
+    return prompt[:at] + prompt[prompt.index("\n", at) + 1:].removeprefix("\n")
 
-    drills = mc_drills(s, tokenizer, 4 * n_rows, IN_PLACE_SEED, tmp)   # about 3 fit a row
+
+def in_place_drills(s, tokenizer, n: int, seed: int, tmp: Path, form: str = "in-place"
+                    ) -> list[tuple[str, str]]:
+    """``n`` in-place drills (``mc_drills``), less the format line for ``in-place-no-format``."""
+    from harness.sandbox.build import mc_drills
+
+    drills = mc_drills(s, tokenizer, n, seed, tmp)
+    if form == "in-place-no-format":
+        drills = [(without_format_line(p), a) for p, a in drills]
+    return drills
+
+
+def in_place_rows(s, tokenizer, n_rows: int, context: int, tmp: Path, form: str = "in-place"):
+    """``n_rows`` rows of in-place drills (seed ``IN_PLACE_SEED``), the loss on the letter."""
+    from harness.sandbox.build import _pack
+
+    drills = in_place_drills(s, tokenizer, 4 * n_rows, IN_PLACE_SEED, tmp, form)  # ~3 a row
     random.Random(IN_PLACE_SEED).shuffle(drills)
     return _pack(drills, tokenizer, n_rows, context, answer_loss=1)
 
@@ -143,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", type=int, default=400, help="held-out drills per evaluation")
     p.add_argument("--seed", type=int, default=0, help="the sandbox world's seed")
     p.add_argument("--form", choices=FORMS, default="alone",
-                   help="the drill alone (default) or the in-place drill of phase 3's mix")
+                   help="the drill alone (default), the in-place drill of phase 3's mix, or that "
+                        "drill without the format line")
     args = p.parse_args(argv)
     if args.out.resolve() == args.model.resolve() or ASSET_MODEL.parent in args.out.resolve(
             ).parents:
@@ -173,13 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         import tempfile
 
-        from harness.sandbox.build import mc_drills
-
         with tempfile.TemporaryDirectory() as tmp:
             ids, pos, pad = in_place_rows(SandboxSpec(seed=args.seed), tok, n_rows,
-                                          RECIPE.context, Path(tmp))
-            held_out = mc_drills(SandboxSpec(seed=args.seed), tok, args.n, HELD_OUT_SEED,
-                                 Path(tmp))
+                                          RECIPE.context, Path(tmp), args.form)
+            held_out = in_place_drills(SandboxSpec(seed=args.seed), tok, args.n,
+                                       HELD_OUT_SEED, Path(tmp), args.form)
 
         def measure() -> dict:
             return in_place_accuracy(model, tok, held_out)

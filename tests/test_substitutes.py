@@ -698,6 +698,15 @@ def test_in_place_drill_rows_carry_the_letter_alone_and_are_not_the_held_out_one
     trained = {p for p, _ in mc_drills(SandboxSpec(), tokenizer, 20, drill.IN_PLACE_SEED,
                                        tmp_path)}
     assert len(held_out) == len(trained) == 20 and not held_out & trained
+    # the no-format form: the same drills less the format line, nothing else
+    plain = drill.in_place_drills(SandboxSpec(), tokenizer, 20, drill.HELD_OUT_SEED, tmp_path,
+                                  "in-place-no-format")
+    full = mc_drills(SandboxSpec(), tokenizer, 20, drill.HELD_OUT_SEED, tmp_path)
+    for (p, a), (q, b) in zip(plain, full):
+        assert a == b and "Format your response" not in p and "insert answer here" not in p
+        assert len(p) < len(q) and p.startswith(q[:q.index("\nFormat")])
+        assert p.endswith(q[q.index("\n\nThe correct answer is ") + 2:])
+        assert p.count("The correct answer is") == 2
 
 
 def test_mc_cot_script_counts_the_second_hop_in_place():
