@@ -29,7 +29,7 @@ drills (their own seed), per true letter, with the letters predicted. The model 
 ``--form in-place`` trains and measures the in-place drill instead (``harness.sandbox.build.
 mc_drills``, what ``PretrainRecipe.format_drill_share`` mixes into phase 3): the benchmark's
 one-pass prompt from its question on, the planted fact as the ``fact`` form states it, and the
-answer line up to ``(``, about 155 tokens against the drill's 45, the choices farther from the
+answer line up to ``(``, about 150 tokens against the drill's 46, the choices farther from the
 letter and the format line between; packed whole, the loss on the letter alone. Training drills
 come from seed ``IN_PLACE_SEED`` (the trials' ``format_seed_offset``), the held-out ones from
 ``scripts/sandbox_mc_cot.py``'s ``DRILL_SEED``, which no recipe trains on. ``--form
