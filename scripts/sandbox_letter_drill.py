@@ -3,7 +3,7 @@ of a choice from its value?
 
     .venv/bin/python scripts/sandbox_letter_drill.py --out /tmp/drill [--steps 1500]
         [--lr 1e-3] [--model harness/assets/sandbox-model/model] [--eval-every 250] [-n 400]
-        [--form alone|in-place|in-place-no-format]
+        [--form alone|in-place|in-place-no-format|in-place-value-only]
 
 Each drill is LongBench-v2's choice block with four values of the world's facts (values of
 entities that are not the probe's, ``harness.sandbox.build.format_entities``), then one of the
@@ -35,7 +35,9 @@ come from seed ``IN_PLACE_SEED`` (the trials' ``format_seed_offset``), the held-
 ``scripts/sandbox_mc_cot.py``'s ``DRILL_SEED``, which no recipe trains on. ``--form
 in-place-no-format`` is the same without LongBench-v2's format line (``Format your response as
 follows: "The correct answer is (insert answer here)".``), in training and in measurement: the
-one difference from ``in-place`` whose effect it isolates.
+one difference from ``in-place`` whose effect it isolates. ``--form in-place-value-only`` also
+drops the restated name and attribute before the value (``... (D) trugaix\n\nsonain. The
+correct answer is (``): the drill alone with the question line before its choices.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ from pathlib import Path
 
 ASSET_MODEL = Path(__file__).resolve().parents[1] / "harness" / "assets" / "sandbox-model" / "model"
 LETTERS = "ABCD"
-FORMS = ("alone", "in-place", "in-place-no-format")
+FORMS = ("alone", "in-place", "in-place-no-format", "in-place-value-only")
 FORMAT_LINE = "Format your response as follows:"   # LongBench-v2's, up to its end of line
 IN_PLACE_SEED = 3000   # the training drills of --form in-place (the trials' format_seed_offset)
 HELD_OUT_SEED = 9000   # scripts/sandbox_mc_cot.py's DRILL_SEED: the held-out in-place drills
@@ -134,14 +136,25 @@ def without_format_line(prompt: str) -> str:
     return prompt[:at] + prompt[prompt.index("\n", at) + 1:].removeprefix("\n")
 
 
+def value_only(prompt: str) -> str:
+    """``prompt`` (less its format line) with the restated fact cut to its value: ``... keeps
+    the <attribute> <value>. The correct answer is (`` becomes ``<value>. The correct answer
+    is (``."""
+    head, sep, fact = prompt.rpartition("\n\n")
+    cut = fact.rindex(". ")
+    return f"{head}{sep}{fact[:cut].rsplit(' ', 1)[1]}{fact[cut:]}"
+
+
 def in_place_drills(s, tokenizer, n: int, seed: int, tmp: Path, form: str = "in-place"
                     ) -> list[tuple[str, str]]:
-    """``n`` in-place drills (``mc_drills``), less the format line for ``in-place-no-format``."""
+    """``n`` in-place drills (``mc_drills``) of ``form`` (the module doc)."""
     from harness.sandbox.build import mc_drills
 
     drills = mc_drills(s, tokenizer, n, seed, tmp)
-    if form == "in-place-no-format":
+    if form in ("in-place-no-format", "in-place-value-only"):
         drills = [(without_format_line(p), a) for p, a in drills]
+    if form == "in-place-value-only":
+        drills = [(value_only(p), a) for p, a in drills]
     return drills
 
 
@@ -164,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", type=int, default=400, help="held-out drills per evaluation")
     p.add_argument("--seed", type=int, default=0, help="the sandbox world's seed")
     p.add_argument("--form", choices=FORMS, default="alone",
-                   help="the drill alone (default), the in-place drill of phase 3's mix, or that "
-                        "drill without the format line")
+                   help="the drill alone (default), the in-place drill of phase 3's mix, that "
+                        "drill without the format line, or also without the restated fact")
     args = p.parse_args(argv)
     if args.out.resolve() == args.model.resolve() or ASSET_MODEL.parent in args.out.resolve(
             ).parents:

@@ -707,6 +707,13 @@ def test_in_place_drill_rows_carry_the_letter_alone_and_are_not_the_held_out_one
         assert len(p) < len(q) and p.startswith(q[:q.index("\nFormat")])
         assert p.endswith(q[q.index("\n\nThe correct answer is ") + 2:])
         assert p.count("The correct answer is") == 2
+    # the value-only form: that, with the restated fact cut to its value
+    bare = drill.in_place_drills(SandboxSpec(), tokenizer, 20, drill.HELD_OUT_SEED, tmp_path,
+                                 "in-place-value-only")
+    for (p, a), (q, b) in zip(bare, plain):
+        value = q.rsplit(". The correct answer is (", 1)[0].rsplit(" ", 1)[1]
+        assert a == b and p == q[:q.rindex("\n\n") + 2] + f"{value}. The correct answer is ("
+        assert f") {value}\n" in p and p.count("The correct answer is") == 1
 
 
 def test_mc_cot_script_counts_the_second_hop_in_place():
