@@ -88,29 +88,13 @@ def drill_rows(tokenizer, values: list[str], n_rows: int, context: int, seed: in
 
 def accuracy(model, tokenizer, values: list[str], n: int, seed: int) -> dict:
     """Greedy choice among the four letter tokens on ``n`` held-out drills."""
-    import torch
-
-    letter_ids = [tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in LETTERS]
-    rng, hits, total, said = random.Random(seed), collections.Counter(), collections.Counter(), \
-        collections.Counter()
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for _ in range(n):
-            prompt, letter = drill(rng, values)
-            ids = torch.tensor([tokenizer(prompt)["input_ids"]])
-            got = LETTERS[int(model(input_ids=ids).logits[0, -1, letter_ids].argmax())]
-            total[letter] += 1
-            hits[letter] += got == letter
-            said[got] += 1
-    model.train(was_training)
-    return {"accuracy": round(sum(hits.values()) / n, 3),
-            "by_letter": {c: f"{hits[c]}/{total[c]}" for c in LETTERS},
-            "predicted": dict(sorted(said.items()))}
+    rng = random.Random(seed)
+    return letter_accuracy(model, tokenizer, [drill(rng, values) for _ in range(n)])
 
 
-def in_place_accuracy(model, tokenizer, drills: list[tuple[str, str]]) -> dict:
-    """Greedy choice among the four letter tokens on in-place drills ``(prompt, "X).")``."""
+def letter_accuracy(model, tokenizer, drills: list[tuple[str, str]]) -> dict:
+    """Greedy choice among the four letter tokens after each prompt of ``drills`` (prompt,
+    answer), the answer's first character being the true letter (``B`` or ``B).``)."""
     import torch
 
     letter_ids = [tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in LETTERS]
@@ -215,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                                        HELD_OUT_SEED, Path(tmp), args.form)
 
         def measure() -> dict:
-            return in_place_accuracy(model, tok, held_out)
+            return letter_accuracy(model, tok, held_out)
     history = [{"step": 0, **measure()}]
     print(json.dumps(history[-1]), flush=True)
     losses: list[float] = []
