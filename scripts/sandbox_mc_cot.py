@@ -18,7 +18,8 @@ transformers):
   is the first word written after the one-pass prompt followed by that start (the first hop
   alone, greedy, 4 new tokens); ``letter given the fact``: how many times the true letter is
   the token written after the one-pass prompt followed by the true fact and the answer line
-  up to ``(`` (the second hop in place, the document in the prompt);
+  up to ``(`` (the second hop in place, the document in the prompt; ``--form value``: the
+  true value alone in place of the fact, as the ``value`` form's response states it);
 - ``CoT``: the accuracy of the two passes (``cot: true, cot_tokens: 32``);
 - ``fact``: how many first passes wrote the planted fact exactly (``<First> <Last> keeps the
   <attr> <value>.``, the sandbox's own wording, which the recipe's optional phase 4 teaches);
@@ -28,7 +29,8 @@ transformers):
 
 ``--drills N``: besides, the letter accuracy on ``N`` held-out in-place letter drills
 (``harness.sandbox.build.mc_drills``, seed ``DRILL_SEED``, which no recipe trains on; the
-document left out), with the letters predicted.
+document left out; ``--form value``: the drills state the value alone), with the letters
+predicted.
 
 Lengths past 512 need a model folder with ``max_position_embeddings`` raised
 (``scripts/sandbox_format_phase.py --max-positions 4096``). Chance is 25 %.
@@ -71,12 +73,13 @@ def _fact(item: dict) -> tuple[str, str]:
 DRILL_SEED = 9000   # held-out drills: format_seed_offset of the recipe and its trials is below
 
 
-def _letter_prompt(prompt: str, item: dict) -> str:
-    """The one-pass prompt, the true fact as the ``fact`` form states it and the answer line up
-    to the letter."""
+def _letter_prompt(prompt: str, item: dict, form: str = "fact") -> str:
+    """The one-pass prompt, the true fact as the ``fact`` form states it (``form`` ``value``:
+    the true value alone, as the ``value`` form does) and the answer line up to the letter."""
     from benchmarks.longbench_v2 import COMPLETION_ANSWER_PREFIX
 
-    return f"{prompt} {_fact(item)[0]} {COMPLETION_ANSWER_PREFIX} ("
+    told = _fact(item)[0] if form == "fact" else item["choice_" + item["answer"]] + "."
+    return f"{prompt} {told} {COMPLETION_ANSWER_PREFIX} ("
 
 
 def _next_letters(backend, tok, prompts: list[str]) -> list[str]:
@@ -95,15 +98,16 @@ def load(model_dir: Path):
     return tok, HFGreedy(model_dir, [tok.eos_token_id], dtype="float32")
 
 
-def held_out_drills(tok, backend, n: int) -> dict:
-    """The letter accuracy on ``n`` in-place letter drills no recipe trains on."""
+def held_out_drills(tok, backend, n: int, form: str = "fact") -> dict:
+    """The letter accuracy on ``n`` in-place letter drills no recipe trains on, stating the
+    fact or (``form`` ``value``) the value alone."""
     import tempfile
 
     from harness.config import SandboxSpec
     from harness.sandbox.build import mc_drills
 
     with tempfile.TemporaryDirectory() as tmp:
-        drills = mc_drills(SandboxSpec(), tok, n, DRILL_SEED, Path(tmp))
+        drills = mc_drills(SandboxSpec(), tok, n, DRILL_SEED, Path(tmp), form)
     said = _next_letters(backend, tok, [p for p, _ in drills])
     return {"n": len(drills), "right": sum(s == a[0] for s, (_, a) in zip(said, drills)),
             "letters": dict(collections.Counter(said).most_common())}
@@ -129,8 +133,8 @@ def _second_hop(samples, responses) -> dict:
     return {"value_first": true, "asked": asked, "named": named, "agree": agree}
 
 
-def measure(tok, backend, sandbox: Path, lengths: list[int], n: int, cot_too: bool = True
-            ) -> list[dict]:
+def measure(tok, backend, sandbox: Path, lengths: list[int], n: int, cot_too: bool = True,
+            form: str = "fact") -> list[dict]:
     def run(samples):
         ids = [tok(x.prompt, add_special_tokens=x.add_special_tokens)["input_ids"]
                for x in samples]
@@ -153,7 +157,7 @@ def measure(tok, backend, sandbox: Path, lengths: list[int], n: int, cot_too: bo
                    == x.meta["item"]["choice_" + x.meta["item"]["answer"]]
                    for o, x in zip(given, first)),
                "letter": sum(got == x.references[0] for got, x in zip(_next_letters(
-                   backend, tok, [_letter_prompt(x.prompt, x.meta["item"]) for x in first]),
+                   backend, tok, [_letter_prompt(x.prompt, x.meta["item"], form) for x in first]),
                    first)),
                "example_one": said[0].strip()[:80]}
         if not cot_too:
@@ -183,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--one-pass", action="store_true", help="the one-pass prompt only")
     p.add_argument("--drills", type=int, default=0, metavar="N",
                    help="also the letter accuracy on N held-out in-place letter drills")
+    p.add_argument("--form", choices=("fact", "value"), default="fact",
+                   help="what is stated before the answer line in 'letter given the fact' and "
+                        "the drills (the one-pass response form of the model measured)")
     args = p.parse_args(argv)
     if args.drills < 0:
         p.error(f"--drills must be 0 or more, got {args.drills}")
@@ -198,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     drilled = []
     for m in args.models:
         tok, backend = load(m)
-        for r in measure(tok, backend, args.sandbox, args.lengths, args.n, not args.one_pass):
+        for r in measure(tok, backend, args.sandbox, args.lengths, args.n, not args.one_pass,
+                         args.form):
             one = ", ".join(f"`{k}` {v}" for k, v in r["one_letters"].items())
             head = (f"| {m} | {r['length']} | {r['n']} | {r['one_pass']:.1f} | "
                     f"{r['value_first']} / {r['n']} | {r['asked']} | {r['named']} / "
@@ -212,9 +220,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"|  |  |  | first response: `{r['example_one']}` |" + "  |" * 6
                   + f" first CoT: `{r['example_cot']}` |  |  |  |")
         if args.drills:
-            d = held_out_drills(tok, backend, args.drills)
+            d = held_out_drills(tok, backend, args.drills, args.form)
             drilled.append(f"- {m}: {d['right']} / {d['n']} held-out in-place letter drills "
-                           f"(seed {DRILL_SEED}); letters: " + ", ".join(
+                           f"(seed {DRILL_SEED}, {args.form} form); letters: " + ", ".join(
                                f"`{k}` {v}" for k, v in d["letters"].items()))
     if drilled:
         print()

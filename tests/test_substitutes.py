@@ -629,6 +629,56 @@ def test_in_place_letter_drills_state_the_fact_and_take_their_share_of_phase_3(t
         rows(0.5, "step")
 
 
+def test_value_form_drills_state_the_value_alone_in_phase_3_and_in_the_measurement(
+        tokenizer, tmp_path):
+    """With ``format_mc_answer`` ``value`` the drills state what that form's response states:
+    the value alone before the answer line, otherwise the fact drills' text; phase 3's drill
+    rows follow the form, and the measuring script's in-place prompts do too."""
+    import dataclasses
+    import importlib.util
+
+    from harness.config import SandboxSpec
+    from harness.sandbox import build as Bd
+
+    s = SandboxSpec()
+    facts = Bd.mc_drills(s, tokenizer, 30, 3000, tmp_path)
+    values = Bd.mc_drills(s, tokenizer, 30, 3000, tmp_path, "value")
+    assert [a for _, a in values] == [a for _, a in facts]
+    for (f, _), (v, a) in zip(facts, values):
+        m = re.fullmatch(r"(.*\nThe correct answer is) (\w+ \w+) keeps the (\w+) (\w+)\. "
+                         r"The correct answer is \(", f, re.S)
+        assert m and v == f"{m[1]} {m[4]}. The correct answer is ("
+        assert f"({a[0]}) {m[4]}\n" in v and "keeps the" not in v
+    with pytest.raises(ValueError, match="stated"):
+        Bd.mc_drills(s, tokenizer, 2, 3000, tmp_path, "letter")
+
+    def drill_text(answer):
+        r = dataclasses.replace(Bd.RECIPE, format_steps=8, format_mc_share=0.9,
+                                format_mc_answer=answer, format_drill_share=0.5,
+                                format_drill_mode="steps")
+        ids, _, _ = Bd.format_rows(s, tokenizer, r)
+        return [tokenizer.decode(x) for x in ids
+                if tokenizer.decode(x[:40]).startswith("What is the correct answer")]
+
+    by_value, by_fact = drill_text("value"), drill_text("fact")
+    assert len(by_value) == len(by_fact) == 24
+    assert not any("keeps the" in t for t in by_value)
+    assert all("keeps the" in t for t in by_fact)
+    assert all(re.search(r"The correct answer is \w+\. The correct answer is \([ABCD]", t)
+               for t in by_value)
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "sandbox_mc_cot.py"
+    spec = importlib.util.spec_from_file_location("sandbox_mc_cot", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    item = {"question": "Which lantern does Lozen Braibrem keep?", "answer": "C",
+            "choice_A": "moshath", "choice_B": "chevar", "choice_C": "dravin", "choice_D": "kelp"}
+    assert script._letter_prompt("<prompt>", item, "value") == (
+        "<prompt> dravin. The correct answer is (")
+    assert script._letter_prompt("<prompt>", item) == (
+        "<prompt> Lozen Braibrem keeps the lantern dravin. The correct answer is (")
+
+
 def test_letter_drill_script_trains_reports_and_refuses_bad_arguments(tmp_path):
     import importlib.util
     import json

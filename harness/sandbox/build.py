@@ -93,7 +93,8 @@ class PretrainRecipe:
     format_mc_answer: str = "letter"
     # Share of phase 3's format rows that are rows of in-place letter drills (``mc_drills``; 0 =
     # none, version 4; ours, a trial): the tail of a one-pass prompt, the planted fact as the
-    # ``fact`` form states it, and the answer line, the loss on its letter alone, so that the
+    # ``fact`` form states it (the value alone where ``format_mc_answer`` is ``value``), and
+    # the answer line, the loss on its letter alone, so that the
     # second hop (value to letter) is taught densely where the one-pass response takes it.
     format_drill_share: float = 0.0
     # How the drill rows are trained (ours, a trial): ``rows`` (the first trials), spread among
@@ -422,7 +423,7 @@ def mc_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, context
     return out
 
 
-def mc_drills(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path
+def mc_drills(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, stated: str = "fact"
               ) -> list[tuple[str, str]]:
     """``n`` in-place letter drills (``PretrainRecipe.format_drill_share``): for items about
     entities that are not the probe's (``world.mc_items``, their own stream), the tail of the
@@ -430,17 +431,22 @@ def mc_drills(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path
     the correct answer to this question: ...``, the choices, the format line, the answer
     prefix; the document is left out), then the planted fact as the ``fact`` form's response
     states it and the answer line up to ``(``. The answer is the letter and ``).``: the second
-    hop with the first hop's output given, at the place of the one-pass response."""
+    hop with the first hop's output given, at the place of the one-pass response. ``stated``
+    ``value``: the value alone instead of the fact, as the ``value`` form's response states it
+    (``PretrainRecipe.format_mc_answer``)."""
+    if stated not in ("fact", "value"):
+        raise ValueError(f"mc_drills: stated must be fact or value, got {stated!r}")
     out = []
     n_entities = -(-n // 100) * 100   # whole blocks: mc_items draws distractors within one
-    for bench, x, said, _ in _mc_samples(s, tokenizer, n_entities, seed, tmp, DRILL_CONTEXT,
+    for bench, x, said, value in _mc_samples(s, tokenizer, n_entities, seed, tmp, DRILL_CONTEXT,
                                          "format-drill", chars=FORMAT_DRILL_CONTEXT_CHARS,
                                          entity_seed=seed + FORMAT_DRILL_STREAM):
         if len(out) == n:
             break
         at = x.prompt.rindex(x.meta["item"]["question"])
         tail = x.prompt[x.prompt.rfind("\n", 0, at) + 1:]
-        out.append((f"{tail} {said.removesuffix('.')}. {bench.answer_prefix} (",
+        told = value if stated == "value" else said.removesuffix(".")
+        out.append((f"{tail} {told}. {bench.answer_prefix} (",
                     f"{x.references[0]})."))
     return out
 
@@ -514,7 +520,9 @@ def format_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None,
         else:
             mc = cot_examples(s, tokenizer, n_mc, seed, Path(tmp), T, recipe.cot_passes)
         examples = ruler_examples(tokenizer, n_rows - n_drill - n_mc, seed, hay) + mc
-        drills = mc_drills(s, tokenizer, 4 * n_drill, seed, Path(tmp)) if n_drill else []
+        # the drills state what the one-pass response states before its answer line
+        stated = "value" if recipe.format_mc_answer == "value" else "fact"
+        drills = mc_drills(s, tokenizer, 4 * n_drill, seed, Path(tmp), stated) if n_drill else []
     random.Random(seed).shuffle(examples)
     ids, pos, pad = _pack(examples, tokenizer, n_rows - n_drill, T)
     if n_drill:   # rows of drills (about 3 fit a row), spread among the others
