@@ -3,7 +3,7 @@ of a choice from its value?
 
     .venv/bin/python scripts/sandbox_letter_drill.py --out /tmp/drill [--steps 1500]
         [--lr 1e-3] [--model harness/assets/sandbox-model/model] [--eval-every 250] [-n 400]
-        [--form alone|in-place|in-place-no-format|in-place-value-only]
+        [--form alone|in-place|in-place-no-format|in-place-value-only|in-place-value-prefixed]
 
 Each drill is LongBench-v2's choice block with four values of the world's facts (values of
 entities that are not the probe's, ``harness.sandbox.build.format_entities``), then one of the
@@ -37,7 +37,11 @@ in-place-no-format`` is the same without LongBench-v2's format line (``Format yo
 follows: "The correct answer is (insert answer here)".``), in training and in measurement: the
 one difference from ``in-place`` whose effect it isolates. ``--form in-place-value-only`` also
 drops the restated name and attribute before the value (``... (D) trugaix\n\nsonain. The
-correct answer is (``): the drill alone with the question line before its choices.
+correct answer is (``), and with it the one-pass prompt's own answer prefix (the ``The correct
+answer is`` the response follows): the drill alone with the question line before its choices.
+``--form in-place-value-prefixed`` puts that prefix back (``... (D) trugaix\n\nThe correct
+answer is sonain. The correct answer is (``: the ``value`` form's response after the one-pass
+prompt, less its format line), the one difference from ``in-place-value-only``.
 """
 from __future__ import annotations
 
@@ -50,7 +54,8 @@ from pathlib import Path
 
 ASSET_MODEL = Path(__file__).resolve().parents[1] / "harness" / "assets" / "sandbox-model" / "model"
 LETTERS = "ABCD"
-FORMS = ("alone", "in-place", "in-place-no-format", "in-place-value-only")
+FORMS = ("alone", "in-place", "in-place-no-format", "in-place-value-only",
+         "in-place-value-prefixed")
 FORMAT_LINE = "Format your response as follows:"   # LongBench-v2's, up to its end of line
 IN_PLACE_SEED = 3000   # the training drills of --form in-place (the trials' format_seed_offset)
 HELD_OUT_SEED = 9000   # scripts/sandbox_mc_cot.py's DRILL_SEED: the held-out in-place drills
@@ -134,8 +139,9 @@ def in_place_drills(s, tokenizer, n: int, seed: int, tmp: Path, form: str = "in-
     """``n`` in-place drills (``mc_drills``) of ``form`` (the module doc)."""
     from harness.sandbox.build import mc_drills
 
-    drills = mc_drills(s, tokenizer, n, seed, tmp)
-    if form in ("in-place-no-format", "in-place-value-only"):
+    drills = mc_drills(s, tokenizer, n, seed, tmp,
+                       "value" if form == "in-place-value-prefixed" else "fact")
+    if form in ("in-place-no-format", "in-place-value-only", "in-place-value-prefixed"):
         drills = [(without_format_line(p), a) for p, a in drills]
     if form == "in-place-value-only":
         drills = [(value_only(p), a) for p, a in drills]
@@ -162,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the sandbox world's seed")
     p.add_argument("--form", choices=FORMS, default="alone",
                    help="the drill alone (default), the in-place drill of phase 3's mix, that "
-                        "drill without the format line, or also without the restated fact")
+                        "drill without the format line, or also without the restated fact "
+                        "(and the prompt's answer prefix), or that with the prefix")
     args = p.parse_args(argv)
     if args.out.resolve() == args.model.resolve() or ASSET_MODEL.parent in args.out.resolve(
             ).parents:

@@ -764,6 +764,13 @@ def test_in_place_drill_rows_carry_the_letter_alone_and_are_not_the_held_out_one
         value = q.rsplit(". The correct answer is (", 1)[0].rsplit(" ", 1)[1]
         assert a == b and p == q[:q.rindex("\n\n") + 2] + f"{value}. The correct answer is ("
         assert f") {value}\n" in p and p.count("The correct answer is") == 1
+    # the value-prefixed form: that, with the prompt's own answer prefix before the value
+    prefixed = drill.in_place_drills(SandboxSpec(), tokenizer, 20, drill.HELD_OUT_SEED,
+                                     tmp_path, "in-place-value-prefixed")
+    for (p, a), (q, b) in zip(prefixed, bare):
+        cut = q.rindex("\n\n") + 2
+        assert a == b and p == q[:cut] + "The correct answer is " + q[cut:]
+        assert "Format your response" not in p and p.count("The correct answer is") == 2
 
 
 def test_mc_cot_script_counts_the_second_hop_in_place():
