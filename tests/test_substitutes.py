@@ -23,6 +23,17 @@ REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = REPO / "harness" / "assets" / "sandbox-model" / "model"
 
 
+def _script(name: str):
+    """``scripts/<name>.py`` loaded as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(autouse=True)
 def fresh_clone(tmp_path, monkeypatch):
     """No staged reference data, no data env vars, the hub offline."""
@@ -411,12 +422,7 @@ def test_format_rows_teach_the_answers_of_non_probe_entities(tokenizer):
 
 
 def test_format_phase_script_rejects_a_field_that_is_not_a_format_field(tmp_path, capsys):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "sandbox_format_phase.py"
-    spec = importlib.util.spec_from_file_location("sandbox_format_phase", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _script("sandbox_format_phase")
     for bad in ("lr=1e-3", "format_lrr=1e-3", "format_lr"):
         with pytest.raises(SystemExit) as exc:
             script.main(["--out", str(tmp_path / "m"), "--steps", "2", "--set", bad])
@@ -427,7 +433,6 @@ def test_format_phase_script_rejects_a_field_that_is_not_a_format_field(tmp_path
 
 def test_copying_script_reports_each_model_and_refuses_a_folder_without_a_model(tmp_path,
                                                                                  capsys):
-    import importlib.util
     import json
 
     import torch
@@ -436,10 +441,7 @@ def test_copying_script_reports_each_model_and_refuses_a_folder_without_a_model(
     from harness.sandbox.build import ASSET
     from harness.training.model_io import load_model, save_checkpoint
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "sandbox_copying.py"
-    spec = importlib.util.spec_from_file_location("sandbox_copying", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _script("sandbox_copying")
     with pytest.raises(SystemExit) as exc:
         script.main(["--model", str(tmp_path)])
     assert exc.value.code == 2 and "no config.json" in capsys.readouterr().err
@@ -635,7 +637,6 @@ def test_value_form_drills_state_the_value_alone_in_phase_3_and_in_the_measureme
     the value alone before the answer line, otherwise the fact drills' text; phase 3's drill
     rows follow the form, and the measuring script's in-place prompts do too."""
     import dataclasses
-    import importlib.util
 
     from harness.config import SandboxSpec
     from harness.sandbox import build as Bd
@@ -667,10 +668,7 @@ def test_value_form_drills_state_the_value_alone_in_phase_3_and_in_the_measureme
     assert all(re.search(r"The correct answer is \w+\. The correct answer is \([ABCD]", t)
                for t in by_value)
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "sandbox_mc_cot.py"
-    spec = importlib.util.spec_from_file_location("sandbox_mc_cot", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _script("sandbox_mc_cot")
     item = {"question": "Which lantern does Lozen Braibrem keep?", "answer": "C",
             "choice_A": "moshath", "choice_B": "chevar", "choice_C": "dravin", "choice_D": "kelp"}
     assert script._letter_prompt("<prompt>", item, "value") == (
@@ -680,17 +678,13 @@ def test_value_form_drills_state_the_value_alone_in_phase_3_and_in_the_measureme
 
 
 def test_letter_drill_script_trains_reports_and_refuses_bad_arguments(tmp_path):
-    import importlib.util
     import json
     import random
 
     from harness.fileio import sha256_file
     from harness.sandbox.build import ASSET
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "sandbox_letter_drill.py"
-    spec = importlib.util.spec_from_file_location("sandbox_letter_drill", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _script("sandbox_letter_drill")
     for bad in (["--eval-every", "30"], ["--steps", "0"]):
         with pytest.raises(SystemExit) as exc:
             script.main(["--out", str(tmp_path / "bad"), *bad])
@@ -721,22 +715,14 @@ def test_letter_drill_script_trains_reports_and_refuses_bad_arguments(tmp_path):
 
 def test_in_place_drill_rows_carry_the_letter_alone_and_are_not_the_held_out_ones(tokenizer,
                                                                                   tmp_path):
-    import importlib.util
-
     import torch
 
     from harness.config import SandboxSpec
     from harness.sandbox.build import mc_drills
     from harness.training.loss import packed_labels
 
-    scripts = Path(__file__).resolve().parents[1] / "scripts"
-    mods = {}
-    for name in ("sandbox_letter_drill", "sandbox_mc_cot"):
-        spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
-        mods[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mods[name])
-    drill = mods["sandbox_letter_drill"]
-    assert drill.HELD_OUT_SEED == mods["sandbox_mc_cot"].DRILL_SEED != drill.IN_PLACE_SEED
+    drill = _script("sandbox_letter_drill")
+    assert drill.HELD_OUT_SEED == _script("sandbox_mc_cot").DRILL_SEED != drill.IN_PLACE_SEED
     ids, pos, pad = drill.in_place_rows(SandboxSpec(), tokenizer, 4, 512, tmp_path)
     labels = packed_labels(*(torch.from_numpy(x) for x in (ids, pos, pad)))
     letters = [tokenizer.decode([t]).strip() for t in labels[labels != -100].tolist()]
@@ -774,13 +760,9 @@ def test_in_place_drill_rows_carry_the_letter_alone_and_are_not_the_held_out_one
 
 
 def test_mc_cot_script_counts_the_second_hop_in_place():
-    import importlib.util
     from types import SimpleNamespace
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "sandbox_mc_cot.py"
-    spec = importlib.util.spec_from_file_location("sandbox_mc_cot", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _script("sandbox_mc_cot")
     item = {"question": "Which lantern does Lozen Braibrem keep?", "answer": "B",
             "choice_A": "moshath", "choice_B": "chevar", "choice_C": "dravin", "choice_D": "kelp"}
     x = SimpleNamespace(meta={"item": item})
@@ -804,12 +786,7 @@ def test_mc_cot_script_counts_the_second_hop_in_place():
 def test_mc_cot_script_scores_held_out_drills_by_their_letters(tokenizer):
     """``--drills``: a backend that reads each drill's stated value off its choices scores
     every drill; one that always answers ``B`` scores the drills whose answer is ``B``."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "sandbox_mc_cot.py"
-    spec = importlib.util.spec_from_file_location("sandbox_mc_cot", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _script("sandbox_mc_cot")
 
     def letter_of(prompt: str) -> str:
         value = prompt.rsplit(". The correct answer is (", 1)[0].rsplit(" ", 1)[1]
