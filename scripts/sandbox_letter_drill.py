@@ -3,7 +3,8 @@ of a choice from its value?
 
     .venv/bin/python scripts/sandbox_letter_drill.py --out /tmp/drill [--steps 1500]
         [--lr 1e-3] [--model harness/assets/sandbox-model/model] [--eval-every 250] [-n 400]
-        [--form alone|in-place|in-place-no-format|in-place-value-only|in-place-value-prefixed]
+        [--form alone|in-place|in-place-no-format|in-place-value-only|in-place-value-prefixed|
+                in-place-value-after-format]
 
 Each drill is LongBench-v2's choice block with four values of the world's facts (values of
 entities that are not the probe's, ``harness.sandbox.build.format_entities``), then one of the
@@ -41,7 +42,11 @@ correct answer is (``), and with it the one-pass prompt's own answer prefix (the
 answer is`` the response follows): the drill alone with the question line before its choices.
 ``--form in-place-value-prefixed`` puts that prefix back (``... (D) trugaix\n\nThe correct
 answer is sonain. The correct answer is (``: the ``value`` form's response after the one-pass
-prompt, less its format line), the one difference from ``in-place-value-only``.
+prompt, less its format line), the one difference from ``in-place-value-only``. ``--form
+in-place-value-after-format`` keeps the format line and drops the prefix (``... (D) trugaix\n\n
+Format your response as follows: "The correct answer is (insert answer here)".\n\nsonain. The
+correct answer is (``: a response after a prompt that ends at LongBench-v2's own format line),
+the one difference from ``in-place-value-only``.
 """
 from __future__ import annotations
 
@@ -55,7 +60,7 @@ from pathlib import Path
 ASSET_MODEL = Path(__file__).resolve().parents[1] / "harness" / "assets" / "sandbox-model" / "model"
 LETTERS = "ABCD"
 FORMS = ("alone", "in-place", "in-place-no-format", "in-place-value-only",
-         "in-place-value-prefixed")
+         "in-place-value-prefixed", "in-place-value-after-format")
 FORMAT_LINE = "Format your response as follows:"   # LongBench-v2's, up to its end of line
 IN_PLACE_SEED = 3000   # the training drills of --form in-place (the trials' format_seed_offset)
 HELD_OUT_SEED = 9000   # scripts/sandbox_mc_cot.py's DRILL_SEED: the held-out in-place drills
@@ -126,9 +131,9 @@ def without_format_line(prompt: str) -> str:
 
 
 def value_only(prompt: str) -> str:
-    """``prompt`` (less its format line) with the restated fact cut to its value: ``... keeps
-    the <attribute> <value>. The correct answer is (`` becomes ``<value>. The correct answer
-    is (``."""
+    """``prompt`` with its last paragraph (the prompt's answer prefix and the restated fact)
+    cut to the value: ``The correct answer is ... keeps the <attribute> <value>. The correct
+    answer is (`` becomes ``<value>. The correct answer is (``."""
     head, sep, fact = prompt.rpartition("\n\n")
     cut = fact.rindex(". ")
     return f"{head}{sep}{fact[:cut].rsplit(' ', 1)[1]}{fact[cut:]}"
@@ -143,7 +148,7 @@ def in_place_drills(s, tokenizer, n: int, seed: int, tmp: Path, form: str = "in-
                        "value" if form == "in-place-value-prefixed" else "fact")
     if form in ("in-place-no-format", "in-place-value-only", "in-place-value-prefixed"):
         drills = [(without_format_line(p), a) for p, a in drills]
-    if form == "in-place-value-only":
+    if form in ("in-place-value-only", "in-place-value-after-format"):
         drills = [(value_only(p), a) for p, a in drills]
     return drills
 
@@ -169,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--form", choices=FORMS, default="alone",
                    help="the drill alone (default), the in-place drill of phase 3's mix, that "
                         "drill without the format line, or also without the restated fact "
-                        "(and the prompt's answer prefix), or that with the prefix")
+                        "(and the prompt's answer prefix), or that with the prefix or with the "
+                        "format line")
     args = p.parse_args(argv)
     if args.out.resolve() == args.model.resolve() or ASSET_MODEL.parent in args.out.resolve(
             ).parents:

@@ -757,6 +757,12 @@ def test_in_place_drill_rows_carry_the_letter_alone_and_are_not_the_held_out_one
         cut = q.rindex("\n\n") + 2
         assert a == b and p == q[:cut] + "The correct answer is " + q[cut:]
         assert "Format your response" not in p and p.count("The correct answer is") == 2
+    # the value-after-format form: the value-only one with the format line kept
+    after = drill.in_place_drills(SandboxSpec(), tokenizer, 20, drill.HELD_OUT_SEED, tmp_path,
+                                  "in-place-value-after-format")
+    for (p, a), (q, b), (f, _) in zip(after, bare, full):
+        assert a == b and p == f[:f.rindex("\n\n") + 2] + q[q.rindex("\n\n") + 2:]
+        assert "(insert answer here)" in p and p.count("The correct answer is") == 2
 
 
 def test_mc_cot_script_counts_the_second_hop_in_place():
