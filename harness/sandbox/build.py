@@ -94,8 +94,8 @@ class PretrainRecipe:
     # Share of phase 3's format rows that are rows of in-place letter drills (``mc_drills``; 0 =
     # none, version 4; ours, a trial): the tail of a one-pass prompt, the planted fact as the
     # ``fact`` form states it (the value alone where ``format_mc_answer`` is ``value``), and
-    # the answer line, the loss on its letter alone, so that the
-    # second hop (value to letter) is taught densely where the one-pass response takes it.
+    # the answer line, the loss on its letter alone, so that the second hop (value to letter)
+    # is taught densely where the one-pass response takes it.
     format_drill_share: float = 0.0
     # How the drill rows are trained (ours, a trial): ``rows`` (the first trials), spread among
     # the other format rows, the loss on the letter and what follows it; ``steps``, whole
