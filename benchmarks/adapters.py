@@ -319,7 +319,8 @@ class Ruler:
 class LongBenchV2:
     """LongBench-v2 in one of two presets (``entry.preset``; README, "Evaluation presets"):
 
-    - ``harness`` (default): base-model completion prompt (or ``prompt: chat``), the prompt
+    - ``harness`` (default): base-model completion prompt (or ``prompt: open``, the same
+      without the answer prefix, or ``prompt: chat``), the prompt
       middle-truncated to ``length - reserve`` tokens, greedy, the file's first
       ``samples_per_task`` items, an empty output scored wrong.
     - ``official``: THUDM's ``pred.py``: the 0-shot (or CoT) user message through the model's
@@ -358,18 +359,22 @@ class LongBenchV2:
                              f"{', '.join(PROBE_SPLITS)}, got {self.sandbox_split!r}")
         self.substitute: dict | None = None      # the substitute's data record
         prompt = p.get("prompt", "chat" if self.official else "completion")
-        if prompt not in ("completion", "chat"):
-            raise ValueError(f"{self.name}: params.prompt must be 'completion' or 'chat', "
-                             f"got {prompt!r}")
+        if prompt not in ("completion", "open", "chat"):
+            raise ValueError(f"{self.name}: params.prompt must be 'completion', 'open' or "
+                             f"'chat', got {prompt!r}")
         if self.official and prompt != "chat":
             raise ValueError(f"{self.name}: preset official sends the chat prompt (pred.py); "
-                             f"params.prompt: completion is for preset harness")
+                             f"params.prompt: {prompt} is for preset harness")
         if self.official and "reserve" in p:
             raise ValueError(f"{self.name}: preset official truncates to the official budget "
                              f"(120,000 tokens at 131,072); params.reserve is for preset harness")
-        self.completion = prompt == "completion"
-        # the line a completion prompt ends with, which an answer continues ("" for chat)
-        self.answer_prefix = lb.COMPLETION_ANSWER_PREFIX if self.completion else ""
+        # completion and open (ours): a base model continues the official text; completion
+        # ends it with the answer prefix, open with the separator alone, so that the model
+        # writes the whole response (the official answer line included) and the official
+        # regexes read it as written
+        self.completion = prompt != "chat"
+        # the line a completion prompt ends with, which an answer continues ("" otherwise)
+        self.answer_prefix = lb.COMPLETION_ANSWER_PREFIX if prompt == "completion" else ""
         self.cot = _flag(self.name, p, "cot")
         if "cot_tokens" in p and (not self.cot or self.official):
             raise ValueError(f"{self.name}: params.cot_tokens caps the CoT pass of preset harness "
@@ -481,7 +486,10 @@ class LongBenchV2:
         from benchmarks import longbench_v2 as lb
 
         if self.completion:   # the CoT prompt already ends with "Let’s think step by step:"
-            return lb.completion_prompt(text) if answer_pass else text
+            if not answer_pass:
+                return text
+            return (lb.completion_prompt(text) if self.answer_prefix
+                    else text + lb.COMPLETION_SEPARATOR)
         return lb.as_chat(text, tokenizer)
 
     def samples(self, task: str, length: int, tokenizer: Any, n: int) -> list[Sample]:
@@ -580,9 +588,12 @@ class LongBenchV2:
                 f"questions on planted facts of the {data['entities']} "
                 f"(harness.sandbox.world.mc_items v{data['version']}, seed {data['seed']}), "
                 f"because no LongBench-v2 file was found and the hub route failed")
-        if self.completion:
+        if self.completion and self.answer_prefix:
             fmt = (f"completion (ours, base models): the official text + "
                    f"{lb.COMPLETION_SEPARATOR!r} + {lb.COMPLETION_ANSWER_PREFIX!r}")
+        elif self.completion:
+            fmt = (f"open completion (ours, base models): the official text + "
+                   f"{lb.COMPLETION_SEPARATOR!r}, the response read as written")
         else:
             fmt = "one user message through the model's chat template" + (
                 f" (sha256 {self.chat_template_sha256})" if self.chat_template_sha256 else "")

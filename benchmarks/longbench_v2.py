@@ -25,7 +25,10 @@ Ours, not in the official code:
   support. It is the official user text followed by ``"\\n\\nThe correct answer is"``; the model
   continues it (typically `` (B)``) and extraction runs on that prefix plus the continuation, so
   the official regexes decide. In CoT mode only the answer pass gets the prefix (the CoT prompt
-  already ends with "Let’s think step by step:").
+  already ends with "Let’s think step by step:"). The registered adapter's ``prompt: open``
+  (``benchmarks.adapters.LongBenchV2``) ends the prompt at the official text and
+  ``"\n\n"`` instead, and the response, which then writes the whole answer line, is read as
+  written.
 - An empty response is scored (``pred=None``, wrong) by default. ``pred.py`` instead drops the
   item (``if output == '': continue``, after either pass) so that a failed API call is retried
   on the next run; with a local engine an empty output is the model's answer, and dropping it

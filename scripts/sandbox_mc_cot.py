@@ -27,6 +27,10 @@ transformers):
   (from the value to its letter);
 - the answers' letters, counted (one letter for every item is chance).
 
+``--prompt open``: the one-pass prompt without the completion form's answer prefix
+(``longbench_v2`` ``params.prompt: open``, ``PretrainRecipe.format_mc_prompt``), for a model
+trained so; the statements given in place then start the response (no leading space).
+
 ``--drills N``: besides, the letter accuracy on ``N`` held-out in-place letter drills
 (``harness.sandbox.build.mc_drills``, seed ``DRILL_SEED``, which no recipe trains on; the
 document left out; ``--form value``: the drills state the value alone), with the letters
@@ -51,11 +55,13 @@ def _bench(sandbox: Path, **params):
         name="longbench_v2", params={"sandbox_dir": str(sandbox), **params}))
 
 
-def _letters(responses) -> dict:
-    from benchmarks.longbench_v2 import COMPLETION_ANSWER_PREFIX, extract_answer
+def _letters(responses, prefix: str) -> dict:
+    """The extracted letters (``None``: no answer line), read after the prompt's answer
+    ``prefix`` as the benchmark scores them."""
+    from benchmarks.longbench_v2 import extract_answer
 
     return dict(collections.Counter(
-        str(extract_answer(COMPLETION_ANSWER_PREFIX + r)) for r in responses).most_common())
+        str(extract_answer(prefix + r)) for r in responses).most_common())
 
 
 def _fact(item: dict) -> tuple[str, str]:
@@ -73,13 +79,19 @@ def _fact(item: dict) -> tuple[str, str]:
 DRILL_SEED = 9000   # held-out drills: format_seed_offset of the recipe and its trials is below
 
 
+def _after(prompt: str) -> str:
+    """What a response continues after ``prompt``: a space after the completion form's answer
+    prefix, nothing after the open prompt's blank line."""
+    return prompt if prompt.endswith("\n") else prompt + " "
+
+
 def _letter_prompt(prompt: str, item: dict, form: str = "fact") -> str:
     """The one-pass prompt, the true fact as the ``fact`` form states it (``form`` ``value``:
     the true value alone, as the ``value`` form does) and the answer line up to the letter."""
     from benchmarks.longbench_v2 import COMPLETION_ANSWER_PREFIX
 
     told = _fact(item)[0] if form == "fact" else item["choice_" + item["answer"]] + "."
-    return f"{prompt} {told} {COMPLETION_ANSWER_PREFIX} ("
+    return f"{_after(prompt)}{told} {COMPLETION_ANSWER_PREFIX} ("
 
 
 def _next_letters(backend, tok, prompts: list[str]) -> list[str]:
@@ -98,26 +110,28 @@ def load(model_dir: Path):
     return tok, HFGreedy(model_dir, [tok.eos_token_id], dtype="float32")
 
 
-def held_out_drills(tok, backend, n: int, form: str = "fact") -> dict:
+def held_out_drills(tok, backend, n: int, form: str = "fact", prompt: str = "completion"
+                    ) -> dict:
     """The letter accuracy on ``n`` in-place letter drills no recipe trains on, stating the
-    fact or (``form`` ``value``) the value alone."""
+    fact or (``form`` ``value``) the value alone, after the ``prompt`` form's prompt."""
     import tempfile
 
     from harness.config import SandboxSpec
     from harness.sandbox.build import mc_drills
 
     with tempfile.TemporaryDirectory() as tmp:
-        drills = mc_drills(SandboxSpec(), tok, n, DRILL_SEED, Path(tmp), form)
+        drills = mc_drills(SandboxSpec(), tok, n, DRILL_SEED, Path(tmp), form, prompt)
     said = _next_letters(backend, tok, [p for p, _ in drills])
     return {"n": len(drills), "right": sum(s == a[0] for s, (_, a) in zip(said, drills)),
             "letters": dict(collections.Counter(said).most_common())}
 
 
-def _second_hop(samples, responses) -> dict:
+def _second_hop(samples, responses, prefix: str = "The correct answer is") -> dict:
     """Of the one-pass responses: how many state the true value before the answer line
     (``value_first``), how many start with the question's name and attribute, how many name one
-    of the choices' values, and how many of those give that value's letter."""
-    from benchmarks.longbench_v2 import COMPLETION_ANSWER_PREFIX, extract_answer
+    of the choices' values, and how many of those give that value's letter (read after the
+    prompt's answer ``prefix``)."""
+    from benchmarks.longbench_v2 import extract_answer
 
     true = asked = named = agree = 0
     for x, r in zip(samples, responses):
@@ -129,30 +143,30 @@ def _second_hop(samples, responses) -> dict:
         choice = [c for c in "ABCD" if last == [item["choice_" + c]]]
         if choice:
             named += 1
-            agree += extract_answer(COMPLETION_ANSWER_PREFIX + r) == choice[0]
+            agree += extract_answer(prefix + r) == choice[0]
     return {"value_first": true, "asked": asked, "named": named, "agree": agree}
 
 
 def measure(tok, backend, sandbox: Path, lengths: list[int], n: int, cot_too: bool = True,
-            form: str = "fact") -> list[dict]:
+            form: str = "fact", prompt: str = "completion") -> list[dict]:
     def run(samples):
         ids = [tok(x.prompt, add_special_tokens=x.add_special_tokens)["input_ids"]
                for x in samples]
         out = backend.generate(ids, [x.max_new_tokens for x in samples])
         return [tok.decode(o, skip_special_tokens=True) for o in out]
 
-    one, cot = _bench(sandbox), _bench(sandbox, cot=True, cot_tokens=32)
+    one, cot = _bench(sandbox, prompt=prompt), _bench(sandbox, cot=True, cot_tokens=32)
     rows = []
     for length in lengths:
         first = one.samples("overall", length, tok, n)
         said = run(first)
         plain = one.score("overall", first, said).value
         # the first hop alone: the value greedily written after the prompt and the asked fact
-        given = backend.generate([tok(x.prompt + " " + _fact(x.meta["item"])[1],
+        given = backend.generate([tok(_after(x.prompt) + _fact(x.meta["item"])[1],
                                       add_special_tokens=x.add_special_tokens)["input_ids"]
                                   for x in first], [4] * len(first))
-        row = {**_second_hop(first, said), "length": length, "n": len(first),
-               "one_pass": plain, "one_letters": _letters(said), "given": sum(
+        row = {**_second_hop(first, said, one.answer_prefix), "length": length, "n": len(first),
+               "one_pass": plain, "one_letters": _letters(said, one.answer_prefix), "given": sum(
                    tok.decode(o, skip_special_tokens=True).strip().split(" ")[0].rstrip(".")
                    == x.meta["item"]["choice_" + x.meta["item"]["answer"]]
                    for o, x in zip(given, first)),
@@ -190,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--form", choices=("fact", "value"), default="fact",
                    help="what is stated before the answer line in 'letter given the fact' and "
                         "the drills (the one-pass response form of the model measured)")
+    p.add_argument("--prompt", choices=("completion", "open"), default="completion",
+                   help="the one-pass prompt: with the completion form's answer prefix "
+                        "(default) or without it (longbench_v2 params.prompt: open)")
     args = p.parse_args(argv)
     if args.drills < 0:
         p.error(f"--drills must be 0 or more, got {args.drills}")
@@ -206,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in args.models:
         tok, backend = load(m)
         for r in measure(tok, backend, args.sandbox, args.lengths, args.n, not args.one_pass,
-                         args.form):
+                         args.form, args.prompt):
             one = ", ".join(f"`{k}` {v}" for k, v in r["one_letters"].items())
             head = (f"| {m} | {r['length']} | {r['n']} | {r['one_pass']:.1f} | "
                     f"{r['value_first']} / {r['n']} | {r['asked']} | {r['named']} / "
@@ -220,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"|  |  |  | first response: `{r['example_one']}` |" + "  |" * 6
                   + f" first CoT: `{r['example_cot']}` |  |  |  |")
         if args.drills:
-            d = held_out_drills(tok, backend, args.drills, args.form)
+            d = held_out_drills(tok, backend, args.drills, args.form, args.prompt)
             drilled.append(f"- {m}: {d['right']} / {d['n']} held-out in-place letter drills "
                            f"(seed {DRILL_SEED}, {args.form} form); letters: " + ", ".join(
                                f"`{k}` {v}" for k, v in d["letters"].items()))

@@ -383,6 +383,37 @@ def test_official_selection_all_or_seeded_sample(official_file, chat_tokenizer):
     assert len(official(official_file, samples="all").select(2)) == 13
 
 
+def test_open_prompt_ends_at_the_official_text_and_reads_the_response_as_written(
+        official_file, tokenizer):
+    """``prompt: open`` (ours, preset harness): the completion prompt less its answer prefix,
+    so that a base model writes the whole answer line; the response is scored as written (a
+    bare `` (B)`` has no answer line), and the provenance says which form ran."""
+    from benchmarks.adapters import LongBenchV2
+    from harness.config import BenchmarkEntry
+
+    def harness(**params):
+        return LongBenchV2(BenchmarkEntry(name="longbench_v2",
+                                          params={"path": str(official_file), **params}))
+
+    completion, open_ = harness(), harness(prompt="open")
+    c = completion.samples("overall", 4096, tokenizer, 3)
+    o = open_.samples("overall", 4096, tokenizer, 3)
+    for x, y in zip(c, o):
+        assert y.prompt.endswith(LB.COMPLETION_SEPARATOR)
+        assert x.prompt == y.prompt + LB.COMPLETION_ANSWER_PREFIX
+        assert y.add_special_tokens and y.meta["item"] == x.meta["item"]
+    right = o[0].references[0]
+    wrong = "ABCD"[("ABCD".index(right) + 1) % 4]
+    said = [f"chevar. The correct answer is ({right}).", f" ({right})",
+            f"The correct answer is ({wrong})."]
+    assert open_.score("overall", [o[0]] * 3, said).per_sample == [100.0, 0.0, 0.0]
+    assert completion.score("overall", c[:1], [f" ({right})"]).per_sample == [100.0]
+    assert "open completion" in open_.provenance()["template"]
+    assert "open" not in completion.provenance()["template"]
+    with pytest.raises(ValueError, match="params.prompt: open is for preset harness"):
+        official(official_file, prompt="open")
+
+
 @pytest.mark.parametrize("params,match", [
     ({"prompt": "completion"}, "preset harness"), ({"reserve": 10}, "preset harness"),
     ({"samples": 0}, "params.samples"), ({"samples": "some"}, "params.samples"),

@@ -379,7 +379,7 @@ def test_the_shipped_model_is_the_recipe_s_and_its_key_follows_every_phase():
     # a field added to the recipe after the asset was made is absent from its recipe.json (whose
     # bytes the kept study seeds hash); it must sit at the value that leaves the key as it was
     later = {k: current.pop(k) for k in set(current) - set(shipped["recipe"])}
-    assert later == {"format_drill_mode": "rows"}, later
+    assert later == {"format_drill_mode": "rows", "format_mc_prompt": "completion"}, later
     assert shipped["recipe"] == current
     assert Bd.RECIPE.format_steps > 0 and Bd.RECIPE.copy_warmup_steps > 0
     for change in ({"format_steps": 0}, {"copy_warmup_steps": 100}, {"copy_share": 0.0},
@@ -675,6 +675,53 @@ def test_value_form_drills_state_the_value_alone_in_phase_3_and_in_the_measureme
         "<prompt> dravin. The correct answer is (")
     assert script._letter_prompt("<prompt>", item) == (
         "<prompt> Lozen Braibrem keeps the lantern dravin. The correct answer is (")
+
+
+def test_open_prompt_examples_and_drills_write_the_whole_answer_line(tokenizer, tmp_path):
+    """``format_mc_prompt`` ``open`` (a trial; ``completion`` in the shipped recipe): the same
+    items' prompts less the completion form's answer prefix, the responses and drills then
+    writing the whole answer line; the default keeps version 4's key, ``open`` changes it, and
+    the measuring script reads the open form's responses as the benchmark does."""
+    import dataclasses
+
+    from harness.config import SandboxSpec
+    from harness.sandbox import build as Bd
+
+    s = SandboxSpec()
+    assert Bd.model_key(s, dataclasses.replace(Bd.RECIPE, format_mc_prompt="completion")) \
+        == Bd.model_key(s) != Bd.model_key(s, dataclasses.replace(Bd.RECIPE,
+                                                                   format_mc_prompt="open"))
+    line = lb.COMPLETION_ANSWER_PREFIX
+    for answer in ("letter", "value"):
+        shut = Bd.mc_examples(s, tokenizer, 20, 2000, tmp_path, 512, answer)
+        opened = Bd.mc_examples(s, tokenizer, 20, 2000, tmp_path, 512, answer, "open")
+        assert len(opened) == len(shut) == 20
+        for (p, a), (q, b) in zip(opened, shut):
+            assert p.endswith("\n\n") and p + line == q
+            letter = re.search(r"\(([ABCD])\)", b)[1]
+            assert lb.extract_answer(a) == letter == lb.extract_answer(line + b)
+            assert a == (f"{line} ({letter})." if answer == "letter" else b.lstrip())
+    for stated in ("fact", "value"):
+        shut = Bd.mc_drills(s, tokenizer, 20, 3000, tmp_path, stated)
+        opened = Bd.mc_drills(s, tokenizer, 20, 3000, tmp_path, stated, "open")
+        for (p, a), (q, b) in zip(opened, shut):
+            head, _, tail = p.rpartition("\n\n")
+            assert a == b and q == f"{head}\n\n{line} {tail}"
+            assert p.count(line) == 2                    # the format line's and the answer line's
+    with pytest.raises(ValueError, match="format_mc_prompt"):
+        Bd.mc_examples(s, tokenizer, 2, 2000, tmp_path, 512, "value", "chat")
+    with pytest.raises(ValueError, match="format_mc_prompt"):
+        Bd.format_rows(s, tokenizer, dataclasses.replace(Bd.RECIPE, format_steps=8,
+                                                         format_mc_prompt="opne"))
+
+    script = _script("sandbox_mc_cot")
+    item = {"question": "Which lantern does Lozen Braibrem keep?", "answer": "C",
+            "choice_A": "moshath", "choice_B": "chevar", "choice_C": "dravin", "choice_D": "kelp"}
+    assert script._letter_prompt("<prompt>\n\n", item, "value") == (
+        "<prompt>\n\ndravin. The correct answer is (")
+    assert script._letters([" (C)", "dravin. The correct answer is (C)."], "") == {
+        "None": 1, "C": 1}
+    assert script._letters([" (C)"], line) == {"C": 1}
 
 
 def test_letter_drill_script_trains_reports_and_refuses_bad_arguments(tmp_path):

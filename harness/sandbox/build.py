@@ -91,6 +91,13 @@ class PretrainRecipe:
     # `` <value>. The correct answer is (B).``; ``fact``: `` <First> <Last> keeps the <attr>
     # <value>. The correct answer is (B).``). Ours: LongBench-v2 fixes no response.
     format_mc_answer: str = "letter"
+    # The one-pass prompt of phase 3's multiple-choice examples and drills (ours, a trial):
+    # ``completion`` (version 4), the official text then ``The correct answer is``, which the
+    # response continues; ``open``, the official text alone (``longbench_v2`` ``params.prompt:
+    # open``), the response writing the whole answer line, so that the answer line's words
+    # stand once before the letter (docs/sandbox.md, "The value after the format line"). A
+    # model trained with ``open`` is to be evaluated with ``params.prompt: open``.
+    format_mc_prompt: str = "completion"
     # Share of phase 3's format rows that are rows of in-place letter drills (``mc_drills``; 0 =
     # none, version 4; ours, a trial): the tail of a one-pass prompt, the planted fact as the
     # ``fact`` form states it (the value alone where ``format_mc_answer`` is ``value``), and
@@ -134,6 +141,8 @@ def model_key(s: SandboxSpec, recipe: PretrainRecipe | None = None) -> str:
     r = dataclasses.asdict(recipe or RECIPE)
     if r["format_mc_answer"] == "letter":   # added after version 4: its default keeps the key
         del r["format_mc_answer"]
+    if r["format_mc_prompt"] == "completion":   # likewise
+        del r["format_mc_prompt"]
     if not r["format_drill_share"]:         # likewise
         del r["format_drill_share"]
     if r["format_drill_mode"] == "rows":    # likewise
@@ -400,31 +409,46 @@ def _mc_samples(s: SandboxSpec, tokenizer, n_entities: int, seed: int, tmp: Path
 
 
 MC_ANSWERS = ("letter", "value", "fact")
+MC_PROMPTS = ("completion", "open")   # PretrainRecipe.format_mc_prompt
+
+
+def _check_mc_prompt(prompt: str) -> None:
+    if prompt not in MC_PROMPTS:
+        raise ValueError(f"recipe: format_mc_prompt must be one of {MC_PROMPTS}, got {prompt!r}")
 
 
 def mc_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, context: int,
-                answer: str = "letter") -> list[tuple[str, str]]:
+                answer: str = "letter", prompt: str = "completion") -> list[tuple[str, str]]:
     """(prompt, answer) pairs of multiple-choice items (``world.mc_items``) about entities
     that are not the probe's, in the registered ``longbench_v2`` benchmark's own prompt
     (completion form, middle truncation to ``context - reserve`` tokens); items whose
     evidence the truncation cut are left out. ``answer`` (``PretrainRecipe.format_mc_answer``):
-    the letter alone, or the value (or the whole fact) and then the official answer line."""
+    the letter alone, or the value (or the whole fact) and then the official answer line.
+    ``prompt`` (``PretrainRecipe.format_mc_prompt``) ``open``: the prompt without the answer
+    prefix, the response then the whole answer line (``The correct answer is (B).``, or
+    ``<value>. The correct answer is (B).``)."""
+    from benchmarks.longbench_v2 import COMPLETION_ANSWER_PREFIX as LINE
+
     if answer not in MC_ANSWERS:
         raise ValueError(f"recipe: format_mc_answer must be one of {MC_ANSWERS}, got {answer!r}")
+    _check_mc_prompt(prompt)
     out = []
-    for bench, x, said, value in _mc_samples(s, tokenizer, 2 * n, seed, tmp, context, "format-mc"):
+    for bench, x, said, value in _mc_samples(s, tokenizer, 2 * n, seed, tmp, context, "format-mc",
+                                             prompt=prompt):
         if len(out) == n:
             break
-        reply = f" ({x.references[0]})"
+        letter = x.references[0]
+        space = " " if bench.answer_prefix else ""   # the open prompt ends with a blank line
+        reply = f" ({letter})" if bench.answer_prefix else f"{LINE} ({letter})."
         if answer != "letter":   # the statement, then the official answer line
             stated = value if answer == "value" else said.removesuffix(".")
-            reply = f" {stated}. {bench.answer_prefix}{reply}."
+            reply = f"{space}{stated}. {LINE} ({letter})."
         out.append((x.prompt, reply))
     return out
 
 
-def mc_drills(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, stated: str = "fact"
-              ) -> list[tuple[str, str]]:
+def mc_drills(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, stated: str = "fact",
+              prompt: str = "completion") -> list[tuple[str, str]]:
     """``n`` in-place letter drills (``PretrainRecipe.format_drill_share``): for items about
     entities that are not the probe's (``world.mc_items``, their own stream), the tail of the
     registered ``longbench_v2`` benchmark's one-pass prompt from the question on (``What is
@@ -433,21 +457,25 @@ def mc_drills(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, stated: s
     states it and the answer line up to ``(``. The answer is the letter and ``).``: the second
     hop with the first hop's output given, at the place of the one-pass response. ``stated``
     ``value``: the value alone instead of the fact, as the ``value`` form's response states it
-    (``PretrainRecipe.format_mc_answer``)."""
+    (``PretrainRecipe.format_mc_answer``). ``prompt`` ``open``: the prompt's tail without the
+    answer prefix, the statement starting the response (``PretrainRecipe.format_mc_prompt``)."""
+    from benchmarks.longbench_v2 import COMPLETION_ANSWER_PREFIX as LINE
+
     if stated not in ("fact", "value"):
         raise ValueError(f"mc_drills: stated must be fact or value, got {stated!r}")
+    _check_mc_prompt(prompt)
     out = []
     n_entities = -(-n // 100) * 100   # whole blocks: mc_items draws distractors within one
     for bench, x, said, value in _mc_samples(s, tokenizer, n_entities, seed, tmp, DRILL_CONTEXT,
                                          "format-drill", chars=FORMAT_DRILL_CONTEXT_CHARS,
-                                         entity_seed=seed + FORMAT_DRILL_STREAM):
+                                         entity_seed=seed + FORMAT_DRILL_STREAM, prompt=prompt):
         if len(out) == n:
             break
         at = x.prompt.rindex(x.meta["item"]["question"])
         tail = x.prompt[x.prompt.rfind("\n", 0, at) + 1:]
         told = value if stated == "value" else said.removesuffix(".")
-        out.append((f"{tail} {told}. {bench.answer_prefix} (",
-                    f"{x.references[0]})."))
+        space = " " if bench.answer_prefix else ""   # the open prompt ends with a blank line
+        out.append((f"{tail}{space}{told}. {LINE} (", f"{x.references[0]})."))
     return out
 
 
@@ -501,6 +529,7 @@ def format_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None,
     retain = [k for k in range(steps) if every and k % every == every - 1]
     n_rows = (steps - len(retain)) * B
     seed = offset + s.seed
+    _check_mc_prompt(recipe.format_mc_prompt)
     if not 0 <= recipe.format_drill_share < 1:
         raise ValueError(f"recipe: format_drill_share must be in [0, 1), got "
                          f"{recipe.format_drill_share!r}")
@@ -516,13 +545,15 @@ def format_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None,
         hay = Path(tmp) / "haystack.json"
         hay.write_text(json.dumps(W.haystack(seed)))
         if phase == 3:
-            mc = mc_examples(s, tokenizer, n_mc, seed, Path(tmp), T, recipe.format_mc_answer)
+            mc = mc_examples(s, tokenizer, n_mc, seed, Path(tmp), T, recipe.format_mc_answer,
+                             recipe.format_mc_prompt)
         else:
             mc = cot_examples(s, tokenizer, n_mc, seed, Path(tmp), T, recipe.cot_passes)
         examples = ruler_examples(tokenizer, n_rows - n_drill - n_mc, seed, hay) + mc
         # the drills state what the one-pass response states before its answer line
         stated = "value" if recipe.format_mc_answer == "value" else "fact"
-        drills = mc_drills(s, tokenizer, 4 * n_drill, seed, Path(tmp), stated) if n_drill else []
+        drills = mc_drills(s, tokenizer, 4 * n_drill, seed, Path(tmp), stated,
+                           recipe.format_mc_prompt) if n_drill else []
     random.Random(seed).shuffle(examples)
     ids, pos, pad = _pack(examples, tokenizer, n_rows - n_drill, T)
     if n_drill:   # rows of drills (about 3 fit a row), spread among the others
