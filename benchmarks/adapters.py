@@ -375,6 +375,8 @@ class LongBenchV2:
         self.completion = prompt != "chat"
         # the line a completion prompt ends with, which an answer continues ("" otherwise)
         self.answer_prefix = lb.COMPLETION_ANSWER_PREFIX if prompt == "completion" else ""
+        # the official answer line's opening words, which the official regexes look for
+        self.answer_line = lb.COMPLETION_ANSWER_PREFIX
         self.cot = _flag(self.name, p, "cot")
         if "cot_tokens" in p and (not self.cot or self.official):
             raise ValueError(f"{self.name}: params.cot_tokens caps the CoT pass of preset harness "

@@ -427,8 +427,6 @@ def mc_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, context
     ``prompt`` (``PretrainRecipe.format_mc_prompt``) ``open``: the prompt without the answer
     prefix, the response then the whole answer line (``The correct answer is (B).``, or
     ``<value>. The correct answer is (B).``)."""
-    from benchmarks.longbench_v2 import COMPLETION_ANSWER_PREFIX as LINE
-
     if answer not in MC_ANSWERS:
         raise ValueError(f"recipe: format_mc_answer must be one of {MC_ANSWERS}, got {answer!r}")
     _check_mc_prompt(prompt)
@@ -439,10 +437,10 @@ def mc_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, context
             break
         letter = x.references[0]
         space = " " if bench.answer_prefix else ""   # the open prompt ends with a blank line
-        reply = f" ({letter})" if bench.answer_prefix else f"{LINE} ({letter})."
+        reply = f" ({letter})" if bench.answer_prefix else f"{bench.answer_line} ({letter})."
         if answer != "letter":   # the statement, then the official answer line
             stated = value if answer == "value" else said.removesuffix(".")
-            reply = f"{space}{stated}. {LINE} ({letter})."
+            reply = f"{space}{stated}. {bench.answer_line} ({letter})."
         out.append((x.prompt, reply))
     return out
 
@@ -459,8 +457,6 @@ def mc_drills(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, stated: s
     ``value``: the value alone instead of the fact, as the ``value`` form's response states it
     (``PretrainRecipe.format_mc_answer``). ``prompt`` ``open``: the prompt's tail without the
     answer prefix, the statement starting the response (``PretrainRecipe.format_mc_prompt``)."""
-    from benchmarks.longbench_v2 import COMPLETION_ANSWER_PREFIX as LINE
-
     if stated not in ("fact", "value"):
         raise ValueError(f"mc_drills: stated must be fact or value, got {stated!r}")
     _check_mc_prompt(prompt)
@@ -475,7 +471,7 @@ def mc_drills(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, stated: s
         tail = x.prompt[x.prompt.rfind("\n", 0, at) + 1:]
         told = value if stated == "value" else said.removesuffix(".")
         space = " " if bench.answer_prefix else ""   # the open prompt ends with a blank line
-        out.append((f"{tail}{space}{told}. {LINE} (", f"{x.references[0]})."))
+        out.append((f"{tail}{space}{told}. {bench.answer_line} (", f"{x.references[0]})."))
     return out
 
 
