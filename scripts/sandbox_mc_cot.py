@@ -126,7 +126,7 @@ def held_out_drills(tok, backend, n: int, form: str = "fact", prompt: str = "com
             "letters": dict(collections.Counter(said).most_common())}
 
 
-def _second_hop(samples, responses, prefix: str = "The correct answer is") -> dict:
+def _second_hop(samples, responses, prefix: str) -> dict:
     """Of the one-pass responses: how many state the true value before the answer line
     (``value_first``), how many start with the question's name and attribute, how many name one
     of the choices' values, and how many of those give that value's letter (read after the

@@ -824,11 +824,12 @@ def test_mc_cot_script_counts_the_second_hop_in_place():
                  " Futhor Braibrem keeps the horse kelp. The correct answer is (D).",
                  " sword. The correct answer is (C).",
                  " (A)."]
-    got = script._second_hop([x] * 5, responses)
+    got = script._second_hop([x] * 5, responses, lb.COMPLETION_ANSWER_PREFIX)
     assert got == {"value_first": 1, "asked": 2, "named": 3, "agree": 2}
     assert script._fact(item) == ("Lozen Braibrem keeps the lantern chevar.",
                                   "Lozen Braibrem keeps the lantern")
-    assert script._second_hop([x], [responses[1].replace("(A)", "(C)")])["agree"] == 1
+    assert script._second_hop([x], [responses[1].replace("(A)", "(C)")],
+                              lb.COMPLETION_ANSWER_PREFIX)["agree"] == 1
     # the second hop in place: the true fact, then the answer line up to the letter
     assert script._letter_prompt("<prompt>", item) == (
         "<prompt> Lozen Braibrem keeps the lantern chevar. The correct answer is (")
