@@ -110,8 +110,11 @@ def test_tune_completes_and_resumes_after_a_kill(tmp_path, small_sandbox):
                 # the new storage's schema version with the tune process (as ``_storage``)
                 except (KeyError, OperationalError, IntegrityError):
                     ts = []
+                # a running trial that has drawn all its parameters (a kill between the trial's
+                # creation and its draws leaves nothing to retry as it was: the retry draws anew)
                 if any(t.state == TrialState.COMPLETE for t in ts) and \
-                        any(t.state == TrialState.RUNNING for t in ts):
+                        any(t.state == TrialState.RUNNING and set(t.params) == set(spec.tune.space)
+                            for t in ts):
                     break
             assert proc.poll() is None, "tune finished before it could be interrupted:\n" + \
                 (tmp_path / "tune.log").read_text()[-3000:]
@@ -143,6 +146,7 @@ def test_tune_completes_and_resumes_after_a_kill(tmp_path, small_sandbox):
     assert again.state == TrialState.COMPLETE and again.value == first.value
     assert next(t for t in after if t.number == killed.number).state == TrialState.FAIL
     retry = [t for t in after if t.system_attrs.get("failed_trial") == killed.number]
+    assert set(killed.params) == set(spec.tune.space)
     assert len(retry) == 1 and retry[0].params == killed.params
     # the ready-to-run spec carries the best trial's thresholds
     best = min if spec.tune.direction == "minimize" else max
