@@ -29,7 +29,9 @@ transformers):
 
 ``--prompt open``: the one-pass prompt without the completion form's answer prefix
 (``longbench_v2`` ``params.prompt: open``, ``PretrainRecipe.format_mc_prompt``), for a model
-trained so; the statements given in place then start the response (no leading space).
+trained so; the statements given in place then start the response (no leading space);
+``--prompt open-spaced``: the same prompt, the statements given after a space (the
+``open-spaced`` recipe form).
 
 ``--drills N``: besides, the letter accuracy on ``N`` held-out in-place letter drills
 (``harness.sandbox.build.mc_drills``, seed ``DRILL_SEED``, which no recipe trains on; the
@@ -79,19 +81,20 @@ def _fact(item: dict) -> tuple[str, str]:
 DRILL_SEED = 9000   # held-out drills: format_seed_offset of the recipe and its trials is below
 
 
-def _after(prompt: str) -> str:
+def _after(prompt: str, spaced: bool = False) -> str:
     """What a response continues after ``prompt``: a space after the completion form's answer
-    prefix, nothing after the open prompt's blank line."""
-    return prompt if prompt.endswith("\n") else prompt + " "
+    prefix, nothing after the open prompt's blank line (``spaced``: a space there too, the
+    ``open-spaced`` form)."""
+    return prompt if prompt.endswith("\n") and not spaced else prompt + " "
 
 
-def _letter_prompt(prompt: str, item: dict, form: str = "fact") -> str:
+def _letter_prompt(prompt: str, item: dict, form: str = "fact", spaced: bool = False) -> str:
     """The one-pass prompt, the true fact as the ``fact`` form states it (``form`` ``value``:
     the true value alone, as the ``value`` form does) and the answer line up to the letter."""
     from benchmarks.longbench_v2 import COMPLETION_ANSWER_PREFIX
 
     told = _fact(item)[0] if form == "fact" else item["choice_" + item["answer"]] + "."
-    return f"{_after(prompt)}{told} {COMPLETION_ANSWER_PREFIX} ("
+    return f"{_after(prompt, spaced)}{told} {COMPLETION_ANSWER_PREFIX} ("
 
 
 def _next_letters(backend, tok, prompts: list[str]) -> list[str]:
@@ -155,14 +158,18 @@ def measure(tok, backend, sandbox: Path, lengths: list[int], n: int, cot_too: bo
         out = backend.generate(ids, [x.max_new_tokens for x in samples])
         return [tok.decode(o, skip_special_tokens=True) for o in out]
 
-    one, cot = _bench(sandbox, prompt=prompt), _bench(sandbox, cot=True, cot_tokens=32)
+    from harness.sandbox.build import mc_bench_prompt
+
+    spaced = prompt == "open-spaced"
+    one = _bench(sandbox, prompt=mc_bench_prompt(prompt))
+    cot = _bench(sandbox, cot=True, cot_tokens=32)
     rows = []
     for length in lengths:
         first = one.samples("overall", length, tok, n)
         said = run(first)
         plain = one.score("overall", first, said).value
         # the first hop alone: the value greedily written after the prompt and the asked fact
-        given = backend.generate([tok(_after(x.prompt) + _fact(x.meta["item"])[1],
+        given = backend.generate([tok(_after(x.prompt, spaced) + _fact(x.meta["item"])[1],
                                       add_special_tokens=x.add_special_tokens)["input_ids"]
                                   for x in first], [4] * len(first))
         row = {**_second_hop(first, said, one.answer_prefix), "length": length, "n": len(first),
@@ -171,7 +178,8 @@ def measure(tok, backend, sandbox: Path, lengths: list[int], n: int, cot_too: bo
                    == x.meta["item"]["choice_" + x.meta["item"]["answer"]]
                    for o, x in zip(given, first)),
                "letter": sum(got == x.references[0] for got, x in zip(_next_letters(
-                   backend, tok, [_letter_prompt(x.prompt, x.meta["item"], form) for x in first]),
+                   backend, tok, [_letter_prompt(x.prompt, x.meta["item"], form, spaced)
+                                       for x in first]),
                    first)),
                "example_one": said[0].strip()[:80]}
         if not cot_too:
@@ -204,9 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--form", choices=("fact", "value"), default="fact",
                    help="what is stated before the answer line in 'letter given the fact' and "
                         "the drills (the one-pass response form of the model measured)")
-    p.add_argument("--prompt", choices=("completion", "open"), default="completion",
+    p.add_argument("--prompt", choices=("completion", "open", "open-spaced"),
+                   default="completion",
                    help="the one-pass prompt: with the completion form's answer prefix "
-                        "(default) or without it (longbench_v2 params.prompt: open)")
+                        "(default) or without it (longbench_v2 params.prompt: open); "
+                        "open-spaced: without it, the response starting with a space "
+                        "(PretrainRecipe.format_mc_prompt)")
     args = p.parse_args(argv)
     if args.drills < 0:
         p.error(f"--drills must be 0 or more, got {args.drills}")

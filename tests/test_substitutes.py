@@ -708,6 +708,24 @@ def test_open_prompt_examples_and_drills_write_the_whole_answer_line(tokenizer, 
             head, _, tail = p.rpartition("\n\n")
             assert a == b and q == f"{head}\n\n{line} {tail}"
             assert p.count(line) == 2                    # the format line's and the answer line's
+    # open-spaced: the open prompt, the response after a space, so that the value is the one
+    # token it is among the choices (after the blank line alone it splits into pieces)
+    for (p, a), (q, b) in zip(Bd.mc_examples(s, tokenizer, 20, 2000, tmp_path, 512, "value",
+                                             "open-spaced"),
+                              Bd.mc_examples(s, tokenizer, 20, 2000, tmp_path, 512, "value",
+                                             "open")):
+        assert p == q and a == " " + b
+        value = a.split(".")[0]
+        ids = tokenizer(value, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1 and ids[0] in tokenizer(p)["input_ids"]
+        assert len(tokenizer(b.split(".")[0], add_special_tokens=False)["input_ids"]) > 1
+    for (p, a), (q, b) in zip(Bd.mc_drills(s, tokenizer, 20, 3000, tmp_path, "value",
+                                           "open-spaced"),
+                              Bd.mc_drills(s, tokenizer, 20, 3000, tmp_path, "value", "open")):
+        head, _, tail = q.rpartition("\n\n")
+        assert a == b and p == f"{head}\n\n {tail}"
+    assert Bd.model_key(s, dataclasses.replace(Bd.RECIPE, format_mc_prompt="open")) != \
+        Bd.model_key(s, dataclasses.replace(Bd.RECIPE, format_mc_prompt="open-spaced"))
     with pytest.raises(ValueError, match="format_mc_prompt"):
         Bd.mc_examples(s, tokenizer, 2, 2000, tmp_path, 512, "value", "chat")
     with pytest.raises(ValueError, match="format_mc_prompt"):
@@ -719,6 +737,8 @@ def test_open_prompt_examples_and_drills_write_the_whole_answer_line(tokenizer, 
             "choice_A": "moshath", "choice_B": "chevar", "choice_C": "dravin", "choice_D": "kelp"}
     assert script._letter_prompt("<prompt>\n\n", item, "value") == (
         "<prompt>\n\ndravin. The correct answer is (")
+    assert script._letter_prompt("<prompt>\n\n", item, "value", spaced=True) == (
+        "<prompt>\n\n dravin. The correct answer is (")
     assert script._letters([" (C)", "dravin. The correct answer is (C)."], "") == {
         "None": 1, "C": 1}
     assert script._letters([" (C)"], line) == {"C": 1}

@@ -95,8 +95,10 @@ class PretrainRecipe:
     # ``completion`` (version 4), the official text then ``The correct answer is``, which the
     # response continues; ``open``, the official text alone (``longbench_v2`` ``params.prompt:
     # open``), the response writing the whole answer line, so that the answer line's words
-    # stand once before the letter (docs/sandbox.md, "The value after the format line"). A
-    # model trained with ``open`` is to be evaluated with ``params.prompt: open``.
+    # stand once before the letter (docs/sandbox.md, "The value after the format line");
+    # ``open-spaced``, the same prompt, the response starting with a space (a word is then the
+    # one token it is in the document; docs/sandbox.md, "The open prompt's split words"). A
+    # model trained with either is to be evaluated with ``params.prompt: open``.
     format_mc_prompt: str = "completion"
     # Share of phase 3's format rows that are rows of in-place letter drills (``mc_drills``; 0 =
     # none, version 4; ours, a trial): the tail of a one-pass prompt, the planted fact as the
@@ -409,7 +411,22 @@ def _mc_samples(s: SandboxSpec, tokenizer, n_entities: int, seed: int, tmp: Path
 
 
 MC_ANSWERS = ("letter", "value", "fact")
-MC_PROMPTS = ("completion", "open")   # PretrainRecipe.format_mc_prompt
+MC_PROMPTS = ("completion", "open", "open-spaced")   # PretrainRecipe.format_mc_prompt
+
+
+def mc_bench_prompt(prompt: str) -> str:
+    """The ``longbench_v2`` ``params.prompt`` of a ``format_mc_prompt``: ``open-spaced`` is the
+    open prompt, its responses starting with a space."""
+    return "open" if prompt == "open-spaced" else prompt
+
+
+def _response_space(bench, prompt: str) -> str:
+    """What stands between a prompt and its response's first word: a space after the
+    completion form's answer prefix; after the open prompt's blank line nothing (``open``) or a
+    space (``open-spaced``), so that the word is the one token it is in the document and the
+    choices (the sandbox tokenizer's words carry their leading space; without it a value splits
+    into pieces that occur nowhere in the context)."""
+    return " " if bench.answer_prefix or prompt == "open-spaced" else ""
 
 
 def _check_mc_prompt(prompt: str) -> None:
@@ -432,11 +449,11 @@ def mc_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, context
     _check_mc_prompt(prompt)
     out = []
     for bench, x, said, value in _mc_samples(s, tokenizer, 2 * n, seed, tmp, context, "format-mc",
-                                             prompt=prompt):
+                                             prompt=mc_bench_prompt(prompt)):
         if len(out) == n:
             break
         letter = x.references[0]
-        space = " " if bench.answer_prefix else ""   # the open prompt ends with a blank line
+        space = _response_space(bench, prompt)
         reply = f" ({letter})" if bench.answer_prefix else f"{bench.answer_line} ({letter})."
         if answer != "letter":   # the statement, then the official answer line
             stated = value if answer == "value" else said.removesuffix(".")
@@ -464,13 +481,14 @@ def mc_drills(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, stated: s
     n_entities = -(-n // 100) * 100   # whole blocks: mc_items draws distractors within one
     for bench, x, said, value in _mc_samples(s, tokenizer, n_entities, seed, tmp, DRILL_CONTEXT,
                                          "format-drill", chars=FORMAT_DRILL_CONTEXT_CHARS,
-                                         entity_seed=seed + FORMAT_DRILL_STREAM, prompt=prompt):
+                                         entity_seed=seed + FORMAT_DRILL_STREAM,
+                                         prompt=mc_bench_prompt(prompt)):
         if len(out) == n:
             break
         at = x.prompt.rindex(x.meta["item"]["question"])
         tail = x.prompt[x.prompt.rfind("\n", 0, at) + 1:]
         told = value if stated == "value" else said.removesuffix(".")
-        space = " " if bench.answer_prefix else ""   # the open prompt ends with a blank line
+        space = _response_space(bench, prompt)
         out.append((f"{tail}{space}{told}. {bench.answer_line} (", f"{x.references[0]})."))
     return out
 
