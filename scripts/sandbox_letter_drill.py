@@ -4,7 +4,7 @@ of a choice from its value?
     .venv/bin/python scripts/sandbox_letter_drill.py --out /tmp/drill [--steps 1500]
         [--lr 1e-3] [--model harness/assets/sandbox-model/model] [--eval-every 250] [-n 400]
         [--form alone|in-place|in-place-no-format|in-place-value-only|in-place-value-prefixed|
-                in-place-value-after-format]
+                in-place-value-after-format|in-place-open-spaced]
 
 Each drill is LongBench-v2's choice block with four values of the world's facts (values of
 entities that are not the probe's, ``harness.sandbox.build.format_entities``), then one of the
@@ -46,7 +46,10 @@ prompt, less its format line), the one difference from ``in-place-value-only``. 
 in-place-value-after-format`` keeps the format line and drops the prefix (``... (D) trugaix\n\n
 Format your response as follows: "The correct answer is (insert answer here)".\n\nsonain. The
 correct answer is (``: a response after a prompt that ends at LongBench-v2's own format line),
-the one difference from ``in-place-value-only``.
+the one difference from ``in-place-value-only``. ``--form in-place-open-spaced`` is that with a
+space before the value (``...".\n\n sonain. The correct answer is (``), the drill that phase 3
+mixes in with ``format_mc_prompt: open-spaced`` (``mc_drills``): the value is then the one token
+it is among the choices, where after the blank line alone it splits into pieces.
 """
 from __future__ import annotations
 
@@ -60,7 +63,7 @@ from pathlib import Path
 ASSET_MODEL = Path(__file__).resolve().parents[1] / "harness" / "assets" / "sandbox-model" / "model"
 LETTERS = "ABCD"
 FORMS = ("alone", "in-place", "in-place-no-format", "in-place-value-only",
-         "in-place-value-prefixed", "in-place-value-after-format")
+         "in-place-value-prefixed", "in-place-value-after-format", "in-place-open-spaced")
 FORMAT_LINE = "Format your response as follows:"   # LongBench-v2's, up to its end of line
 IN_PLACE_SEED = 3000   # the training drills of --form in-place (the trials' format_seed_offset)
 HELD_OUT_SEED = 9000   # scripts/sandbox_mc_cot.py's DRILL_SEED: the held-out in-place drills
@@ -144,6 +147,8 @@ def in_place_drills(s, tokenizer, n: int, seed: int, tmp: Path, form: str = "in-
     """``n`` in-place drills (``mc_drills``) of ``form`` (the module doc)."""
     from harness.sandbox.build import mc_drills
 
+    if form == "in-place-open-spaced":
+        return mc_drills(s, tokenizer, n, seed, tmp, "value", "open-spaced")
     drills = mc_drills(s, tokenizer, n, seed, tmp,
                        "value" if form == "in-place-value-prefixed" else "fact")
     if form in ("in-place-no-format", "in-place-value-only", "in-place-value-prefixed"):

@@ -830,6 +830,12 @@ def test_in_place_drill_rows_carry_the_letter_alone_and_are_not_the_held_out_one
     for (p, a), (q, b), (f, _) in zip(after, bare, full):
         assert a == b and p == f[:f.rindex("\n\n") + 2] + q[q.rindex("\n\n") + 2:]
         assert "(insert answer here)" in p and p.count("The correct answer is") == 2
+    # the open-spaced form: that, with a space before the value (which then is one token)
+    spaced = drill.in_place_drills(SandboxSpec(), tokenizer, 20, drill.HELD_OUT_SEED, tmp_path,
+                                   "in-place-open-spaced")
+    for (p, a), (q, b) in zip(spaced, after):
+        cut = q.rindex("\n\n") + 2
+        assert a == b and p == q[:cut] + " " + q[cut:]
 
 
 def test_mc_cot_script_counts_the_second_hop_in_place():
