@@ -81,20 +81,15 @@ def _fact(item: dict) -> tuple[str, str]:
 DRILL_SEED = 9000   # held-out drills: format_seed_offset of the recipe and its trials is below
 
 
-def _after(prompt: str, spaced: bool = False) -> str:
-    """What a response continues after ``prompt``: a space after the completion form's answer
-    prefix, nothing after the open prompt's blank line (``spaced``: a space there too, the
-    ``open-spaced`` form)."""
-    return prompt if prompt.endswith("\n") and not spaced else prompt + " "
-
-
-def _letter_prompt(prompt: str, item: dict, form: str = "fact", spaced: bool = False) -> str:
-    """The one-pass prompt, the true fact as the ``fact`` form states it (``form`` ``value``:
-    the true value alone, as the ``value`` form does) and the answer line up to the letter."""
+def _letter_prompt(prompt: str, item: dict, form: str = "fact", space: str = " ") -> str:
+    """The one-pass prompt, ``space`` (what stands before the response's first word:
+    ``harness.sandbox.build.mc_response_space``), the true fact as the ``fact`` form states it
+    (``form`` ``value``: the true value alone, as the ``value`` form does) and the answer line
+    up to the letter."""
     from benchmarks.longbench_v2 import COMPLETION_ANSWER_PREFIX
 
     told = _fact(item)[0] if form == "fact" else item["choice_" + item["answer"]] + "."
-    return f"{_after(prompt, spaced)}{told} {COMPLETION_ANSWER_PREFIX} ("
+    return f"{prompt}{space}{told} {COMPLETION_ANSWER_PREFIX} ("
 
 
 def _next_letters(backend, tok, prompts: list[str]) -> list[str]:
@@ -158,18 +153,18 @@ def measure(tok, backend, sandbox: Path, lengths: list[int], n: int, cot_too: bo
         out = backend.generate(ids, [x.max_new_tokens for x in samples])
         return [tok.decode(o, skip_special_tokens=True) for o in out]
 
-    from harness.sandbox.build import mc_bench_prompt
+    from harness.sandbox.build import mc_bench_prompt, mc_response_space
 
-    spaced = prompt == "open-spaced"
     one = _bench(sandbox, prompt=mc_bench_prompt(prompt))
     cot = _bench(sandbox, cot=True, cot_tokens=32)
+    space = mc_response_space(one, prompt)   # what stands before a response's first word
     rows = []
     for length in lengths:
         first = one.samples("overall", length, tok, n)
         said = run(first)
         plain = one.score("overall", first, said).value
         # the first hop alone: the value greedily written after the prompt and the asked fact
-        given = backend.generate([tok(_after(x.prompt, spaced) + _fact(x.meta["item"])[1],
+        given = backend.generate([tok(x.prompt + space + _fact(x.meta["item"])[1],
                                       add_special_tokens=x.add_special_tokens)["input_ids"]
                                   for x in first], [4] * len(first))
         row = {**_second_hop(first, said, one.answer_prefix), "length": length, "n": len(first),
@@ -178,7 +173,7 @@ def measure(tok, backend, sandbox: Path, lengths: list[int], n: int, cot_too: bo
                    == x.meta["item"]["choice_" + x.meta["item"]["answer"]]
                    for o, x in zip(given, first)),
                "letter": sum(got == x.references[0] for got, x in zip(_next_letters(
-                   backend, tok, [_letter_prompt(x.prompt, x.meta["item"], form, spaced)
+                   backend, tok, [_letter_prompt(x.prompt, x.meta["item"], form, space)
                                        for x in first]),
                    first)),
                "example_one": said[0].strip()[:80]}
@@ -200,6 +195,8 @@ def measure(tok, backend, sandbox: Path, lengths: list[int], n: int, cot_too: bo
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.sandbox.build import MC_PROMPTS
+
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="+", type=Path)
     p.add_argument("--sandbox", required=True, type=Path,
@@ -212,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--form", choices=("fact", "value"), default="fact",
                    help="what is stated before the answer line in 'letter given the fact' and "
                         "the drills (the one-pass response form of the model measured)")
-    p.add_argument("--prompt", choices=("completion", "open", "open-spaced"),
-                   default="completion",
+    p.add_argument("--prompt", choices=MC_PROMPTS, default="completion",
                    help="the one-pass prompt: with the completion form's answer prefix "
                         "(default) or without it (longbench_v2 params.prompt: open); "
                         "open-spaced: without it, the response starting with a space "

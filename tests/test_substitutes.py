@@ -710,6 +710,11 @@ def test_open_prompt_examples_and_drills_write_the_whole_answer_line(tokenizer, 
             assert p.count(line) == 2                    # the format line's and the answer line's
     # open-spaced: the open prompt, the response after a space, so that the value is the one
     # token it is among the choices (after the blank line alone it splits into pieces)
+    for (p, a), (q, b) in zip(Bd.mc_examples(s, tokenizer, 20, 2000, tmp_path, 512, "letter",
+                                             "open-spaced"),
+                              Bd.mc_examples(s, tokenizer, 20, 2000, tmp_path, 512, "letter",
+                                             "open")):
+        assert p == q and a == " " + b
     for (p, a), (q, b) in zip(Bd.mc_examples(s, tokenizer, 20, 2000, tmp_path, 512, "value",
                                              "open-spaced"),
                               Bd.mc_examples(s, tokenizer, 20, 2000, tmp_path, 512, "value",
@@ -735,9 +740,9 @@ def test_open_prompt_examples_and_drills_write_the_whole_answer_line(tokenizer, 
     script = _script("sandbox_mc_cot")
     item = {"question": "Which lantern does Lozen Braibrem keep?", "answer": "C",
             "choice_A": "moshath", "choice_B": "chevar", "choice_C": "dravin", "choice_D": "kelp"}
-    assert script._letter_prompt("<prompt>\n\n", item, "value") == (
+    assert script._letter_prompt("<prompt>\n\n", item, "value", "") == (
         "<prompt>\n\ndravin. The correct answer is (")
-    assert script._letter_prompt("<prompt>\n\n", item, "value", spaced=True) == (
+    assert script._letter_prompt("<prompt>\n\n", item, "value", " ") == (
         "<prompt>\n\n dravin. The correct answer is (")
     assert script._letters([" (C)", "dravin. The correct answer is (C)."], "") == {
         "None": 1, "C": 1}

@@ -137,18 +137,18 @@ def world_spec(s: SandboxSpec) -> W.WorldSpec:
                        n_probe_entities=s.n_probe_entities)
 
 
+# Recipe fields added after version 4, with the defaults that leave version 4's key unchanged
+ADDED_AFTER_VERSION_4 = {"format_mc_answer": "letter", "format_mc_prompt": "completion",
+                         "format_drill_share": 0.0, "format_drill_mode": "rows"}
+
+
 def model_key(s: SandboxSpec, recipe: PretrainRecipe | None = None) -> str:
     """The model's identity: the world seed and the recipe (the settings of a part that is
     off do not count, so adding an optional part leaves an older model's key as it was)."""
     r = dataclasses.asdict(recipe or RECIPE)
-    if r["format_mc_answer"] == "letter":   # added after version 4: its default keeps the key
-        del r["format_mc_answer"]
-    if r["format_mc_prompt"] == "completion":   # likewise
-        del r["format_mc_prompt"]
-    if not r["format_drill_share"]:         # likewise
-        del r["format_drill_share"]
-    if r["format_drill_mode"] == "rows":    # likewise
-        del r["format_drill_mode"]
+    for key, default in ADDED_AFTER_VERSION_4.items():   # at its default a field keeps the key
+        if r[key] == default:
+            del r[key]
     if not r["format_steps"]:
         r = {k: v for k, v in r.items() if not k.startswith("format_")}
     if not r["cot_steps"]:
@@ -420,7 +420,7 @@ def mc_bench_prompt(prompt: str) -> str:
     return "open" if prompt == "open-spaced" else prompt
 
 
-def _response_space(bench, prompt: str) -> str:
+def mc_response_space(bench, prompt: str) -> str:
     """What stands between a prompt and its response's first word: a space after the
     completion form's answer prefix; after the open prompt's blank line nothing (``open``) or a
     space (``open-spaced``), so that the word is the one token it is in the document and the
@@ -453,8 +453,8 @@ def mc_examples(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, context
         if len(out) == n:
             break
         letter = x.references[0]
-        space = _response_space(bench, prompt)
-        reply = f" ({letter})" if bench.answer_prefix else f"{bench.answer_line} ({letter})."
+        space = mc_response_space(bench, prompt)
+        reply = f" ({letter})" if bench.answer_prefix else f"{space}{bench.answer_line} ({letter})."
         if answer != "letter":   # the statement, then the official answer line
             stated = value if answer == "value" else said.removesuffix(".")
             reply = f"{space}{stated}. {bench.answer_line} ({letter})."
@@ -488,7 +488,7 @@ def mc_drills(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path, stated: s
         at = x.prompt.rindex(x.meta["item"]["question"])
         tail = x.prompt[x.prompt.rfind("\n", 0, at) + 1:]
         told = value if stated == "value" else said.removesuffix(".")
-        space = _response_space(bench, prompt)
+        space = mc_response_space(bench, prompt)
         out.append((f"{tail}{space}{told}. {bench.answer_line} (", f"{x.references[0]})."))
     return out
 
