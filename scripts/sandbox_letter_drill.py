@@ -3,6 +3,7 @@ of a choice from its value?
 
     .venv/bin/python scripts/sandbox_letter_drill.py --out /tmp/drill [--steps 1500]
         [--lr 1e-3] [--model harness/assets/sandbox-model/model] [--eval-every 250] [-n 400]
+        [--grow-to LAYERS]
         [--form alone|in-place|in-place-no-format|in-place-value-only|in-place-value-prefixed|
                 in-place-value-after-format|in-place-open-spaced]
 
@@ -50,6 +51,10 @@ the one difference from ``in-place-value-only``. ``--form in-place-open-spaced``
 space before the value (``...".\n\n sonain. The correct answer is (``), the drill that phase 3
 mixes in with ``format_mc_prompt: open-spaced`` (``mc_drills``): the value is then the one token
 it is among the choices, where after the blank line alone it splits into pieces.
+
+``--grow-to LAYERS`` deepens the model first by block expansion (``harness.training.model_io.
+expand_blocks``: identity blocks inserted, so the drills start from what the given weights
+compute), the one difference from the same drill on the given depth.
 """
 from __future__ import annotations
 
@@ -176,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("-n", type=int, default=400, help="held-out drills per evaluation")
     p.add_argument("--seed", type=int, default=0, help="the sandbox world's seed")
+    p.add_argument("--grow-to", type=int, default=None, metavar="LAYERS",
+                   help="deepen the model to this many blocks first (block expansion)")
     p.add_argument("--form", choices=FORMS, default="alone",
                    help="the drill alone (default), the in-place drill of phase 3's mix, that "
                         "drill without the format line, or also without the restated fact "
@@ -195,10 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     from harness.config import SandboxSpec
     from harness.sandbox.build import RECIPE, format_entities
     from harness.training.loop import LoopSettings, RowSource, train_loop
-    from harness.training.model_io import load_model, save_checkpoint
+    from harness.training.model_io import expand_blocks, load_model, save_checkpoint
 
     tok = AutoTokenizer.from_pretrained(str(args.model))
     model = load_model(args.model)
+    if args.grow_to:
+        model = expand_blocks(model, args.grow_to)
     n_rows = args.steps * RECIPE.micro_batch
     if args.form == "alone":
         values = sorted({v for e in format_entities(SandboxSpec(seed=args.seed), 300, 7)
@@ -239,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
     save_checkpoint(model, tok, args.out)
     (args.out / "letter_drill.json").write_text(json.dumps(
-        {"from": str(args.model), "form": args.form, "steps": args.steps, "lr": args.lr,
+        {"from": str(args.model), "grow_to": args.grow_to, "form": args.form, "steps": args.steps, "lr": args.lr,
          "seconds": round(seconds, 1), "history": history}, indent=2))
     print(f"{args.steps} drill steps in {seconds:.0f} s -> {args.out}")
     return 0

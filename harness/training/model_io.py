@@ -50,3 +50,49 @@ def load_eval_model(path, device: str = "cpu"):
                                                  attn_implementation="sdpa",
                                                  use_safetensors=True).to(device)
     return model.eval()
+
+
+def expand_blocks(model, layers: int):
+    """Deepen a decoder-only HF model to ``layers`` blocks by block expansion (Wu et al. 2024,
+    "LLaMA Pro: Progressive LLaMA with Block Expansion", arXiv:2401.02415): after each of
+    ``layers - n`` evenly spaced groups of the ``n`` blocks a copy of the group's last block is
+    inserted with its attention output and MLP down projections zeroed, so that every new
+    block adds nothing to the residual stream and the deepened model computes exactly what the
+    original did, until training moves the zeroed projections. Returns a new model (the
+    original is left as it was); its config says ``layers`` blocks."""
+    import copy
+
+    import torch
+
+    blocks = model.model.layers
+    n = len(blocks)
+    if not n < layers <= 2 * n:
+        raise ValueError(f"expand_blocks: layers must be in ({n}, {2 * n}] for a model of {n} "
+                         f"blocks (one new block at most after each), got {layers}")
+    new = layers - n
+    # LLaMA Pro splits the n blocks into `new` groups and appends one identity copy to each
+    ends = {round((g + 1) * n / new) - 1 for g in range(new)}
+    out = copy.deepcopy(model)
+    grown = []
+    for i, block in enumerate(out.model.layers):
+        grown.append(block)
+        if i in ends:
+            extra = copy.deepcopy(block)
+            with torch.no_grad():
+                extra.self_attn.o_proj.weight.zero_()
+                extra.mlp.down_proj.weight.zero_()
+                for proj in (extra.self_attn.o_proj, extra.mlp.down_proj):
+                    if proj.bias is not None:
+                        proj.bias.zero_()
+            grown.append(extra)
+    for i, block in enumerate(grown):
+        block.self_attn.layer_idx = i
+    out.model.layers = torch.nn.ModuleList(grown)
+    cfg = out.config
+    cfg.num_hidden_layers = layers
+    if getattr(cfg, "layer_types", None) is not None:
+        kinds = list(cfg.layer_types)
+        cfg.layer_types = [kinds[0] if len(set(kinds)) == 1 else None] * layers
+        if None in cfg.layer_types:
+            raise ValueError("expand_blocks: models with mixed layer types are not supported")
+    return out
