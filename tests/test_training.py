@@ -187,3 +187,34 @@ def test_a_micro_batch_of_padding_only_trains_and_adds_no_gradient(tmp_path, tin
     padded = write_stage_dataset(tmp_path / "padded", x, gi, [], {"method": "test"})
     out = train_stage(tiny_model_dir, padded, cfg, tmp_path / "ckpt", progress=False)
     assert json.loads((out / "stage_done.json").read_text())["final_loss"] is not None
+
+
+def test_block_expansion_computes_what_the_model_did_until_trained(tmp_path, tiny_model_dir):
+    from harness.training.model_io import expand_blocks, save_checkpoint
+
+    model = load_model(tiny_model_dir)
+    n = len(model.model.layers)
+    ids = torch.randint(1, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    grown = expand_blocks(model, 2 * n)
+    assert len(model.model.layers) == n   # the original is left as it was
+    assert grown.config.num_hidden_layers == 2 * n == len(grown.model.layers)
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        assert torch.allclose(grown(input_ids=ids).logits, before, atol=1e-5)
+    save_checkpoint(grown, None, tmp_path / "grown")
+    again = load_model(tmp_path / "grown")
+    assert again.config.num_hidden_layers == 2 * n
+    with torch.no_grad():
+        assert torch.allclose(again(input_ids=ids).logits, before, atol=1e-5)
+    # the zeroed projections get gradient, so the new blocks train and the output moves
+    opt = torch.optim.SGD(grown.parameters(), lr=0.5)
+    grown(input_ids=ids, labels=ids).loss.backward()
+    new = grown.model.layers[1]
+    assert new.self_attn.o_proj.weight.grad.abs().sum() > 0
+    opt.step()
+    assert new.self_attn.o_proj.weight.abs().sum() > 0
+    with torch.no_grad():
+        assert not torch.allclose(grown(input_ids=ids).logits, before, atol=1e-4)
+    for bad in (n, 2 * n + 1):
+        with pytest.raises(ValueError, match=f"layers must be in .* got {bad}"):
+            expand_blocks(model, bad)
