@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     tok = AutoTokenizer.from_pretrained(str(args.model))
     model = load_model(args.model)
     if args.grow_to:
-        model = expand_blocks(model, args.grow_to)
+        try:
+            model = expand_blocks(model, args.grow_to)
+        except ValueError as exc:
+            p.error(f"--grow-to {args.grow_to}: {exc}")
     t0 = time.perf_counter()
     format_pretraining(SandboxSpec(seed=args.seed), model, tok, recipe, phase=args.phase)
     seconds = time.perf_counter() - t0

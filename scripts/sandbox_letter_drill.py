@@ -207,7 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     tok = AutoTokenizer.from_pretrained(str(args.model))
     model = load_model(args.model)
     if args.grow_to:
-        model = expand_blocks(model, args.grow_to)
+        try:
+            model = expand_blocks(model, args.grow_to)
+        except ValueError as exc:
+            p.error(f"--grow-to {args.grow_to}: {exc}")
     n_rows = args.steps * RECIPE.micro_batch
     if args.form == "alone":
         values = sorted({v for e in format_entities(SandboxSpec(seed=args.seed), 300, 7)

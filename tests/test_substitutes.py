@@ -892,3 +892,21 @@ def test_mc_cot_script_scores_held_out_drills_by_their_letters(tokenizer):
     always_b = script.held_out_drills(tokenizer, Answering(lambda _: "B"), 40)
     assert always_b["letters"] == {"B": 40}
     assert always_b["right"] == right["letters"]["B"] < 40
+
+
+def test_letter_drill_script_deepens_the_model_when_asked_and_refuses_an_impossible_depth(
+        tmp_path, capsys):
+    import json
+
+    script = _script("sandbox_letter_drill")
+    with pytest.raises(SystemExit) as exc:
+        script.main(["--out", str(tmp_path / "bad"), "--grow-to", "5", "--steps", "25"])
+    assert exc.value.code == 2 and "--grow-to 5: expand_blocks: layers must be in" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "bad").exists()
+    assert script.main(["--out", str(tmp_path / "m"), "--grow-to", "4", "--steps", "25",
+                        "--eval-every", "25", "-n", "8"]) == 0
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    report = json.loads((tmp_path / "m" / "letter_drill.json").read_text())
+    assert config["num_hidden_layers"] == 4 and len(config["layer_types"]) == 4
+    assert report["grow_to"] == 4 and [h["step"] for h in report["history"]] == [0, 25]
