@@ -251,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
     save_checkpoint(model, tok, args.out)
     (args.out / "letter_drill.json").write_text(json.dumps(
-        {"from": str(args.model), "grow_to": args.grow_to, "form": args.form, "steps": args.steps, "lr": args.lr,
+        {"from": str(args.model), "grow_to": args.grow_to, "form": args.form,
+         "steps": args.steps, "lr": args.lr,
          "seconds": round(seconds, 1), "history": history}, indent=2))
     print(f"{args.steps} drill steps in {seconds:.0f} s -> {args.out}")
     return 0

@@ -194,7 +194,8 @@ def test_block_expansion_computes_what_the_model_did_until_trained(tmp_path, tin
 
     model = load_model(tiny_model_dir)
     n = len(model.model.layers)
-    ids = torch.randint(1, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(1, model.config.vocab_size, (2, 24),
+                        generator=torch.Generator().manual_seed(0))
     grown = expand_blocks(model, 2 * n)
     assert len(model.model.layers) == n   # the original is left as it was
     assert grown.config.num_hidden_layers == 2 * n == len(grown.model.layers)
