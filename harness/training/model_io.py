@@ -69,6 +69,9 @@ def expand_blocks(model, layers: int):
     if not n < layers <= 2 * n:
         raise ValueError(f"expand_blocks: layers must be in ({n}, {2 * n}] for a model of {n} "
                          f"blocks (one new block at most after each), got {layers}")
+    kinds = getattr(model.config, "layer_types", None)
+    if kinds is not None and len(set(kinds)) > 1:
+        raise ValueError("expand_blocks: models with mixed layer types are not supported")
     new = layers - n
     # LLaMA Pro splits the n blocks into `new` groups and appends one identity copy to each
     ends = {round((g + 1) * n / new) - 1 for g in range(new)}
@@ -90,9 +93,6 @@ def expand_blocks(model, layers: int):
     out.model.layers = torch.nn.ModuleList(grown)
     cfg = out.config
     cfg.num_hidden_layers = layers
-    if getattr(cfg, "layer_types", None) is not None:
-        kinds = list(cfg.layer_types)
-        cfg.layer_types = [kinds[0] if len(set(kinds)) == 1 else None] * layers
-        if None in cfg.layer_types:
-            raise ValueError("expand_blocks: models with mixed layer types are not supported")
+    if kinds is not None:
+        cfg.layer_types = [kinds[0]] * layers
     return out
