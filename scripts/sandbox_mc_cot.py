@@ -3,9 +3,9 @@
     .venv/bin/python scripts/sandbox_mc_cot.py MODEL [MODEL ...] --sandbox runs/sandbox/<key>
         [--lengths 512 1024] [-n 40]
 
-For each model and length, on the first ``n`` test-split items (``harness.sandbox.world.
-mc_items``, built by the registered ``longbench_v2`` benchmark, completion form, greedy through
-transformers):
+For each model and length, on the first ``n`` test-split items (``--split validation``: the
+validation split's; ``harness.sandbox.world.mc_items``, built by the registered
+``longbench_v2`` benchmark, completion form, greedy through transformers):
 
 - ``one pass``: the accuracy of the 0-shot prompt (what the main job runs), how many of its
   responses name the true value before the answer line (``value first``: the response form of
@@ -146,7 +146,7 @@ def _second_hop(samples, responses, prefix: str) -> dict:
 
 
 def measure(tok, backend, sandbox: Path, lengths: list[int], n: int, cot_too: bool = True,
-            form: str = "fact", prompt: str = "completion") -> list[dict]:
+            form: str = "fact", prompt: str = "completion", split: str = "test") -> list[dict]:
     def run(samples):
         ids = [tok(x.prompt, add_special_tokens=x.add_special_tokens)["input_ids"]
                for x in samples]
@@ -155,8 +155,8 @@ def measure(tok, backend, sandbox: Path, lengths: list[int], n: int, cot_too: bo
 
     from harness.sandbox.build import mc_bench_prompt, mc_response_space
 
-    one = _bench(sandbox, prompt=mc_bench_prompt(prompt))
-    cot = _bench(sandbox, cot=True, cot_tokens=32)
+    one = _bench(sandbox, prompt=mc_bench_prompt(prompt), sandbox_split=split)
+    cot = _bench(sandbox, cot=True, cot_tokens=32, sandbox_split=split)
     space = mc_response_space(one, prompt)   # what stands before a response's first word
     rows = []
     for length in lengths:
@@ -214,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(default) or without it (longbench_v2 params.prompt: open); "
                         "open-spaced: without it, the response starting with a space "
                         "(PretrainRecipe.format_mc_prompt)")
+    p.add_argument("--split", choices=("test", "validation"), default="test",
+                   help="the probe entities the items ask about: test (what a comparison and "
+                        "policylong eval score) or validation (what tuning scores; for choosing "
+                        "among trial models without looking at the test items)")
     args = p.parse_args(argv)
     if args.drills < 0:
         p.error(f"--drills must be 0 or more, got {args.drills}")
@@ -230,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in args.models:
         tok, backend = load(m)
         for r in measure(tok, backend, args.sandbox, args.lengths, args.n, not args.one_pass,
-                         args.form, args.prompt):
+                         args.form, args.prompt, args.split):
             one = ", ".join(f"`{k}` {v}" for k, v in r["one_letters"].items())
             head = (f"| {m} | {r['length']} | {r['n']} | {r['one_pass']:.1f} | "
                     f"{r['value_first']} / {r['n']} | {r['asked']} | {r['named']} / "

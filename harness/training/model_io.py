@@ -96,3 +96,43 @@ def expand_blocks(model, layers: int):
     if kinds is not None:
         cfg.layer_types = [kinds[0]] * layers
     return out
+
+
+def add_task_vectors(base, fine_tuned: list, weights: list[float]):
+    """Task arithmetic (Ilharco et al. 2023, "Editing Models with Task Arithmetic",
+    arXiv:2212.04089): ``base + sum_i weights[i] * (fine_tuned[i] - base)``, parameter by
+    parameter, for models fine-tuned from ``base`` (same architecture, same parameter names and
+    shapes). Weights of 0 give ``base``; one model with weight 1 gives that model. Returns a new
+    model (the inputs are left as they were); every parameter that differs in name or shape is
+    named in the error before anything is computed."""
+    import copy
+
+    import torch
+
+    if len(fine_tuned) != len(weights) or not fine_tuned:
+        raise ValueError(f"add_task_vectors: one weight per fine-tuned model, got "
+                         f"{len(fine_tuned)} models and {len(weights)} weights")
+    ref = base.state_dict()
+    states = [m.state_dict() for m in fine_tuned]
+    for i, st in enumerate(states):
+        missing = sorted(set(ref) ^ set(st))
+        if missing:
+            raise ValueError(f"add_task_vectors: model {i} and the base differ in parameters "
+                             f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        shapes = [k for k in ref if st[k].shape != ref[k].shape]
+        if shapes:
+            raise ValueError(f"add_task_vectors: model {i} and the base differ in the shape of "
+                             f"{shapes[:5]}{' ...' if len(shapes) > 5 else ''}")
+    out = copy.deepcopy(base)
+    merged = {}
+    with torch.no_grad():
+        for k, v in ref.items():
+            if not torch.is_floating_point(v):
+                merged[k] = v.clone()
+                continue
+            acc = v.double().clone()
+            for st, w in zip(states, weights):
+                acc += float(w) * (st[k].double() - v.double())
+            merged[k] = acc.to(v.dtype)
+    out.load_state_dict(merged)
+    return out
