@@ -3,7 +3,7 @@ of a choice from its value?
 
     .venv/bin/python scripts/sandbox_letter_drill.py --out /tmp/drill [--steps 1500]
         [--lr 1e-3] [--model harness/assets/sandbox-model/model] [--eval-every 250] [-n 400]
-        [--grow-to LAYERS]
+        [--grow-to LAYERS [--freeze-original]]
         [--form alone|in-place|in-place-no-format|in-place-value-only|in-place-value-prefixed|
                 in-place-value-after-format|in-place-open-spaced]
 
@@ -54,7 +54,9 @@ it is among the choices, where after the blank line alone it splits into pieces.
 
 ``--grow-to LAYERS`` deepens the model first by block expansion (``harness.training.model_io.
 expand_blocks``: identity blocks inserted, so the drills start from what the given weights
-compute), the one difference from the same drill on the given depth.
+compute), the one difference from the same drill on the given depth; with
+``--freeze-original`` only the inserted blocks train (embeddings, norms, head and the given
+blocks frozen), as LLaMA Pro (arXiv:2401.02415) adds a skill without retraining the model.
 """
 from __future__ import annotations
 
@@ -183,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the sandbox world's seed")
     p.add_argument("--grow-to", type=int, default=None, metavar="LAYERS",
                    help="deepen the model to this many blocks first (block expansion)")
+    p.add_argument("--freeze-original", action="store_true",
+                   help="with --grow-to: train the inserted blocks only, as LLaMA Pro does")
     p.add_argument("--form", choices=FORMS, default="alone",
                    help="the drill alone (default), the in-place drill of phase 3's mix, that "
                         "drill without the format line, or also without the restated fact "
@@ -192,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.resolve() == args.model.resolve() or ASSET_MODEL.parent in args.out.resolve(
             ).parents:
         p.error("--out must be a new folder outside the shipped asset")
+    if args.freeze_original and not args.grow_to:
+        p.error("--freeze-original needs --grow-to (it trains the inserted blocks only)")
     if args.steps < 1 or args.n < 1 or args.eval_every < 1 or args.eval_every % 25:
         p.error("--steps and -n must be positive, --eval-every a positive multiple of 25 "
                 "(the training loop logs every 25 steps)")
@@ -202,15 +208,23 @@ def main(argv: list[str] | None = None) -> int:
     from harness.config import SandboxSpec
     from harness.sandbox.build import RECIPE, format_entities
     from harness.training.loop import LoopSettings, RowSource, train_loop
-    from harness.training.model_io import expand_blocks, load_model, save_checkpoint
+    from harness.training.model_io import (expand_blocks, expanded_block_indices,
+                                           freeze_all_but_blocks, load_model, save_checkpoint)
 
     tok = AutoTokenizer.from_pretrained(str(args.model))
     model = load_model(args.model)
+    trainable = None
     if args.grow_to:
+        n_blocks = len(model.model.layers)
         try:
             model = expand_blocks(model, args.grow_to)
         except ValueError as exc:
             p.error(f"--grow-to {args.grow_to}: {exc}")
+        if args.freeze_original:
+            trainable = freeze_all_but_blocks(
+                model, expanded_block_indices(n_blocks, args.grow_to))
+            print(f"training the {args.grow_to - n_blocks} inserted blocks only: "
+                  f"{trainable:,} parameters", flush=True)
     n_rows = args.steps * RECIPE.micro_batch
     if args.form == "alone":
         values = sorted({v for e in format_entities(SandboxSpec(seed=args.seed), 300, 7)
@@ -252,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     save_checkpoint(model, tok, args.out)
     (args.out / "letter_drill.json").write_text(json.dumps(
         {"from": str(args.model), "grow_to": args.grow_to, "form": args.form,
+         "freeze_original": args.freeze_original, "trainable_parameters": trainable,
          "steps": args.steps, "lr": args.lr,
          "seconds": round(seconds, 1), "history": history}, indent=2))
     print(f"{args.steps} drill steps in {seconds:.0f} s -> {args.out}")

@@ -910,3 +910,28 @@ def test_letter_drill_script_deepens_the_model_when_asked_and_refuses_an_impossi
     report = json.loads((tmp_path / "m" / "letter_drill.json").read_text())
     assert config["num_hidden_layers"] == 4 and len(config["layer_types"]) == 4
     assert report["grow_to"] == 4 and [h["step"] for h in report["history"]] == [0, 25]
+    assert not report["freeze_original"]
+
+    # LLaMA Pro's way: the inserted blocks train, everything the given model had stays as it was
+    import torch
+    from safetensors.torch import load_file
+
+    with pytest.raises(SystemExit) as exc:
+        script.main(["--out", str(tmp_path / "bad"), "--freeze-original", "--steps", "25"])
+    assert exc.value.code == 2 and "--freeze-original needs --grow-to" in capsys.readouterr().err
+    assert script.main(["--out", str(tmp_path / "f"), "--grow-to", "4", "--freeze-original",
+                        "--steps", "25", "--eval-every", "25", "-n", "8"]) == 0
+    shipped = load_file(str(script.ASSET_MODEL / "model.safetensors"))
+    frozen = load_file(str(tmp_path / "f" / "model.safetensors"))
+    free = load_file(str(tmp_path / "m" / "model.safetensors"))
+    moved = lambda st, a, b: any(not torch.equal(st[k.replace(f"layers.{b}.", f"layers.{a}.")],
+                                                 shipped[k])
+                                 for k in shipped if f"layers.{b}." in k)
+    for grown, original in ((0, 0), (2, 1)):
+        assert not moved(frozen, grown, original)
+        assert moved(free, grown, original)   # without the flag they train too
+    assert torch.equal(frozen["model.embed_tokens.weight"], shipped["model.embed_tokens.weight"])
+    for inserted in (1, 3):
+        assert frozen[f"model.layers.{inserted}.mlp.down_proj.weight"].abs().sum() > 0
+    report = json.loads((tmp_path / "f" / "letter_drill.json").read_text())
+    assert report["freeze_original"] and 0 < report["trainable_parameters"]

@@ -219,3 +219,72 @@ def test_block_expansion_computes_what_the_model_did_until_trained(tmp_path, tin
     for bad in (n, 2 * n + 1):
         with pytest.raises(ValueError, match=f"layers must be in .* got {bad}"):
             expand_blocks(model, bad)
+
+
+def test_the_inserted_blocks_are_named_and_alone_left_trainable(tiny_model_dir):
+    from harness.training.model_io import (expand_blocks, expanded_block_indices,
+                                           freeze_all_but_blocks)
+
+    model = load_model(tiny_model_dir)
+    assert expanded_block_indices(2, 4) == [1, 3] and expanded_block_indices(2, 3) == [2]
+    assert expanded_block_indices(4, 6) == [2, 5]
+    for layers in (3, 4):
+        grown = expand_blocks(model, layers)
+        new = expanded_block_indices(2, layers)
+        zeroed = [i for i, b in enumerate(grown.model.layers)
+                  if not b.self_attn.o_proj.weight.any() and not b.mlp.down_proj.weight.any()]
+        assert zeroed == new
+        left = freeze_all_but_blocks(grown, new)
+        trainable = {n for n, p in grown.named_parameters() if p.requires_grad}
+        assert trainable and all(any(n.startswith(f"model.layers.{i}.") for i in new)
+                                 for n in trainable)
+        assert left == sum(p.numel() for p in grown.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="no block \\[7\\]"):
+        freeze_all_but_blocks(model, [7])
+    with pytest.raises(ValueError, match="layers must be in"):
+        expanded_block_indices(2, 5)
+
+
+def test_task_arithmetic_adds_each_fine_tunes_change(tmp_path, tiny_model_dir):
+    from harness.training.model_io import add_task_vectors, expand_blocks, save_checkpoint
+
+    base = load_model(tiny_model_dir)
+    ref = base.state_dict()
+    tuned = []
+    for seed in (1, 2):   # two "fine-tunes": the base's weights moved by fixed random steps
+        m = load_model(tiny_model_dir)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.01 * torch.randn(p.shape, generator=g))
+        tuned.append(m)
+    states = [m.state_dict() for m in tuned]
+    key = "model.layers.0.self_attn.q_proj.weight"
+    for w in ([0.0, 0.0], [1.0, 0.0], [0.5, -0.25]):
+        st = add_task_vectors(base, tuned, w).state_dict()
+        want = ref[key] + w[0] * (states[0][key] - ref[key]) + w[1] * (states[1][key] - ref[key])
+        assert torch.allclose(st[key], want, atol=1e-6), w
+    assert torch.equal(base.state_dict()[key], ref[key])   # the inputs are left as they were
+    with pytest.raises(ValueError, match="one weight per fine-tuned model"):
+        add_task_vectors(base, tuned, [1.0])
+    with pytest.raises(ValueError, match="differ in parameters .*layers.2"):
+        add_task_vectors(base, [expand_blocks(tuned[0], 3)], [1.0])
+
+    # the script: a merged folder that loads and computes the merge's logits; a clear error
+    save_checkpoint(tuned[0], None, tmp_path / "a")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "sandbox_merge.py"
+    run = subprocess.run([sys.executable, str(script), "--base", str(tiny_model_dir),
+                          "--add", f"{tmp_path / 'a'}:0.5", "--out", str(tmp_path / "m")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    ids = torch.randint(1, base.config.vocab_size, (1, 16),
+                        generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = load_model(tmp_path / "m")(input_ids=ids).logits
+        want = add_task_vectors(base, [tuned[0]], [0.5])(input_ids=ids).logits
+        assert torch.allclose(got, want, atol=1e-5)
+        assert not torch.allclose(got, base(input_ids=ids).logits, atol=1e-4)
+    bad = subprocess.run([sys.executable, str(script), "--add", f"{tmp_path / 'a'}:half",
+                          "--out", str(tmp_path / "m2")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "weight 'half' is not a number" in bad.stderr
+    assert not (tmp_path / "m2").exists()

@@ -52,6 +52,46 @@ def load_eval_model(path, device: str = "cpu"):
     return model.eval()
 
 
+def _group_ends(n: int, layers: int) -> set[int]:
+    """The original blocks after which block expansion inserts a copy: LLaMA Pro splits the
+    ``n`` blocks into ``layers - n`` groups and appends one identity copy to each."""
+    new = layers - n
+    return {round((g + 1) * n / new) - 1 for g in range(new)}
+
+
+def expanded_block_indices(n: int, layers: int) -> list[int]:
+    """The indices, in the deepened model, of the blocks ``expand_blocks`` inserted into a
+    model of ``n`` blocks grown to ``layers`` (the blocks LLaMA Pro trains while the original
+    ones stay frozen)."""
+    if not n < layers <= 2 * n:
+        raise ValueError(f"expanded_block_indices: layers must be in ({n}, {2 * n}], got {layers}")
+    ends, out, i = _group_ends(n, layers), [], 0
+    for b in range(n):
+        i += 1
+        if b in ends:
+            out.append(i)
+            i += 1
+    return out
+
+
+def freeze_all_but_blocks(model, blocks: list[int]) -> int:
+    """Freeze every parameter of ``model`` (embeddings, norms, head included) except those of
+    the decoder blocks at ``blocks``, as LLaMA Pro trains only the blocks it inserted; returns
+    the number of parameters left trainable."""
+    n = len(model.model.layers)
+    bad = [b for b in blocks if not 0 <= b < n]
+    if bad:
+        raise ValueError(f"freeze_all_but_blocks: no block {bad} in a model of {n} blocks")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    left = 0
+    for b in blocks:
+        for p in model.model.layers[b].parameters():
+            p.requires_grad_(True)
+            left += p.numel()
+    return left
+
+
 def expand_blocks(model, layers: int):
     """Deepen a decoder-only HF model to ``layers`` blocks by block expansion (Wu et al. 2024,
     "LLaMA Pro: Progressive LLaMA with Block Expansion", arXiv:2401.02415): after each of
@@ -72,9 +112,7 @@ def expand_blocks(model, layers: int):
     kinds = getattr(model.config, "layer_types", None)
     if kinds is not None and len(set(kinds)) > 1:
         raise ValueError("expand_blocks: models with mixed layer types are not supported")
-    new = layers - n
-    # LLaMA Pro splits the n blocks into `new` groups and appends one identity copy to each
-    ends = {round((g + 1) * n / new) - 1 for g in range(new)}
+    ends = _group_ends(n, layers)
     out = copy.deepcopy(model)
     grown = []
     for i, block in enumerate(out.model.layers):
