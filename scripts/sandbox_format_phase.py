@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from harness.config import SandboxSpec
     from harness.sandbox.build import RECIPE, format_pretraining
-    from harness.training.model_io import freeze_all_but_blocks, load_model, save_checkpoint
+    from harness.training.model_io import load_model, save_checkpoint, train_blocks_only
 
     import yaml
 
@@ -66,11 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model)
     trainable = None
     if args.train_blocks is not None:
-        try:
-            trainable = freeze_all_but_blocks(model, args.train_blocks)
-        except ValueError as exc:
-            p.error(f"--train-blocks: {exc}")
-        print(f"training blocks {args.train_blocks} only: {trainable:,} parameters", flush=True)
+        trainable = train_blocks_only(model, args.train_blocks, p.error)
     t0 = time.perf_counter()
     format_pretraining(SandboxSpec(seed=args.seed), model, tok, recipe, phase=args.phase)
     seconds = time.perf_counter() - t0

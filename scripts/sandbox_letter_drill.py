@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     from harness.sandbox.build import RECIPE, format_entities
     from harness.training.loop import LoopSettings, RowSource, train_loop
     from harness.training.model_io import (expand_blocks, expanded_block_indices,
-                                           freeze_all_but_blocks, load_model, save_checkpoint)
+                                           freeze_all_but_blocks, load_model, save_checkpoint,
+                                           train_blocks_only)
 
     tok = AutoTokenizer.from_pretrained(str(args.model))
     model = load_model(args.model)
@@ -232,11 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"training the {args.grow_to - n_blocks} inserted blocks only: "
                   f"{trainable:,} parameters", flush=True)
     if args.train_blocks is not None:
-        try:
-            trainable = freeze_all_but_blocks(model, args.train_blocks)
-        except ValueError as exc:
-            p.error(f"--train-blocks: {exc}")
-        print(f"training blocks {args.train_blocks} only: {trainable:,} parameters", flush=True)
+        trainable = train_blocks_only(model, args.train_blocks, p.error)
     n_rows = args.steps * RECIPE.micro_batch
     if args.form == "alone":
         values = sorted({v for e in format_entities(SandboxSpec(seed=args.seed), 300, 7)
