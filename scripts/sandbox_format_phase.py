@@ -5,14 +5,11 @@ asset is never touched.
     .venv/bin/python scripts/sandbox_format_phase.py --out /tmp/sandbox-format [--steps 600]
         [--phase 3|4] [--model harness/assets/sandbox-model/model] [--max-positions 4096]
         [--set format_lr=5e-4 --set format_retain_every=2 --set cot_mc_share=0.5 ...]
-        [--train-blocks I [I ...]]
 
 ``--steps`` sets ``PretrainRecipe.format_steps`` (phase 4: ``cot_steps``), ``--set`` any other
 ``format_*`` or ``cot_*`` field (a YAML value; the rest keep their defaults); ``--max-positions`` writes a larger
 ``max_position_embeddings`` into the saved config (RoPE unchanged: extrapolation), so that
-``policylong eval`` may run it past 512; ``--train-blocks`` trains those decoder blocks alone
-(``harness.training.model_io.freeze_all_but_blocks``: for a model deepened by
-``scripts/sandbox_letter_drill.py --grow-to``, the inserted blocks, as LLaMA Pro does).
+``policylong eval`` may run it past 512.
 Prints the wall time of building the rows and of training.
 """
 from __future__ import annotations
@@ -34,9 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the sandbox world's seed")
     p.add_argument("--phase", type=int, choices=(3, 4), default=3)
     p.add_argument("--max-positions", type=int, default=None)
-    p.add_argument("--train-blocks", type=int, nargs="+", default=None, metavar="I",
-                   help="train these decoder blocks only, everything else frozen (the blocks "
-                        "a grown model's block expansion inserted, as LLaMA Pro trains them)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a format_* field of the recipe (YAML value)")
     args = p.parse_args(argv)
@@ -48,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from harness.config import SandboxSpec
     from harness.sandbox.build import RECIPE, format_pretraining
-    from harness.training.model_io import load_model, save_checkpoint, train_blocks_only
+    from harness.training.model_io import load_model, save_checkpoint
 
     import yaml
 
@@ -64,9 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     recipe = dataclasses.replace(RECIPE, **changes)
     tok = AutoTokenizer.from_pretrained(str(args.model))
     model = load_model(args.model)
-    trainable = None
-    if args.train_blocks is not None:
-        trainable = train_blocks_only(model, args.train_blocks, p.error)
     t0 = time.perf_counter()
     format_pretraining(SandboxSpec(seed=args.seed), model, tok, recipe, phase=args.phase)
     seconds = time.perf_counter() - t0
@@ -78,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         cfg.write_text(json.dumps(c, indent=2))
     (args.out / "format_phase.json").write_text(json.dumps(
         {"from": str(args.model), "recipe": dataclasses.asdict(recipe),
-         "train_blocks": args.train_blocks, "trainable_parameters": trainable,
          "seconds": round(seconds, 1)}, indent=2))
     print(f"phase {args.phase}: {args.steps} steps in {seconds:.0f} s -> {args.out}")
     return 0

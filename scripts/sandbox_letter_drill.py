@@ -3,7 +3,7 @@ of a choice from its value?
 
     .venv/bin/python scripts/sandbox_letter_drill.py --out /tmp/drill [--steps 1500]
         [--lr 1e-3] [--model harness/assets/sandbox-model/model] [--eval-every 250] [-n 400]
-        [--grow-to LAYERS [--freeze-original]] [--train-blocks I [I ...]]
+        [--grow-to LAYERS [--freeze-original]]
         [--form alone|in-place|in-place-no-format|in-place-value-only|in-place-value-prefixed|
                 in-place-value-after-format|in-place-open-spaced]
 
@@ -56,9 +56,7 @@ it is among the choices, where after the blank line alone it splits into pieces.
 expand_blocks``: identity blocks inserted, so the drills start from what the given weights
 compute), the one difference from the same drill on the given depth; with
 ``--freeze-original`` only the inserted blocks train (embeddings, norms, head and the given
-blocks frozen), as LLaMA Pro (arXiv:2401.02415) adds a skill without retraining the model;
-``--train-blocks I ...`` trains the given blocks alone (those a grown model's expansion
-inserted, when it goes on from an earlier drill).
+blocks frozen), as LLaMA Pro (arXiv:2401.02415) adds a skill without retraining the model.
 """
 from __future__ import annotations
 
@@ -189,8 +187,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="deepen the model to this many blocks first (block expansion)")
     p.add_argument("--freeze-original", action="store_true",
                    help="with --grow-to: train the inserted blocks only, as LLaMA Pro does")
-    p.add_argument("--train-blocks", type=int, nargs="+", default=None, metavar="I",
-                   help="train these decoder blocks only (of a model grown earlier)")
     p.add_argument("--form", choices=FORMS, default="alone",
                    help="the drill alone (default), the in-place drill of phase 3's mix, that "
                         "drill without the format line, or also without the restated fact "
@@ -202,8 +198,6 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--out must be a new folder outside the shipped asset")
     if args.freeze_original and not args.grow_to:
         p.error("--freeze-original needs --grow-to (it trains the inserted blocks only)")
-    if args.freeze_original and args.train_blocks is not None:
-        p.error("--freeze-original and --train-blocks both choose the blocks trained: one of them")
     if args.steps < 1 or args.n < 1 or args.eval_every < 1 or args.eval_every % 25:
         p.error("--steps and -n must be positive, --eval-every a positive multiple of 25 "
                 "(the training loop logs every 25 steps)")
@@ -215,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.sandbox.build import RECIPE, format_entities
     from harness.training.loop import LoopSettings, RowSource, train_loop
     from harness.training.model_io import (expand_blocks, expanded_block_indices,
-                                           freeze_all_but_blocks, load_model, save_checkpoint,
-                                           train_blocks_only)
+                                           freeze_all_but_blocks, load_model, save_checkpoint)
 
     tok = AutoTokenizer.from_pretrained(str(args.model))
     model = load_model(args.model)
@@ -232,8 +225,6 @@ def main(argv: list[str] | None = None) -> int:
                 model, expanded_block_indices(n_blocks, args.grow_to))
             print(f"training the {args.grow_to - n_blocks} inserted blocks only: "
                   f"{trainable:,} parameters", flush=True)
-    if args.train_blocks is not None:
-        trainable = train_blocks_only(model, args.train_blocks, p.error)
     n_rows = args.steps * RECIPE.micro_batch
     if args.form == "alone":
         values = sorted({v for e in format_entities(SandboxSpec(seed=args.seed), 300, 7)
@@ -275,8 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     save_checkpoint(model, tok, args.out)
     (args.out / "letter_drill.json").write_text(json.dumps(
         {"from": str(args.model), "grow_to": args.grow_to, "form": args.form,
-         "freeze_original": args.freeze_original, "train_blocks": args.train_blocks,
-         "trainable_parameters": trainable,
+         "freeze_original": args.freeze_original, "trainable_parameters": trainable,
          "steps": args.steps, "lr": args.lr,
          "seconds": round(seconds, 1), "history": history}, indent=2))
     print(f"{args.steps} drill steps in {seconds:.0f} s -> {args.out}")

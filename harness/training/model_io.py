@@ -92,19 +92,6 @@ def freeze_all_but_blocks(model, blocks: list[int]) -> int:
     return left
 
 
-def train_blocks_only(model, blocks: list[int], error) -> int:
-    """A script's ``--train-blocks``: ``freeze_all_but_blocks``, its error passed to ``error``
-    (an argparse parser's ``error``, which exits) with the option named, and the count of
-    parameters left trainable printed and returned."""
-    try:
-        left = freeze_all_but_blocks(model, blocks)
-    except ValueError as exc:
-        error(f"--train-blocks: {exc}")
-        raise
-    print(f"training blocks {blocks} only: {left:,} parameters", flush=True)
-    return left
-
-
 def expand_blocks(model, layers: int):
     """Deepen a decoder-only HF model to ``layers`` blocks by block expansion (Wu et al. 2024,
     "LLaMA Pro: Progressive LLaMA with Block Expansion", arXiv:2401.02415): after each of
