@@ -868,6 +868,31 @@ def test_mc_cot_script_counts_the_second_hop_in_place():
         script.main(["m", "--sandbox", "s", "--drills", "-1"])
 
 
+def test_mc_cot_script_asks_about_the_split_it_is_given(tokenizer, sandbox):
+    """``--split validation`` (choosing among trial models) asks about the validation
+    entities, the default the test ones, and each is scored against its own items."""
+    script = _script("sandbox_mc_cot")
+    probe = [json.loads(x) for x in (sandbox / "probe.jsonl").read_text().splitlines()]
+    said = []
+
+    class Always:   # answers (A) to every one-pass prompt, remembering what it was asked
+        def generate(self, ids, max_new):
+            said.extend(tokenizer.decode(x) for x in ids)
+            return [tokenizer(" (A).", add_special_tokens=False)["input_ids"] for _ in ids]
+
+    for split in ("test", "validation"):
+        said.clear()
+        [row] = script.measure(tokenizer, Always(), sandbox, [512], 8, False, split=split)
+        start, _ = PROBE_SPLITS[split]
+        asked = [f"{p['first']} {p['last']} keep?" for p in probe[start:start + 8]]
+        assert all(any(q in x for x in said) for q in asked), split
+        items = mc(sandbox_dir=str(sandbox), sandbox_split=split).items()[:8]
+        assert row["n"] == 8
+        assert row["one_pass"] == 100 * sum(it["answer"] == "A" for it in items) / 8
+    other = [f"{p['first']} {p['last']} keep?" for p in probe[:8]]
+    assert not any(q in x for q in other for x in said)   # validation asked no test entity
+
+
 def test_mc_cot_script_scores_held_out_drills_by_their_letters(tokenizer):
     """``--drills``: a backend that reads each drill's stated value off its choices scores
     every drill; one that always answers ``B`` scores the drills whose answer is ``B``."""
