@@ -23,6 +23,36 @@ from pathlib import Path
 ASSET_MODEL = Path(__file__).resolve().parents[1] / "harness" / "assets" / "sandbox-model" / "model"
 
 
+def recipe_changes(items: list[str]) -> dict:
+    """The recipe fields that ``--set FIELD=VALUE`` items change, each value of its field's
+    type (YAML, with ``3e-4`` read as the number YAML 1.1 leaves a string); ValueError names the
+    item that is not a ``format_*`` or ``cot_*`` field or not of its type."""
+    import yaml
+
+    from harness.sandbox.build import RECIPE
+
+    fields = {f.name for f in dataclasses.fields(RECIPE) if f.name.startswith(("format_", "cot_"))}
+    changes = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{sorted(fields)}")
+        value, default = yaml.safe_load(value), getattr(RECIPE, key)
+        if isinstance(default, float) and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(default, float) and type(value) is int:
+            value = float(value)
+        if type(value) is not type(default):
+            raise ValueError(f"--set {item!r}: {key} takes a {type(default).__name__} "
+                             f"(its default is {default!r}), got {value!r}")
+        changes[key] = value
+    return changes
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path)
@@ -44,17 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     from harness.sandbox.build import RECIPE, format_pretraining
     from harness.training.model_io import load_model, save_checkpoint
 
-    import yaml
-
-    fields = {f.name: f for f in dataclasses.fields(RECIPE)}
-    changes = {"format_steps" if args.phase == 3 else "cot_steps": args.steps}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key.startswith(("format_", "cot_")) or key not in fields:
-            p.error(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
-                    f"{sorted(k for k in fields if k.startswith(('format_', 'cot_')))}")
-        value = yaml.safe_load(value)
-        changes[key] = tuple(value) if isinstance(value, list) else value
+    try:
+        changes = recipe_changes(args.set)
+    except ValueError as exc:
+        p.error(str(exc))
+    changes["format_steps" if args.phase == 3 else "cot_steps"] = args.steps
     recipe = dataclasses.replace(RECIPE, **changes)
     tok = AutoTokenizer.from_pretrained(str(args.model))
     model = load_model(args.model)
