@@ -7,7 +7,9 @@ asset is never touched.
         [--set format_lr=5e-4 --set format_retain_every=2 --set cot_mc_share=0.5 ...]
 
 ``--steps`` sets ``PretrainRecipe.format_steps`` (phase 4: ``cot_steps``), ``--set`` any other
-``format_*`` or ``cot_*`` field (a YAML value; the rest keep their defaults); ``--max-positions`` writes a larger
+``format_*`` or ``cot_*`` field, or ``copy_share`` / ``copy_digit_share`` (the slice copying
+in the batches of phase 2's mix that every ``format_retain_every``-th step trains on) (a YAML
+value; the rest keep their defaults); ``--max-positions`` writes a larger
 ``max_position_embeddings`` into the saved config (RoPE unchanged: extrapolation), so that
 ``policylong eval`` may run it past 512.
 Prints the wall time of building the rows and of training.
@@ -23,15 +25,21 @@ from pathlib import Path
 ASSET_MODEL = Path(__file__).resolve().parents[1] / "harness" / "assets" / "sandbox-model" / "model"
 
 
+# phase 2's fields that shape the retained batches of its mix (``_with_retention``)
+RETAINED_MIX_FIELDS = ("copy_share", "copy_digit_share")
+
+
 def recipe_changes(items: list[str]) -> dict:
     """The recipe fields that ``--set FIELD=VALUE`` items change, each value of its field's
     type (YAML, with ``3e-4`` read as the number YAML 1.1 leaves a string); ValueError names the
-    item that is not a ``format_*`` or ``cot_*`` field or not of its type."""
+    item that is not a ``format_*``, ``cot_*`` or ``RETAINED_MIX_FIELDS`` field or not of its
+    type."""
     import yaml
 
     from harness.sandbox.build import RECIPE
 
-    fields = {f.name for f in dataclasses.fields(RECIPE) if f.name.startswith(("format_", "cot_"))}
+    fields = {f.name for f in dataclasses.fields(RECIPE)
+              if f.name.startswith(("format_", "cot_")) or f.name in RETAINED_MIX_FIELDS}
     changes = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -62,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phase", type=int, choices=(3, 4), default=3)
     p.add_argument("--max-positions", type=int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="a format_* field of the recipe (YAML value)")
+                   help="a format_* or cot_* field of the recipe, or copy_share / "
+                        "copy_digit_share (YAML value)")
     args = p.parse_args(argv)
     if args.out.resolve() == args.model.resolve() or ASSET_MODEL.parent in args.out.resolve(
             ).parents:

@@ -423,7 +423,7 @@ def test_format_rows_teach_the_answers_of_non_probe_entities(tokenizer):
 
 def test_format_phase_script_rejects_a_field_that_is_not_a_format_field(tmp_path, capsys):
     script = _script("sandbox_format_phase")
-    for bad in ("lr=1e-3", "format_lrr=1e-3", "format_lr", "format_lr=abc",
+    for bad in ("lr=1e-3", "copy_warmup_steps=0", "format_lrr=1e-3", "format_lr", "format_lr=abc",
                 "format_steps=1.5", "format_mc_answer=3"):
         with pytest.raises(SystemExit) as exc:
             script.main(["--out", str(tmp_path / "m"), "--steps", "2", "--set", bad])
@@ -432,8 +432,9 @@ def test_format_phase_script_rejects_a_field_that_is_not_a_format_field(tmp_path
     assert not (tmp_path / "m").exists()
     # YAML 1.1 reads 3e-4 (no dot) as a string: the field's type decides
     assert script.recipe_changes(["format_lr=3e-4", "format_retain_every=2",
-                                  "format_drill_share=0"]) == {
-        "format_lr": 3e-4, "format_retain_every": 2, "format_drill_share": 0.0}
+                                  "format_drill_share=0", "copy_share=0.5"]) == {
+        "format_lr": 3e-4, "format_retain_every": 2, "format_drill_share": 0.0,
+        "copy_share": 0.5}
 
 
 def test_copying_script_reports_each_model_and_refuses_a_folder_without_a_model(tmp_path,
