@@ -25,39 +25,22 @@ from pathlib import Path
 ASSET_MODEL = Path(__file__).resolve().parents[1] / "harness" / "assets" / "sandbox-model" / "model"
 
 
-# phase 2's fields that shape the retained batches of its mix (``_with_retention``)
-RETAINED_MIX_FIELDS = ("copy_share", "copy_digit_share")
-
-
 def recipe_changes(items: list[str]) -> dict:
     """The recipe fields that ``--set FIELD=VALUE`` items change, each value of its field's
-    type (YAML, with ``3e-4`` read as the number YAML 1.1 leaves a string); ValueError names the
-    item that is not a ``format_*``, ``cot_*`` or ``RETAINED_MIX_FIELDS`` field or not of its
-    type."""
+    type (``harness.sandbox.build.recipe_with``: YAML, with ``3e-4`` read as a number);
+    ValueError names the item that is not a ``format_*``, ``cot_*``, ``copy_share`` or
+    ``copy_digit_share`` field or not of its type."""
     import yaml
 
-    from harness.sandbox.build import RECIPE
+    from harness.sandbox.build import RECIPE, recipe_with
 
-    fields = {f.name for f in dataclasses.fields(RECIPE)
-              if f.name.startswith(("format_", "cot_")) or f.name in RETAINED_MIX_FIELDS}
     changes = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
-                             f"{sorted(fields)}")
-        value, default = yaml.safe_load(value), getattr(RECIPE, key)
-        if isinstance(default, float) and isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(default, float) and type(value) is int:
-            value = float(value)
-        if type(value) is not type(default):
-            raise ValueError(f"--set {item!r}: {key} takes a {type(default).__name__} "
-                             f"(its default is {default!r}), got {value!r}")
-        changes[key] = value
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
+        changed = recipe_with(RECIPE, {key: yaml.safe_load(value)}, f"--set {item!r}")
+        changes[key] = getattr(changed, key)
     return changes
 
 

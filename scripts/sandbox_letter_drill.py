@@ -71,8 +71,7 @@ ASSET_MODEL = Path(__file__).resolve().parents[1] / "harness" / "assets" / "sand
 LETTERS = "ABCD"
 FORMS = ("alone", "in-place", "in-place-no-format", "in-place-value-only",
          "in-place-value-prefixed", "in-place-value-after-format", "in-place-open-spaced")
-FORMAT_LINE = "Format your response as follows:"   # LongBench-v2's, up to its end of line
-IN_PLACE_SEED = 3000   # the training drills of --form in-place (the trials' format_seed_offset)
+IN_PLACE_SEED = 3000   # the training drills of --form in-place (build.DRILL_STAGE_SEED)
 HELD_OUT_SEED = 9000   # scripts/sandbox_mc_cot.py's DRILL_SEED: the held-out in-place drills
 
 
@@ -134,44 +133,20 @@ def letter_accuracy(model, tokenizer, drills: list[tuple[str, str]]) -> dict:
             "predicted": dict(sorted(said.items()))}
 
 
-def without_format_line(prompt: str) -> str:
-    """``prompt`` less LongBench-v2's format line and the blank line after it."""
-    at = prompt.index(FORMAT_LINE)
-    return prompt[:at] + prompt[prompt.index("\n", at) + 1:].removeprefix("\n")
-
-
-def value_only(prompt: str) -> str:
-    """``prompt`` with its last paragraph (the prompt's answer prefix and the restated fact)
-    cut to the value: ``The correct answer is ... keeps the <attribute> <value>. The correct
-    answer is (`` becomes ``<value>. The correct answer is (``."""
-    head, sep, fact = prompt.rpartition("\n\n")
-    cut = fact.rindex(". ")
-    return f"{head}{sep}{fact[:cut].rsplit(' ', 1)[1]}{fact[cut:]}"
-
-
 def in_place_drills(s, tokenizer, n: int, seed: int, tmp: Path, form: str = "in-place"
                     ) -> list[tuple[str, str]]:
     """``n`` in-place drills (``mc_drills``) of ``form`` (the module doc)."""
-    from harness.sandbox.build import mc_drills
+    from harness.sandbox.build import drill_forms
 
-    if form == "in-place-open-spaced":
-        return mc_drills(s, tokenizer, n, seed, tmp, "value", "open-spaced")
-    drills = mc_drills(s, tokenizer, n, seed, tmp,
-                       "value" if form == "in-place-value-prefixed" else "fact")
-    if form in ("in-place-no-format", "in-place-value-only", "in-place-value-prefixed"):
-        drills = [(without_format_line(p), a) for p, a in drills]
-    if form in ("in-place-value-only", "in-place-value-after-format"):
-        drills = [(value_only(p), a) for p, a in drills]
-    return drills
+    return drill_forms(s, tokenizer, n, seed, tmp, form)
 
 
 def in_place_rows(s, tokenizer, n_rows: int, context: int, tmp: Path, form: str = "in-place"):
-    """``n_rows`` rows of in-place drills (seed ``IN_PLACE_SEED``), the loss on the letter."""
-    from harness.sandbox.build import _pack
+    """``n_rows`` rows of in-place drills (seed ``IN_PLACE_SEED``), the loss on the letter: the
+    rows of a ``{"drill": form}`` stage of the recipe (``harness.sandbox.build.drill_stage``)."""
+    from harness.sandbox.build import drill_stage_rows
 
-    drills = in_place_drills(s, tokenizer, 4 * n_rows, IN_PLACE_SEED, tmp, form)  # ~3 a row
-    random.Random(IN_PLACE_SEED).shuffle(drills)
-    return _pack(drills, tokenizer, n_rows, context, answer_loss=1)
+    return drill_stage_rows(s, tokenizer, n_rows, context, tmp, form)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -379,7 +379,8 @@ def test_the_shipped_model_is_the_recipe_s_and_its_key_follows_every_phase():
     # a field added to the recipe after the asset was made is absent from its recipe.json (whose
     # bytes the kept study seeds hash); it must sit at the value that leaves the key as it was
     later = {k: current.pop(k) for k in set(current) - set(shipped["recipe"])}
-    assert later == {"format_drill_mode": "rows", "format_mc_prompt": "completion"}, later
+    assert later == {"format_drill_mode": "rows", "format_mc_prompt": "completion",
+                     "stages": []}, later
     assert shipped["recipe"] == current
     assert Bd.RECIPE.format_steps > 0 and Bd.RECIPE.copy_warmup_steps > 0
     for change in ({"format_steps": 0}, {"copy_warmup_steps": 100}, {"copy_share": 0.0},
@@ -789,6 +790,59 @@ def test_letter_drill_script_trains_reports_and_refuses_bad_arguments(tmp_path):
     assert sum(report["history"][-1]["predicted"].values()) == 8
     assert sha256_file(tmp_path / "p" / "model.safetensors") != sha256_file(
         tmp_path / "m" / "model.safetensors")
+
+
+def test_recipe_stages_repeat_the_trial_scripts_and_are_checked_before_work(tmp_path,
+                                                                           monkeypatch):
+    """A recipe's stages (a drill, then phase 3's mix with changed fields) give bit for bit the
+    weights of the trial scripts run one after the other from the same weights; an empty list
+    keeps version 4's key; a malformed stage is refused before any training."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from harness.config import SandboxSpec
+    from harness.sandbox import build as Bd
+    from harness.training.model_io import load_model
+
+    shipped = Bd.ASSET / "model"
+    drill, mix = _script("sandbox_letter_drill"), _script("sandbox_format_phase")
+    assert drill.main(["--model", str(shipped), "--out", str(tmp_path / "a"), "--steps", "2",
+                       "--form", "in-place-open-spaced", "-n", "4"]) == 0
+    assert mix.main(["--model", str(tmp_path / "a"), "--out", str(tmp_path / "b"), "--steps",
+                     "2", "--set", "format_mc_share=0", "--set", "format_seed_offset=9500",
+                     "--set", "format_retain_every=2", "--set", "copy_share=0.5"]) == 0
+    recipe = dataclasses.replace(Bd.RECIPE, stages=(
+        {"drill": "in-place-open-spaced", "steps": 2},
+        {"mix": {"format_mc_share": 0, "format_seed_offset": 9500, "format_retain_every": 2,
+                 "copy_share": 0.5}, "steps": 2}))
+    model, tok = load_model(shipped), AutoTokenizer.from_pretrained(str(shipped))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    Bd.run_stages(SandboxSpec(), model, tok, recipe)
+    scripted = load_model(tmp_path / "b").state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, scripted[name]), name
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # the key: no stages is version 4's, each stage's settings count
+    s = SandboxSpec()
+    assert Bd.model_key(s, dataclasses.replace(Bd.RECIPE, stages=[])) == Bd.model_key(s)
+    keys = {Bd.model_key(s, r) for r in (Bd.RECIPE, recipe, dataclasses.replace(
+        recipe, stages=recipe.stages[:1]), dataclasses.replace(recipe, stages=(
+            recipe.stages[0], {**recipe.stages[1], "steps": 3})))}
+    assert len(keys) == 4
+    # malformed stages: refused by name, before the tokenizer is trained
+    monkeypatch.setattr(Bd, "train_sandbox_tokenizer", lambda *a, **k: pytest.fail("worked"))
+    for stage, message in (({"drill": "alone", "steps": 2}, "drill must be one of"),
+                           ({"drill": "in-place", "steps": 0}, "positive integer"),
+                           ({"drill": "in-place"}, "expected"),
+                           ({"mix": {"lr": 1.0}, "steps": 2}, "'lr' is not a field"),
+                           ({"mix": {"format_lr": "fast"}, "steps": 2}, "format_lr takes a"),
+                           ({"mix": {"format_steps": 5}, "steps": 2}, "its steps")):
+        bad = dataclasses.replace(Bd.RECIPE, stages=(recipe.stages[0], stage))
+        with pytest.raises(ValueError, match=r"stages\[1\].*" + re.escape(message)):
+            Bd.pretrain(s, tmp_path / "never", bad)
+    assert not (tmp_path / "never").exists()
 
 
 def test_in_place_drill_rows_carry_the_letter_alone_and_are_not_the_held_out_ones(tokenizer,

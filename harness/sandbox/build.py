@@ -126,6 +126,15 @@ class PretrainRecipe:
     cot_mc_share: float = 0.6         # CoT examples (each pass one) among the phase's examples
     cot_seed_offset: int = 4000
     cot_passes: str = "both"          # "answer" or "cot": that pass's examples only (trials)
+    # Stages after phases 3 and 4 (none = off; ours, docs/sandbox.md), in order, each from the
+    # previous one's weights with a fresh optimizer and schedule: ``{"drill": FORM, "steps":
+    # N}`` trains in-place letter drills alone (``drill_stage``; FORM one of
+    # ``DRILL_STAGE_FORMS``), the loss on the letter; ``{"mix": {FIELD: VALUE, ...}, "steps":
+    # N}`` runs phase 3 again, ``format_steps`` N and those fields (``format_*``, or
+    # ``STAGE_MIX_FIELDS``) changed from this recipe's (``format_pretraining``). So a chain of
+    # trial runs (``scripts/sandbox_letter_drill.py``, ``scripts/sandbox_format_phase.py``) is
+    # a recipe that a build repeats.
+    stages: tuple = ()
 
 
 RECIPE = PretrainRecipe()
@@ -139,7 +148,7 @@ def world_spec(s: SandboxSpec) -> W.WorldSpec:
 
 # Recipe fields added after version 4, with the defaults that leave version 4's key unchanged
 ADDED_AFTER_VERSION_4 = {"format_mc_answer": "letter", "format_mc_prompt": "completion",
-                         "format_drill_share": 0.0, "format_drill_mode": "rows"}
+                         "format_drill_share": 0.0, "format_drill_mode": "rows", "stages": ()}
 
 
 def model_key(s: SandboxSpec, recipe: PretrainRecipe | None = None) -> str:
@@ -147,7 +156,7 @@ def model_key(s: SandboxSpec, recipe: PretrainRecipe | None = None) -> str:
     off do not count, so adding an optional part leaves an older model's key as it was)."""
     r = dataclasses.asdict(recipe or RECIPE)
     for key, default in ADDED_AFTER_VERSION_4.items():   # at its default a field keeps the key
-        if r[key] == default:
+        if r[key] == default or (isinstance(default, tuple) and list(r[key]) == list(default)):
             del r[key]
     if not r["format_steps"]:
         r = {k: v for k, v in r.items() if not k.startswith("format_")}
@@ -664,6 +673,156 @@ def format_pretraining(s: SandboxSpec, model, tokenizer, recipe: PretrainRecipe 
     train_loop(model, RowSource(ids, pos, pad), settings, Accelerator(cpu=True), log=log)
 
 
+# The in-place letter drills a ``{"drill": FORM}`` stage trains (``drill_forms``): ``in-place``,
+# the ``fact`` form's drill of phase 3 (``mc_drills``); ``in-place-value-after-format``, the
+# value alone after the prompt's format line (no answer prefix, no restated name); and
+# ``in-place-open-spaced``, the ``open-spaced`` prompt's drill (a space before the value).
+DRILL_STAGE_FORMS = ("in-place", "in-place-value-after-format", "in-place-open-spaced")
+DRILL_STAGE_SEED = 3000    # the stages' training drills (the trials' first format_seed_offset)
+DRILL_STAGE_LR = 1e-3
+DRILL_STAGE_WARMUP = 20
+# phase 2's fields that shape the retained batches of phase 3's mix (``_with_retention``)
+STAGE_MIX_FIELDS = ("copy_share", "copy_digit_share")
+FORMAT_LINE = "Format your response as follows:"   # LongBench-v2's, up to its end of line
+
+
+def without_format_line(prompt: str) -> str:
+    """``prompt`` less LongBench-v2's format line and the blank line after it."""
+    at = prompt.index(FORMAT_LINE)
+    return prompt[:at] + prompt[prompt.index("\n", at) + 1:].removeprefix("\n")
+
+
+def value_only(prompt: str) -> str:
+    """``prompt`` with its last paragraph (the prompt's answer prefix and the restated fact)
+    cut to the value: ``The correct answer is ... keeps the <attribute> <value>. The correct
+    answer is (`` becomes ``<value>. The correct answer is (``."""
+    head, sep, fact = prompt.rpartition("\n\n")
+    cut = fact.rindex(". ")
+    return f"{head}{sep}{fact[:cut].rsplit(' ', 1)[1]}{fact[cut:]}"
+
+
+def drill_forms(s: SandboxSpec, tokenizer, n: int, seed: int, tmp: Path,
+                form: str = "in-place") -> list[tuple[str, str]]:
+    """``n`` in-place letter drills (``mc_drills``) of ``form``: ``in-place``, the ``fact``
+    form's; ``in-place-no-format``, that without LongBench-v2's format line;
+    ``in-place-value-only``, also without the restated name and attribute (and the prompt's
+    answer prefix); ``in-place-value-prefixed``, that with the prefix back;
+    ``in-place-value-after-format``, the value alone after the format line;
+    ``in-place-open-spaced``, the ``open-spaced`` prompt's drill."""
+    forms = DRILL_STAGE_FORMS + ("in-place-no-format", "in-place-value-only",
+                                 "in-place-value-prefixed")
+    if form not in forms:
+        raise ValueError(f"drill form must be one of {forms}, got {form!r}")
+    if form == "in-place-open-spaced":
+        return mc_drills(s, tokenizer, n, seed, tmp, "value", "open-spaced")
+    drills = mc_drills(s, tokenizer, n, seed, tmp,
+                       "value" if form == "in-place-value-prefixed" else "fact")
+    if form in ("in-place-no-format", "in-place-value-only", "in-place-value-prefixed"):
+        drills = [(without_format_line(p), a) for p, a in drills]
+    if form in ("in-place-value-only", "in-place-value-after-format"):
+        drills = [(value_only(p), a) for p, a in drills]
+    return drills
+
+
+def drill_stage_rows(s: SandboxSpec, tokenizer, n_rows: int, context: int, tmp: Path,
+                     form: str = "in-place"):
+    """``(ids, pos, pad)``: ``n_rows`` rows of in-place drills of ``form`` (seed
+    ``DRILL_STAGE_SEED``), packed whole (about 3 a row), the loss on the letter alone."""
+    import random
+
+    drills = drill_forms(s, tokenizer, 4 * n_rows, DRILL_STAGE_SEED, tmp, form)
+    random.Random(DRILL_STAGE_SEED).shuffle(drills)   # mc_items rotates the true letter
+    return _pack(drills, tokenizer, n_rows, context, answer_loss=1)
+
+
+def recipe_with(recipe: PretrainRecipe, changes: dict, where: str) -> PretrainRecipe:
+    """``recipe`` with the ``format_*``, ``cot_*`` or ``STAGE_MIX_FIELDS`` fields of
+    ``changes``, each value of its field's type (an int for a float field is taken, and a
+    string that reads as a number: YAML 1.1 leaves ``3e-4`` a string); ValueError names
+    ``where`` and the field that is not one of them or not of its type."""
+    fields = {f.name for f in dataclasses.fields(PretrainRecipe)
+              if f.name.startswith(("format_", "cot_")) or f.name in STAGE_MIX_FIELDS}
+    out = {}
+    for key, value in changes.items():
+        if key not in fields:
+            raise ValueError(f"{where}: {key!r} is not a field a stage may change (one of "
+                             f"{sorted(fields)})")
+        default = getattr(PretrainRecipe, key)
+        if isinstance(default, float) and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(default, float) and type(value) is int:
+            value = float(value)
+        if type(value) is not type(default):
+            raise ValueError(f"{where}: {key} takes a {type(default).__name__} (its default is "
+                             f"{default!r}), got {value!r}")
+        out[key] = value
+    return dataclasses.replace(recipe, **out)
+
+
+def check_stages(recipe: PretrainRecipe) -> None:
+    """ValueError naming the first stage of ``recipe.stages`` that is not well formed."""
+    for k, stage in enumerate(recipe.stages):
+        where = f"recipe: stages[{k}]"
+        if not isinstance(stage, dict) or len(stage) != 2 or "steps" not in stage or not (
+                "drill" in stage or "mix" in stage):
+            raise ValueError(f"{where}: expected {{'drill': FORM, 'steps': N}} or "
+                             f"{{'mix': {{FIELD: VALUE}}, 'steps': N}}, got {stage!r}")
+        if type(stage["steps"]) is not int or stage["steps"] < 1:
+            raise ValueError(f"{where}: steps must be a positive integer, got "
+                             f"{stage['steps']!r}")
+        if "drill" in stage and stage["drill"] not in DRILL_STAGE_FORMS:
+            raise ValueError(f"{where}: drill must be one of {DRILL_STAGE_FORMS}, got "
+                             f"{stage['drill']!r}")
+        if "mix" in stage:
+            if not isinstance(stage["mix"], dict):
+                raise ValueError(f"{where}: mix must be a mapping of fields, got "
+                                 f"{stage['mix']!r}")
+            if "format_steps" in stage["mix"]:
+                raise ValueError(f"{where}: a mix stage's length is its steps, not "
+                                 f"format_steps")
+            recipe_with(recipe, stage["mix"], where)
+
+
+def drill_stage(s: SandboxSpec, model, tokenizer, form: str, steps: int,
+                recipe: PretrainRecipe | None = None, log=None) -> None:
+    """A ``{"drill": form, "steps": steps}`` stage, in place on ``model``: a fresh AdamW and
+    cosine schedule (``DRILL_STAGE_WARMUP`` warm-up steps, learning rate ``DRILL_STAGE_LR``, to
+    ``min_lr_ratio``) on ``drill_stage_rows`` (what ``scripts/sandbox_letter_drill.py --form
+    FORM`` trains)."""
+    import tempfile
+
+    from accelerate import Accelerator
+
+    from harness.training.loop import LoopSettings, RowSource, train_loop
+
+    recipe = recipe or RECIPE
+    with tempfile.TemporaryDirectory(prefix="drill_") as tmp:
+        ids, pos, pad = drill_stage_rows(s, tokenizer, steps * recipe.micro_batch,
+                                         recipe.context, Path(tmp), form)
+    _log(f"drill stage ({form}): {steps} steps, {int((~pad).sum()):,} loss-carrying tokens")
+    settings = LoopSettings(steps=steps, micro_batch=recipe.micro_batch, grad_accum=1,
+                            lr=DRILL_STAGE_LR, warmup_steps=DRILL_STAGE_WARMUP,
+                            min_lr_ratio=recipe.min_lr_ratio, log_every=25, seed=s.seed)
+    train_loop(model, RowSource(ids, pos, pad), settings, Accelerator(cpu=True), log=log)
+
+
+def run_stages(s: SandboxSpec, model, tokenizer, recipe: PretrainRecipe | None = None,
+               log=None) -> None:
+    """``recipe.stages`` in order, in place on ``model``."""
+    recipe = recipe or RECIPE
+    check_stages(recipe)
+    for k, stage in enumerate(recipe.stages):
+        if "drill" in stage:
+            drill_stage(s, model, tokenizer, stage["drill"], stage["steps"], recipe, log)
+        else:
+            staged = recipe_with(recipe, {**stage["mix"], "format_steps": stage["steps"]},
+                                 f"recipe: stages[{k}]")
+            format_pretraining(s, model, tokenizer, staged, log=log)
+
+
 def pretrain(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe | None = None,
              log=None, check_every: int = 0) -> Path:
     """Train the tokenizer and the tiny Qwen2 base model; save an HF folder at ``out_dir``.
@@ -679,6 +838,7 @@ def pretrain(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe | None = None
     from harness.training.model_io import save_checkpoint, tiny_qwen2_config
 
     recipe = recipe or RECIPE
+    check_stages(recipe)   # before hours of work
     tok_dir = out_dir.with_name(out_dir.name + ".tokenizer")
     train_sandbox_tokenizer(s, tok_dir, recipe)
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
@@ -703,6 +863,7 @@ def pretrain(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe | None = None
         format_pretraining(s, model, tok, recipe, log=log)
     if recipe.cot_steps:
         format_pretraining(s, model, tok, recipe, log=log, phase=4)
+    run_stages(s, model, tok, recipe, log=log)
     save_checkpoint(model, tok, out_dir)
     shutil.rmtree(tok_dir, ignore_errors=True)
     return out_dir
