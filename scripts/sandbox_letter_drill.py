@@ -3,7 +3,7 @@ of a choice from its value?
 
     .venv/bin/python scripts/sandbox_letter_drill.py --out /tmp/drill [--steps 1500]
         [--lr 1e-3] [--model harness/assets/sandbox-model/model] [--eval-every 250] [-n 400]
-        [--grow-to LAYERS [--freeze-original]]
+        [--grow-to LAYERS [--freeze-original]] [--copy-every K]
         [--form alone|in-place|in-place-no-format|in-place-value-only|in-place-value-prefixed|
                 in-place-value-after-format|in-place-open-spaced]
 
@@ -51,6 +51,10 @@ the one difference from ``in-place-value-only``. ``--form in-place-open-spaced``
 space before the value (``...".\n\n sonain. The correct answer is (``), the drill that phase 3
 mixes in with ``format_mc_prompt: open-spaced`` (``mc_drills``): the value is then the one token
 it is among the choices, where after the blank line alone it splits into pieces.
+
+``--copy-every K`` (an in-place form) puts a batch of phase 1's slice copying (``copy_rows``) at
+every K-th step instead of drills, so that the copying is trained beside them
+(``harness.sandbox.build.drill_stage_data``, a ``{"drill": FORM, "copy_every": K}`` stage).
 
 ``--grow-to LAYERS`` deepens the model first by block expansion (``harness.training.model_io.
 expand_blocks``: identity blocks inserted, so the drills start from what the given weights
@@ -162,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="deepen the model to this many blocks first (block expansion)")
     p.add_argument("--freeze-original", action="store_true",
                    help="with --grow-to: train the inserted blocks only, as LLaMA Pro does")
+    p.add_argument("--copy-every", type=int, default=0, metavar="K",
+                   help="an in-place form: a batch of phase 1's slice copying at every K-th "
+                        "step instead of drills (harness.sandbox.build.drill_stage_data)")
     p.add_argument("--form", choices=FORMS, default="alone",
                    help="the drill alone (default), the in-place drill of phase 3's mix, that "
                         "drill without the format line, or also without the restated fact "
@@ -171,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.resolve() == args.model.resolve() or ASSET_MODEL.parent in args.out.resolve(
             ).parents:
         p.error("--out must be a new folder outside the shipped asset")
+    if args.copy_every and (args.form == "alone" or args.copy_every < 2):
+        p.error("--copy-every needs an in-place --form and is 2 or more (a batch of slice "
+                "copying at every K-th step)")
     if args.freeze_original and not args.grow_to:
         p.error("--freeze-original needs --grow-to (it trains the inserted blocks only)")
     if args.steps < 1 or args.n < 1 or args.eval_every < 1 or args.eval_every % 25:
@@ -211,9 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         import tempfile
 
+        from harness.sandbox.build import drill_stage_data
+
         with tempfile.TemporaryDirectory() as tmp:
-            ids, pos, pad = in_place_rows(SandboxSpec(seed=args.seed), tok, n_rows,
-                                          RECIPE.context, Path(tmp), args.form)
+            ids, pos, pad = drill_stage_data(SandboxSpec(seed=args.seed), tok, args.form,
+                                             args.steps, Path(tmp), RECIPE, args.copy_every)
             held_out = in_place_drills(SandboxSpec(seed=args.seed), tok, args.n,
                                        HELD_OUT_SEED, Path(tmp), args.form)
 
@@ -241,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     save_checkpoint(model, tok, args.out)
     (args.out / "letter_drill.json").write_text(json.dumps(
         {"from": str(args.model), "grow_to": args.grow_to, "form": args.form,
+         "copy_every": args.copy_every,
          "freeze_original": args.freeze_original, "trainable_parameters": trainable,
          "steps": args.steps, "lr": args.lr,
          "seconds": round(seconds, 1), "history": history}, indent=2))

@@ -809,12 +809,12 @@ def test_recipe_stages_repeat_the_trial_scripts_and_are_checked_before_work(tmp_
     shipped = Bd.ASSET / "model"
     drill, mix = _script("sandbox_letter_drill"), _script("sandbox_format_phase")
     assert drill.main(["--model", str(shipped), "--out", str(tmp_path / "a"), "--steps", "2",
-                       "--form", "in-place-open-spaced", "-n", "4"]) == 0
+                       "--form", "in-place-open-spaced", "-n", "4", "--copy-every", "2"]) == 0
     assert mix.main(["--model", str(tmp_path / "a"), "--out", str(tmp_path / "b"), "--steps",
                      "2", "--set", "format_mc_share=0", "--set", "format_seed_offset=9500",
                      "--set", "format_retain_every=2", "--set", "copy_share=0.5"]) == 0
     recipe = dataclasses.replace(Bd.RECIPE, stages=(
-        {"drill": "in-place-open-spaced", "steps": 2},
+        {"drill": "in-place-open-spaced", "steps": 2, "copy_every": 2},
         {"mix": {"format_mc_share": 0, "format_seed_offset": 9500, "format_retain_every": 2,
                  "copy_share": 0.5}, "steps": 2}))
     model, tok = load_model(shipped), AutoTokenizer.from_pretrained(str(shipped))
@@ -824,6 +824,14 @@ def test_recipe_stages_repeat_the_trial_scripts_and_are_checked_before_work(tmp_
     for name, value in model.state_dict().items():
         assert torch.equal(value, scripted[name]), name
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # copy_every 2: step 0 is drills (a letter each, about 3 a row), step 1 slice copying
+    ids, pos, pad = Bd.drill_stage_data(SandboxSpec(), tok, "in-place", 2, tmp_path)
+    B = Bd.RECIPE.micro_batch
+    plain = (~pad[:B]).sum(axis=1)
+    ids, pos, pad = Bd.drill_stage_data(SandboxSpec(), tok, "in-place", 2, tmp_path,
+                                        copy_every=2)
+    assert ((~pad[:B]).sum(axis=1) == plain).all() and plain.max() <= 2 * 4
+    assert (~pad[B:]).sum(axis=1).min() > 2 * 8   # slices of 8-30 tokens, then EOS
     # the key: no stages is version 4's, each stage's settings count
     s = SandboxSpec()
     assert Bd.model_key(s, dataclasses.replace(Bd.RECIPE, stages=[])) == Bd.model_key(s)
@@ -836,6 +844,8 @@ def test_recipe_stages_repeat_the_trial_scripts_and_are_checked_before_work(tmp_
     for stage, message in (({"drill": "alone", "steps": 2}, "drill must be one of"),
                            ({"drill": "in-place", "steps": 0}, "positive integer"),
                            ({"drill": "in-place"}, "expected"),
+                           ({"drill": "in-place", "steps": 2, "copy_every": 1}, "copy_every"),
+                           ({"drill": "in-place", "steps": 2, "mix": {}}, "expected"),
                            ({"mix": {"lr": 1.0}, "steps": 2}, "'lr' is not a field"),
                            ({"mix": {"format_lr": "fast"}, "steps": 2}, "format_lr takes a"),
                            ({"mix": {"format_steps": 5}, "steps": 2}, "its steps")):

@@ -129,7 +129,8 @@ class PretrainRecipe:
     # Stages after phases 3 and 4 (none = off; ours, docs/sandbox.md), in order, each from the
     # previous one's weights with a fresh optimizer and schedule: ``{"drill": FORM, "steps":
     # N}`` trains in-place letter drills alone (``drill_stage``; FORM one of
-    # ``DRILL_STAGE_FORMS``), the loss on the letter; ``{"mix": {FIELD: VALUE, ...}, "steps":
+    # ``DRILL_STAGE_FORMS``), the loss on the letter (with ``"copy_every": K``, a batch of
+    # phase 1's slice copying at every K-th step instead); ``{"mix": {FIELD: VALUE, ...}, "steps":
     # N}`` runs phase 3 again, ``format_steps`` N and those fields (``format_*``, or
     # ``STAGE_MIX_FIELDS``) changed from this recipe's (``format_pretraining``). So a chain of
     # trial runs (``scripts/sandbox_letter_drill.py``, ``scripts/sandbox_format_phase.py``) is
@@ -626,26 +627,31 @@ def _pack(examples: list[tuple[str, str]], tokenizer, n_rows: int, T: int,
 
 def _with_retention(s, tokenizer, recipe, retain, ids, pos, pad, steps, offset):
     """The format rows with a batch of phase 2's mix at each step in ``retain``."""
-    import numpy as np
-
     if not retain:
         return ids, pos, pad
-    B = recipe.micro_batch
-    r_ids, r_pos, r_pad = mixed_rows(s, tokenizer, dataclasses.replace(
+    kept = mixed_rows(s, tokenizer, dataclasses.replace(
         recipe, steps=len(retain), drill_warmup_steps=0, curriculum_fraction=1e-6),
         stream_offset=offset)
-    out = [np.empty((steps * B, recipe.context), dtype=x.dtype) for x in (ids, pos, pad)]
+    return _interleave((ids, pos, pad), kept, retain, steps, recipe.micro_batch)
+
+
+def _interleave(rows, other, at: list[int], steps: int, B: int):
+    """``steps`` batches of ``B`` rows: ``other``'s batches at the steps in ``at`` (sorted),
+    ``rows``' batches in order at the rest."""
+    import numpy as np
+
+    out = [np.empty((steps * B,) + x.shape[1:], dtype=x.dtype) for x in rows]
     f = r = 0
     for k in range(steps):
         dst = slice(k * B, (k + 1) * B)
-        if r < len(retain) and retain[r] == k:
-            src = slice(r * B, (r + 1) * B)
-            out[0][dst], out[1][dst], out[2][dst] = r_ids[src], r_pos[src], r_pad[src]
-            r += 1
+        if r < len(at) and at[r] == k:
+            src, r = slice(r * B, (r + 1) * B), r + 1
+            for o, x in zip(out, other):
+                o[dst] = x[src]
         else:
-            src = slice(f * B, (f + 1) * B)
-            out[0][dst], out[1][dst], out[2][dst] = ids[src], pos[src], pad[src]
-            f += 1
+            src, f = slice(f * B, (f + 1) * B), f + 1
+            for o, x in zip(out, rows):
+                o[dst] = x[src]
     return tuple(out)
 
 
@@ -679,6 +685,7 @@ def format_pretraining(s: SandboxSpec, model, tokenizer, recipe: PretrainRecipe 
 # ``in-place-open-spaced``, the ``open-spaced`` prompt's drill (a space before the value).
 DRILL_STAGE_FORMS = ("in-place", "in-place-value-after-format", "in-place-open-spaced")
 DRILL_STAGE_SEED = 3000    # the stages' training drills (the trials' first format_seed_offset)
+DRILL_STAGE_COPY_SEED = 7000   # the slice copying beside a stage's drills (its own stream)
 DRILL_STAGE_LR = 1e-3
 DRILL_STAGE_WARMUP = 20
 # phase 2's fields that shape the retained batches of phase 3's mix (``_with_retention``)
@@ -735,6 +742,25 @@ def drill_stage_rows(s: SandboxSpec, tokenizer, n_rows: int, context: int, tmp: 
     return _pack(drills, tokenizer, n_rows, context, answer_loss=1)
 
 
+def drill_stage_data(s: SandboxSpec, tokenizer, form: str, steps: int, tmp: Path,
+                     recipe: PretrainRecipe | None = None, copy_every: int = 0):
+    """A drill stage's rows for ``steps`` steps, in training order: ``drill_stage_rows``, and
+    with ``copy_every`` (0 = none) a batch of slice copying (``copy_rows``, the stream
+    ``DRILL_STAGE_COPY_SEED``) at every ``copy_every``-th step instead, so that the copying
+    phase 1 taught is trained beside the drills."""
+    recipe = recipe or RECIPE
+    B = recipe.micro_batch
+    if type(copy_every) is not int or copy_every < 0 or copy_every == 1:
+        raise ValueError(f"copy_every must be 0 (none) or an integer of 2 or more, got "
+                         f"{copy_every!r}")
+    at = [k for k in range(steps) if copy_every and k % copy_every == copy_every - 1]
+    drills = drill_stage_rows(s, tokenizer, (steps - len(at)) * B, recipe.context, tmp, form)
+    if not at:
+        return drills
+    copies = copy_rows(s, tokenizer, len(at) * B, recipe, seed=DRILL_STAGE_COPY_SEED)
+    return _interleave(drills, copies, at, steps, B)
+
+
 def recipe_with(recipe: PretrainRecipe, changes: dict, where: str) -> PretrainRecipe:
     """``recipe`` with the ``format_*``, ``cot_*`` or ``STAGE_MIX_FIELDS`` fields of
     ``changes``, each value of its field's type (an int for a float field is taken, and a
@@ -766,16 +792,21 @@ def check_stages(recipe: PretrainRecipe) -> None:
     """ValueError naming the first stage of ``recipe.stages`` that is not well formed."""
     for k, stage in enumerate(recipe.stages):
         where = f"recipe: stages[{k}]"
-        if not isinstance(stage, dict) or len(stage) != 2 or "steps" not in stage or not (
-                "drill" in stage or "mix" in stage):
-            raise ValueError(f"{where}: expected {{'drill': FORM, 'steps': N}} or "
-                             f"{{'mix': {{FIELD: VALUE}}, 'steps': N}}, got {stage!r}")
+        if not isinstance(stage, dict) or "steps" not in stage or not (
+                set(stage) <= {"drill", "steps", "copy_every"} and "drill" in stage
+                or set(stage) == {"mix", "steps"}):
+            raise ValueError(f"{where}: expected {{'drill': FORM, 'steps': N[, 'copy_every': "
+                             f"K]}} or {{'mix': {{FIELD: VALUE}}, 'steps': N}}, got {stage!r}")
         if type(stage["steps"]) is not int or stage["steps"] < 1:
             raise ValueError(f"{where}: steps must be a positive integer, got "
                              f"{stage['steps']!r}")
         if "drill" in stage and stage["drill"] not in DRILL_STAGE_FORMS:
             raise ValueError(f"{where}: drill must be one of {DRILL_STAGE_FORMS}, got "
                              f"{stage['drill']!r}")
+        every = stage.get("copy_every", 0)
+        if type(every) is not int or every < 0 or every == 1:
+            raise ValueError(f"{where}: copy_every must be 0 (none) or an integer of 2 or more, "
+                             f"got {every!r}")
         if "mix" in stage:
             if not isinstance(stage["mix"], dict):
                 raise ValueError(f"{where}: mix must be a mapping of fields, got "
@@ -787,11 +818,11 @@ def check_stages(recipe: PretrainRecipe) -> None:
 
 
 def drill_stage(s: SandboxSpec, model, tokenizer, form: str, steps: int,
-                recipe: PretrainRecipe | None = None, log=None) -> None:
-    """A ``{"drill": form, "steps": steps}`` stage, in place on ``model``: a fresh AdamW and
-    cosine schedule (``DRILL_STAGE_WARMUP`` warm-up steps, learning rate ``DRILL_STAGE_LR``, to
-    ``min_lr_ratio``) on ``drill_stage_rows`` (what ``scripts/sandbox_letter_drill.py --form
-    FORM`` trains)."""
+                recipe: PretrainRecipe | None = None, log=None, copy_every: int = 0) -> None:
+    """A ``{"drill": form, "steps": steps, "copy_every": copy_every}`` stage, in place on
+    ``model``: a fresh AdamW and cosine schedule (``DRILL_STAGE_WARMUP`` warm-up steps,
+    learning rate ``DRILL_STAGE_LR``, to ``min_lr_ratio``) on ``drill_stage_data`` (what
+    ``scripts/sandbox_letter_drill.py --form FORM --copy-every K`` trains)."""
     import tempfile
 
     from accelerate import Accelerator
@@ -800,8 +831,8 @@ def drill_stage(s: SandboxSpec, model, tokenizer, form: str, steps: int,
 
     recipe = recipe or RECIPE
     with tempfile.TemporaryDirectory(prefix="drill_") as tmp:
-        ids, pos, pad = drill_stage_rows(s, tokenizer, steps * recipe.micro_batch,
-                                         recipe.context, Path(tmp), form)
+        ids, pos, pad = drill_stage_data(s, tokenizer, form, steps, Path(tmp), recipe,
+                                         copy_every)
     _log(f"drill stage ({form}): {steps} steps, {int((~pad).sum()):,} loss-carrying tokens")
     settings = LoopSettings(steps=steps, micro_batch=recipe.micro_batch, grad_accum=1,
                             lr=DRILL_STAGE_LR, warmup_steps=DRILL_STAGE_WARMUP,
@@ -816,7 +847,8 @@ def run_stages(s: SandboxSpec, model, tokenizer, recipe: PretrainRecipe | None =
     check_stages(recipe)
     for k, stage in enumerate(recipe.stages):
         if "drill" in stage:
-            drill_stage(s, model, tokenizer, stage["drill"], stage["steps"], recipe, log)
+            drill_stage(s, model, tokenizer, stage["drill"], stage["steps"], recipe, log,
+                        stage.get("copy_every", 0))
         else:
             staged = recipe_with(recipe, {**stage["mix"], "format_steps": stage["steps"]},
                                  f"recipe: stages[{k}]")
