@@ -39,6 +39,8 @@ def recipe_changes(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
+        if key in ("format_steps", "cot_steps"):
+            raise ValueError(f"--set {item!r}: the phase's length is --steps")
         changed = recipe_with(RECIPE, {key: yaml.safe_load(value)}, f"--set {item!r}")
         changes[key] = getattr(changed, key)
     return changes

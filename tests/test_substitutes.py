@@ -425,7 +425,7 @@ def test_format_rows_teach_the_answers_of_non_probe_entities(tokenizer):
 def test_format_phase_script_rejects_a_field_that_is_not_a_format_field(tmp_path, capsys):
     script = _script("sandbox_format_phase")
     for bad in ("lr=1e-3", "copy_warmup_steps=0", "format_lrr=1e-3", "format_lr", "format_lr=abc",
-                "format_steps=1.5", "format_mc_answer=3"):
+                "format_steps=1.5", "format_mc_answer=3", "format_steps=5", "cot_steps=5"):
         with pytest.raises(SystemExit) as exc:
             script.main(["--out", str(tmp_path / "m"), "--steps", "2", "--set", bad])
         assert exc.value.code == 2
