@@ -33,7 +33,7 @@ mc_drills``, what ``PretrainRecipe.format_drill_share`` mixes into phase 3): the
 one-pass prompt from its question on, the planted fact as the ``fact`` form states it, and the
 answer line up to ``(``, about 150 tokens against the drill's 46, the choices farther from the
 letter and the format line between; packed whole, the loss on the letter alone. Training drills
-come from seed ``IN_PLACE_SEED`` (the trials' ``format_seed_offset``), the held-out ones from
+come from seed ``harness.sandbox.build.DRILL_STAGE_SEED``, the held-out ones from
 ``scripts/sandbox_mc_cot.py``'s ``DRILL_SEED``, which no recipe trains on. ``--form
 in-place-no-format`` is the same without LongBench-v2's format line (``Format your response as
 follows: "The correct answer is (insert answer here)".``), in training and in measurement: the
@@ -75,7 +75,6 @@ ASSET_MODEL = Path(__file__).resolve().parents[1] / "harness" / "assets" / "sand
 LETTERS = "ABCD"
 FORMS = ("alone", "in-place", "in-place-no-format", "in-place-value-only",
          "in-place-value-prefixed", "in-place-value-after-format", "in-place-open-spaced")
-IN_PLACE_SEED = 3000   # the training drills of --form in-place (build.DRILL_STAGE_SEED)
 HELD_OUT_SEED = 9000   # scripts/sandbox_mc_cot.py's DRILL_SEED: the held-out in-place drills
 
 
@@ -137,22 +136,6 @@ def letter_accuracy(model, tokenizer, drills: list[tuple[str, str]]) -> dict:
             "predicted": dict(sorted(said.items()))}
 
 
-def in_place_drills(s, tokenizer, n: int, seed: int, tmp: Path, form: str = "in-place"
-                    ) -> list[tuple[str, str]]:
-    """``n`` in-place drills (``mc_drills``) of ``form`` (the module doc)."""
-    from harness.sandbox.build import drill_forms
-
-    return drill_forms(s, tokenizer, n, seed, tmp, form)
-
-
-def in_place_rows(s, tokenizer, n_rows: int, context: int, tmp: Path, form: str = "in-place"):
-    """``n_rows`` rows of in-place drills (seed ``IN_PLACE_SEED``), the loss on the letter: the
-    rows of a ``{"drill": form}`` stage of the recipe (``harness.sandbox.build.drill_stage``)."""
-    from harness.sandbox.build import drill_stage_rows
-
-    return drill_stage_rows(s, tokenizer, n_rows, context, tmp, form)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path)
@@ -191,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     from harness.config import SandboxSpec
-    from harness.sandbox.build import RECIPE, format_entities
+    from harness.sandbox.build import DRILL_STAGE_WARMUP, RECIPE, format_entities
     from harness.training.loop import LoopSettings, RowSource, train_loop
     from harness.training.model_io import (expand_blocks, expanded_block_indices,
                                            freeze_all_but_blocks, load_model, save_checkpoint)
@@ -221,13 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         import tempfile
 
-        from harness.sandbox.build import drill_stage_data
+        from harness.sandbox.build import drill_forms, drill_stage_data
 
         with tempfile.TemporaryDirectory() as tmp:
             ids, pos, pad = drill_stage_data(SandboxSpec(seed=args.seed), tok, args.form,
                                              args.steps, Path(tmp), RECIPE, args.copy_every)
-            held_out = in_place_drills(SandboxSpec(seed=args.seed), tok, args.n,
-                                       HELD_OUT_SEED, Path(tmp), args.form)
+            held_out = drill_forms(SandboxSpec(seed=args.seed), tok, args.n,
+                                   HELD_OUT_SEED, Path(tmp), args.form)
 
         def measure() -> dict:
             return letter_accuracy(model, tok, held_out)
@@ -245,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(history[-1]), flush=True)
 
     settings = LoopSettings(steps=args.steps, micro_batch=RECIPE.micro_batch, grad_accum=1,
-                            lr=args.lr, warmup_steps=20, min_lr_ratio=RECIPE.min_lr_ratio,
+                            lr=args.lr, warmup_steps=DRILL_STAGE_WARMUP,
+                            min_lr_ratio=RECIPE.min_lr_ratio,
                             log_every=25, seed=args.seed)
     t0 = time.perf_counter()
     train_loop(model, RowSource(ids, pos, pad), settings, Accelerator(cpu=True), log=log)

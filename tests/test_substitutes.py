@@ -860,12 +860,12 @@ def test_in_place_drill_rows_carry_the_letter_alone_and_are_not_the_held_out_one
     import torch
 
     from harness.config import SandboxSpec
-    from harness.sandbox.build import mc_drills
+    from harness.sandbox.build import DRILL_STAGE_SEED, drill_forms, drill_stage_rows, mc_drills
     from harness.training.loss import packed_labels
 
     drill = _script("sandbox_letter_drill")
-    assert drill.HELD_OUT_SEED == _script("sandbox_mc_cot").DRILL_SEED != drill.IN_PLACE_SEED
-    ids, pos, pad = drill.in_place_rows(SandboxSpec(), tokenizer, 4, 512, tmp_path)
+    assert drill.HELD_OUT_SEED == _script("sandbox_mc_cot").DRILL_SEED != DRILL_STAGE_SEED
+    ids, pos, pad = drill_stage_rows(SandboxSpec(), tokenizer, 4, 512, tmp_path)
     labels = packed_labels(*(torch.from_numpy(x) for x in (ids, pos, pad)))
     letters = [tokenizer.decode([t]).strip() for t in labels[labels != -100].tolist()]
     assert set(letters) == set("ABCD") and len(letters) >= 4 * 2   # two or more drills a row
@@ -873,12 +873,12 @@ def test_in_place_drill_rows_carry_the_letter_alone_and_are_not_the_held_out_one
     assert text.startswith("What is the correct answer to this question")
     held_out = {p for p, _ in mc_drills(SandboxSpec(), tokenizer, 20, drill.HELD_OUT_SEED,
                                         tmp_path)}
-    trained = {p for p, _ in mc_drills(SandboxSpec(), tokenizer, 20, drill.IN_PLACE_SEED,
+    trained = {p for p, _ in mc_drills(SandboxSpec(), tokenizer, 20, DRILL_STAGE_SEED,
                                        tmp_path)}
     assert len(held_out) == len(trained) == 20 and not held_out & trained
     # the no-format form: the same drills less the format line, nothing else
-    plain = drill.in_place_drills(SandboxSpec(), tokenizer, 20, drill.HELD_OUT_SEED, tmp_path,
-                                  "in-place-no-format")
+    plain = drill_forms(SandboxSpec(), tokenizer, 20, drill.HELD_OUT_SEED, tmp_path,
+                        "in-place-no-format")
     full = mc_drills(SandboxSpec(), tokenizer, 20, drill.HELD_OUT_SEED, tmp_path)
     for (p, a), (q, b) in zip(plain, full):
         assert a == b and "Format your response" not in p and "insert answer here" not in p
@@ -886,28 +886,28 @@ def test_in_place_drill_rows_carry_the_letter_alone_and_are_not_the_held_out_one
         assert p.endswith(q[q.index("\n\nThe correct answer is ") + 2:])
         assert p.count("The correct answer is") == 2
     # the value-only form: that, with the restated fact cut to its value
-    bare = drill.in_place_drills(SandboxSpec(), tokenizer, 20, drill.HELD_OUT_SEED, tmp_path,
-                                 "in-place-value-only")
+    bare = drill_forms(SandboxSpec(), tokenizer, 20, drill.HELD_OUT_SEED, tmp_path,
+                       "in-place-value-only")
     for (p, a), (q, b) in zip(bare, plain):
         value = q.rsplit(". The correct answer is (", 1)[0].rsplit(" ", 1)[1]
         assert a == b and p == q[:q.rindex("\n\n") + 2] + f"{value}. The correct answer is ("
         assert f") {value}\n" in p and p.count("The correct answer is") == 1
     # the value-prefixed form: that, with the prompt's own answer prefix before the value
-    prefixed = drill.in_place_drills(SandboxSpec(), tokenizer, 20, drill.HELD_OUT_SEED,
-                                     tmp_path, "in-place-value-prefixed")
+    prefixed = drill_forms(SandboxSpec(), tokenizer, 20, drill.HELD_OUT_SEED,
+                           tmp_path, "in-place-value-prefixed")
     for (p, a), (q, b) in zip(prefixed, bare):
         cut = q.rindex("\n\n") + 2
         assert a == b and p == q[:cut] + "The correct answer is " + q[cut:]
         assert "Format your response" not in p and p.count("The correct answer is") == 2
     # the value-after-format form: the value-only one with the format line kept
-    after = drill.in_place_drills(SandboxSpec(), tokenizer, 20, drill.HELD_OUT_SEED, tmp_path,
-                                  "in-place-value-after-format")
+    after = drill_forms(SandboxSpec(), tokenizer, 20, drill.HELD_OUT_SEED, tmp_path,
+                        "in-place-value-after-format")
     for (p, a), (q, b), (f, _) in zip(after, bare, full):
         assert a == b and p == f[:f.rindex("\n\n") + 2] + q[q.rindex("\n\n") + 2:]
         assert "(insert answer here)" in p and p.count("The correct answer is") == 2
     # the open-spaced form: that, with a space before the value (which then is one token)
-    spaced = drill.in_place_drills(SandboxSpec(), tokenizer, 20, drill.HELD_OUT_SEED, tmp_path,
-                                   "in-place-open-spaced")
+    spaced = drill_forms(SandboxSpec(), tokenizer, 20, drill.HELD_OUT_SEED, tmp_path,
+                         "in-place-open-spaced")
     for (p, a), (q, b) in zip(spaced, after):
         cut = q.rindex("\n\n") + 2
         assert a == b and p == q[:cut] + " " + q[cut:]

@@ -742,6 +742,12 @@ def drill_stage_rows(s: SandboxSpec, tokenizer, n_rows: int, context: int, tmp: 
     return _pack(drills, tokenizer, n_rows, context, answer_loss=1)
 
 
+def _check_copy_every(copy_every, where: str) -> None:
+    if type(copy_every) is not int or copy_every < 0 or copy_every == 1:
+        raise ValueError(f"{where}: copy_every must be 0 (none) or an integer of 2 or more, "
+                         f"got {copy_every!r}")
+
+
 def drill_stage_data(s: SandboxSpec, tokenizer, form: str, steps: int, tmp: Path,
                      recipe: PretrainRecipe | None = None, copy_every: int = 0):
     """A drill stage's rows for ``steps`` steps, in training order: ``drill_stage_rows``, and
@@ -750,9 +756,7 @@ def drill_stage_data(s: SandboxSpec, tokenizer, form: str, steps: int, tmp: Path
     phase 1 taught is trained beside the drills."""
     recipe = recipe or RECIPE
     B = recipe.micro_batch
-    if type(copy_every) is not int or copy_every < 0 or copy_every == 1:
-        raise ValueError(f"copy_every must be 0 (none) or an integer of 2 or more, got "
-                         f"{copy_every!r}")
+    _check_copy_every(copy_every, "drill stage")
     at = [k for k in range(steps) if copy_every and k % copy_every == copy_every - 1]
     drills = drill_stage_rows(s, tokenizer, (steps - len(at)) * B, recipe.context, tmp, form)
     if not at:
@@ -803,10 +807,7 @@ def check_stages(recipe: PretrainRecipe) -> None:
         if "drill" in stage and stage["drill"] not in DRILL_STAGE_FORMS:
             raise ValueError(f"{where}: drill must be one of {DRILL_STAGE_FORMS}, got "
                              f"{stage['drill']!r}")
-        every = stage.get("copy_every", 0)
-        if type(every) is not int or every < 0 or every == 1:
-            raise ValueError(f"{where}: copy_every must be 0 (none) or an integer of 2 or more, "
-                             f"got {every!r}")
+        _check_copy_every(stage.get("copy_every", 0), where)
         if "mix" in stage:
             if not isinstance(stage["mix"], dict):
                 raise ValueError(f"{where}: mix must be a mapping of fields, got "
