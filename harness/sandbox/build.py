@@ -765,19 +765,30 @@ def drill_stage_data(s: SandboxSpec, tokenizer, form: str, steps: int, tmp: Path
     return _interleave(drills, copies, at, steps, B)
 
 
-def recipe_with(recipe: PretrainRecipe, changes: dict, where: str) -> PretrainRecipe:
+def recipe_with(recipe: PretrainRecipe, changes: dict, where: str,
+                any_field: bool = False) -> PretrainRecipe:
     """``recipe`` with the ``format_*``, ``cot_*`` or ``STAGE_MIX_FIELDS`` fields of
-    ``changes``, each value of its field's type (an int for a float field is taken, and a
-    string that reads as a number: YAML 1.1 leaves ``3e-4`` a string); ValueError names
-    ``where`` and the field that is not one of them or not of its type."""
+    ``changes`` (with ``any_field``, any field but ``version`` and ``stages``), each value of
+    its field's type (an int for a float field is taken, and a string that reads as a number:
+    YAML 1.1 leaves ``3e-4`` a string; a list for a tuple field); ValueError names ``where``
+    and the field that is not one of them or not of its type."""
     fields = {f.name for f in dataclasses.fields(PretrainRecipe)
-              if f.name.startswith(("format_", "cot_")) or f.name in STAGE_MIX_FIELDS}
+              if f.name.startswith(("format_", "cot_")) or f.name in STAGE_MIX_FIELDS
+              or any_field and f.name not in ("version", "stages")}
+    what = "a field that may be changed" if any_field else "a field a stage may change"
     out = {}
     for key, value in changes.items():
         if key not in fields:
-            raise ValueError(f"{where}: {key!r} is not a field a stage may change (one of "
-                             f"{sorted(fields)})")
+            raise ValueError(f"{where}: {key!r} is not {what} (one of {sorted(fields)})")
         default = getattr(PretrainRecipe, key)
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+            if len(value) != len(default) or any(type(v) is not type(d) and not (
+                    isinstance(d, float) and type(v) is int) for v, d in zip(value, default)):
+                raise ValueError(f"{where}: {key} takes {len(default)} values like "
+                                 f"{default!r}, got {list(value)!r}")
+            value = tuple(float(v) if isinstance(d, float) else v
+                          for v, d in zip(value, default))
         if isinstance(default, float) and isinstance(value, str):
             try:
                 value = float(value)
@@ -790,6 +801,20 @@ def recipe_with(recipe: PretrainRecipe, changes: dict, where: str) -> PretrainRe
                              f"{default!r}), got {value!r}")
         out[key] = value
     return dataclasses.replace(recipe, **out)
+
+
+def check_shape(recipe: PretrainRecipe) -> None:
+    """ValueError naming the model-shape field of ``recipe`` that no model can have."""
+    for key in ("layers", "hidden", "heads", "kv_heads", "intermediate", "context",
+                "micro_batch", "steps"):
+        if getattr(recipe, key) < 1:
+            raise ValueError(f"recipe: {key} must be at least 1, got {getattr(recipe, key)}")
+    if recipe.hidden % recipe.heads or (recipe.hidden // recipe.heads) % 2:
+        raise ValueError(f"recipe: hidden ({recipe.hidden}) must split into heads "
+                         f"({recipe.heads}) of an even width (RoPE rotates pairs)")
+    if recipe.heads % recipe.kv_heads:
+        raise ValueError(f"recipe: heads ({recipe.heads}) must be a multiple of kv_heads "
+                         f"({recipe.kv_heads})")
 
 
 def check_stages(recipe: PretrainRecipe) -> None:
@@ -871,7 +896,8 @@ def pretrain(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe | None = None
     from harness.training.model_io import save_checkpoint, tiny_qwen2_config
 
     recipe = recipe or RECIPE
-    check_stages(recipe)   # before hours of work
+    check_shape(recipe)    # before hours of work
+    check_stages(recipe)
     tok_dir = out_dir.with_name(out_dir.name + ".tokenizer")
     train_sandbox_tokenizer(s, tok_dir, recipe)
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
