@@ -9,7 +9,9 @@ phases 1-3 and any stages) into a folder of its own; the shipped asset is never 
 value of the field's type; the rest keep version 4's values), checked with the model's shape
 before the tokenizer is trained. The folder holds the model (``model/``) and
 ``pretrain.json`` (the recipe, the changes, the wall time), written only when the run is
-complete. ``--max-positions`` writes a larger ``max_position_embeddings`` into the saved
+complete. The build keeps its progress in ``<out>.state`` (each phase's training state every
+``SAVE_EVERY`` steps, each finished phase's weights): the same command after a kill goes on
+where it stopped; another recipe is refused there until that folder is removed. ``--max-positions`` writes a larger ``max_position_embeddings`` into the saved
 config (RoPE unchanged: extrapolation), so that ``policylong eval`` may run it past 512.
 """
 from __future__ import annotations
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with atomic_dir(args.out) as tmp:
         pretrain(SandboxSpec(seed=args.seed), tmp / "model", recipe,
-                 check_every=args.check_every)
+                 check_every=args.check_every,
+                 state_dir=args.out.with_name(args.out.name + ".state"))
         seconds = time.perf_counter() - t0
         if args.max_positions:
             cfg = tmp / "model" / "config.json"

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -123,7 +124,116 @@ def test_from_scratch_recipe_runs_end_to_end(tmp_path, monkeypatch):
     assert man["model_key"] == B.model_key(spec, tiny)
     props = json.loads((out / "properties.json").read_text())
     assert 0.0 <= props["a_value_tokens_anchor_frac"] <= 1.0
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.state"))
+
+
+def _tiny_recipe():
+    from harness.sandbox import build as B
+    return dataclasses.replace(B.RECIPE, steps=4, micro_batch=2, layers=1, hidden=32,
+                               intermediate=64, heads=2, kv_heads=1, tokenizer_texts=200,
+                               drill_warmup_steps=1, copy_warmup_steps=1, continue_steps=4,
+                               format_steps=0)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_build_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    """A resumable build (``pretrain(state_dir=...)``) killed mid-phase 2, right after a saved
+    training state, is run again: phase 1's weights are loaded, not trained again, phase 2 goes
+    on from its saved step, and the model equals, bit for bit, one built without a stop."""
+    import torch
+    from harness.sandbox import build as B
+    from harness.training import loop
+    from harness.training.model_io import load_model
+
+    spec, recipe = SandboxSpec(n_entities=10, n_probe_entities=4, n_filler_docs=2), _tiny_recipe()
+    B.pretrain(spec, tmp_path / "plain", recipe)
+    monkeypatch.setattr(B, "SAVE_EVERY", 2)
+    saves = []
+
+    def kill_at_the_second_save(name):      # phase 1 saves at step 2, then phase 2 at step 2
+        saves.append(name)
+        if len(saves) == 2:
+            raise _Killed
+    monkeypatch.setattr(loop.faults, "point", kill_at_the_second_save)
+    state = tmp_path / "resumable.state"
+    with pytest.raises(_Killed):
+        B.pretrain(spec, tmp_path / "resumable", recipe, state_dir=state)
+    assert (state / "phase-1" / "done").exists() and not (state / "phase-2" / "done").exists()
+    assert json.loads((state / "phase-2" / "loop" / "state.json").read_text())["step"] == 2
+    assert not (tmp_path / "resumable").exists()
+
+    trained = []
+    real_rows = B.mixed_rows
+    monkeypatch.setattr(B, "mixed_rows", lambda *a, **k: trained.append(k) or real_rows(*a, **k))
+    B.pretrain(spec, tmp_path / "resumable", recipe, state_dir=state)
+    assert len(trained) == 1 and "stream_offset" in trained[0]   # phase 2's rows alone
+    assert not state.exists()
+    a, b = load_model(tmp_path / "plain"), load_model(tmp_path / "resumable")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+    # and the weights follow the recipe: a shorter phase 2 ends elsewhere
+    fresh = B.pretrain(spec, tmp_path / "short", dataclasses.replace(recipe, continue_steps=1))
+    assert not torch.equal(load_model(fresh).state_dict()["lm_head.weight"],
+                           a.state_dict()["lm_head.weight"])
+
+
+def test_a_build_refuses_progress_left_by_another_recipe(tmp_path, monkeypatch):
+    from harness.sandbox import build as B
+    from harness.training import loop
+
+    spec, recipe = SandboxSpec(n_entities=10, n_probe_entities=4, n_filler_docs=2), _tiny_recipe()
+    monkeypatch.setattr(B, "SAVE_EVERY", 2)
+    monkeypatch.setattr(loop.faults, "point", lambda name: (_ for _ in ()).throw(_Killed))
+    state = tmp_path / "m.state"
+    with pytest.raises(_Killed):
+        B.pretrain(spec, tmp_path / "m", recipe, state_dir=state)
+    other = dataclasses.replace(recipe, lr=1e-3)
+    with pytest.raises(ValueError, match="another build") as exc:
+        B.pretrain(spec, tmp_path / "m", other, state_dir=state)
+    assert str(state) in str(exc.value)
+    with pytest.raises(ValueError, match="another build"):   # nor another world
+        B.pretrain(SandboxSpec(n_entities=12, n_probe_entities=4, n_filler_docs=2),
+                   tmp_path / "m", recipe, state_dir=state)
+    assert (state / "phase-1" / "loop" / "state.json").exists()   # left as it was
+    assert not (tmp_path / "m").exists()
+
+
+def test_pretrain_script_builds_a_variant_and_refuses_a_bad_one_before_work(tmp_path, capsys):
+    """``scripts/sandbox_pretrain.py --set``: any recipe field (the model's shape too), each
+    checked before the tokenizer is trained; the folder is written only when complete."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "scripts" / "sandbox_pretrain.py"
+    spec_ = importlib.util.spec_from_file_location("sandbox_pretrain", path)
+    script = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(script)
+    out = tmp_path / "deep"
+    for bad, says in (("layers=0", "layers must be at least 1"), ("heads=3", "even width"),
+                      ("kv_heads=3", "multiple of kv_heads"), ("version=5", "'version' is not"),
+                      ("stages=[]", "'stages' is not"), ("copy_len=[3]", "takes 2 values"),
+                      ("lr=fast", "lr takes a float"), ("layer=4", "'layer' is not"),
+                      ("layers", "expected FIELD=VALUE")):
+        with pytest.raises(SystemExit) as exc:
+            script.main(["--out", str(out), "--set", bad])
+        assert exc.value.code == 2
+        assert says in capsys.readouterr().err, bad
+    assert not out.exists() and not list(tmp_path.iterdir())
+    tiny = ["steps=3", "micro_batch=2", "layers=3", "hidden=32", "intermediate=64", "heads=2",
+            "kv_heads=1", "tokenizer_texts=200", "drill_warmup_steps=1", "copy_warmup_steps=1",
+            "continue_steps=2", "format_steps=0", "copy_len=[20, 40]"]
+    assert script.main(["--out", str(out), "--max-positions", "1024"]
+                       + [a for t in tiny for a in ("--set", t)]) == 0
+    cfg = json.loads((out / "model" / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 3 and cfg["max_position_embeddings"] == 1024
+    report = json.loads((out / "pretrain.json").read_text())
+    assert report["changes"]["layers"] == 3 and report["recipe"]["copy_len"] == [20, 40]
+    assert report["recipe"]["format_mc_answer"] == "letter"      # the rest as in version 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep"]  # no state, no .tmp left
+    with pytest.raises(SystemExit) as exc:
+        script.main(["--out", str(out)])
+    assert exc.value.code == 2 and "exists" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -314,22 +314,57 @@ def mixed_rows(s: SandboxSpec, tokenizer, recipe: PretrainRecipe | None = None,
 
 
 def continue_pretraining(s: SandboxSpec, model, tokenizer, recipe: PretrainRecipe | None = None,
-                         log=None) -> None:
-    """Phase 2 of the recipe, in place on ``model`` (phase 1's weights)."""
-    from accelerate import Accelerator
-
-    from harness.training.loop import LoopSettings, RowSource, train_loop
+                         log=None, state: Path | None = None) -> None:
+    """Phase 2 of the recipe, in place on ``model`` (phase 1's weights); ``state``: see
+    ``train_phase``."""
+    from harness.training.loop import LoopSettings
 
     recipe = recipe or RECIPE
-    rows = dataclasses.replace(recipe, steps=recipe.continue_steps, drill_warmup_steps=0,
-                               curriculum_fraction=1e-6)   # the full distance from the start
-    ids, pos, pad = mixed_rows(s, tokenizer, rows, stream_offset=recipe.continue_stream_offset)
-    _log(f"phase 2: {ids.size:,} tokens ({recipe.continue_steps} steps)")
+
+    def rows():
+        r = dataclasses.replace(recipe, steps=recipe.continue_steps, drill_warmup_steps=0,
+                                curriculum_fraction=1e-6)   # the full distance from the start
+        ids, pos, pad = mixed_rows(s, tokenizer, r, stream_offset=recipe.continue_stream_offset)
+        _log(f"phase 2: {ids.size:,} tokens ({recipe.continue_steps} steps)")
+        return ids, pos, pad
+
     settings = LoopSettings(steps=recipe.continue_steps, micro_batch=recipe.micro_batch,
                             grad_accum=1, lr=recipe.continue_lr,
                             warmup_steps=recipe.continue_warmup_steps,
                             min_lr_ratio=recipe.min_lr_ratio, log_every=50, seed=s.seed + 1)
-    train_loop(model, RowSource(ids, pos, pad), settings, Accelerator(cpu=True), log=log)
+    train_phase(model, rows, settings, log, state)
+
+
+# A resumable build (``pretrain(state_dir=...)``) saves each phase's training state every so
+# many steps (ours).
+SAVE_EVERY = 250
+
+
+def train_phase(model, rows, settings, log=None, state: Path | None = None) -> None:
+    """Train ``model`` in place on ``rows()`` (a callable returning ``(ids, pos, pad)``, so
+    that a phase already finished builds no rows) with ``settings``. With ``state`` (a folder
+    of the phase's own) the phase is resumable: its training state is saved every
+    ``SAVE_EVERY`` steps and resumed from after a kill, and once it has finished its weights
+    stay there and are loaded instead of training it again."""
+    from accelerate import Accelerator
+    from safetensors.torch import load_model, save_model
+
+    from harness.training.loop import RowSource, train_loop
+
+    if state is not None and (state / "done").exists():
+        load_model(model, str(state / "model.safetensors"))
+        _log(f"{state.name}: finished in an earlier run; its weights loaded")
+        return
+    ids, pos, pad = rows()
+    if state is not None:
+        settings = dataclasses.replace(settings, save_every=SAVE_EVERY)
+    train_loop(model, RowSource(ids, pos, pad), settings, Accelerator(cpu=True), log=log,
+               state_dir=None if state is None else state / "loop")
+    if state is not None:
+        state.mkdir(parents=True, exist_ok=True)
+        save_model(model, str(state / "model.safetensors"))   # handles tied embeddings
+        (state / "done").write_text("")
+        shutil.rmtree(state / "loop", ignore_errors=True)
 
 
 # ---------------------------------------------------------------- phase 3: benchmark formats
@@ -656,27 +691,29 @@ def _interleave(rows, other, at: list[int], steps: int, B: int):
 
 
 def format_pretraining(s: SandboxSpec, model, tokenizer, recipe: PretrainRecipe | None = None,
-                       log=None, phase: int = 3) -> None:
+                       log=None, phase: int = 3, state: Path | None = None) -> None:
     """Phase 3 of the recipe (``phase=4``: phase 4), in place on ``model`` (the previous
     phase's weights), when ``recipe.format_steps`` (``cot_steps``) is set: a fresh optimizer
-    and schedule on ``format_rows``."""
-    from accelerate import Accelerator
-
-    from harness.training.loop import LoopSettings, RowSource, train_loop
+    and schedule on ``format_rows``; ``state``: see ``train_phase``."""
+    from harness.training.loop import LoopSettings
 
     recipe = recipe or RECIPE
-    t0 = time.perf_counter()
-    ids, pos, pad = format_rows(s, tokenizer, recipe, phase)
     steps, lr, warmup = ((recipe.format_steps, recipe.format_lr, recipe.format_warmup_steps)
                          if phase == 3 else
                          (recipe.cot_steps, recipe.cot_lr, recipe.cot_warmup_steps))
-    what = "benchmark formats" if phase == 3 else "multiple choice with LongBench-v2's CoT"
-    _log(f"phase {phase} ({what}): {steps} steps, {int((~pad).sum()):,} loss-carrying tokens; "
-         f"rows built in {time.perf_counter() - t0:.0f} s")
+
+    def rows():
+        t0 = time.perf_counter()
+        ids, pos, pad = format_rows(s, tokenizer, recipe, phase)
+        what = "benchmark formats" if phase == 3 else "multiple choice with LongBench-v2's CoT"
+        _log(f"phase {phase} ({what}): {steps} steps, {int((~pad).sum()):,} loss-carrying "
+             f"tokens; rows built in {time.perf_counter() - t0:.0f} s")
+        return ids, pos, pad
+
     settings = LoopSettings(steps=steps, micro_batch=recipe.micro_batch, grad_accum=1, lr=lr,
                             warmup_steps=warmup, min_lr_ratio=recipe.min_lr_ratio,
                             log_every=25, seed=s.seed + phase - 1)
-    train_loop(model, RowSource(ids, pos, pad), settings, Accelerator(cpu=True), log=log)
+    train_phase(model, rows, settings, log, state)
 
 
 # The in-place letter drills a ``{"drill": FORM}`` stage trains (``drill_forms``): ``in-place``,
@@ -844,67 +881,80 @@ def check_stages(recipe: PretrainRecipe) -> None:
 
 
 def drill_stage(s: SandboxSpec, model, tokenizer, form: str, steps: int,
-                recipe: PretrainRecipe | None = None, log=None, copy_every: int = 0) -> None:
+                recipe: PretrainRecipe | None = None, log=None, copy_every: int = 0,
+                state: Path | None = None) -> None:
     """A ``{"drill": form, "steps": steps, "copy_every": copy_every}`` stage, in place on
     ``model``: a fresh AdamW and cosine schedule (``DRILL_STAGE_WARMUP`` warm-up steps,
     learning rate ``DRILL_STAGE_LR``, to ``min_lr_ratio``) on ``drill_stage_data`` (what
-    ``scripts/sandbox_letter_drill.py --form FORM --copy-every K`` trains)."""
+    ``scripts/sandbox_letter_drill.py --form FORM --copy-every K`` trains); ``state``: see
+    ``train_phase``."""
     import tempfile
 
-    from accelerate import Accelerator
-
-    from harness.training.loop import LoopSettings, RowSource, train_loop
+    from harness.training.loop import LoopSettings
 
     recipe = recipe or RECIPE
-    with tempfile.TemporaryDirectory(prefix="drill_") as tmp:
-        ids, pos, pad = drill_stage_data(s, tokenizer, form, steps, Path(tmp), recipe,
-                                         copy_every)
-    _log(f"drill stage ({form}): {steps} steps, {int((~pad).sum()):,} loss-carrying tokens")
+
+    def rows():
+        with tempfile.TemporaryDirectory(prefix="drill_") as tmp:
+            ids, pos, pad = drill_stage_data(s, tokenizer, form, steps, Path(tmp), recipe,
+                                             copy_every)
+        _log(f"drill stage ({form}): {steps} steps, {int((~pad).sum()):,} loss-carrying "
+             f"tokens")
+        return ids, pos, pad
+
     settings = LoopSettings(steps=steps, micro_batch=recipe.micro_batch, grad_accum=1,
                             lr=DRILL_STAGE_LR, warmup_steps=DRILL_STAGE_WARMUP,
                             min_lr_ratio=recipe.min_lr_ratio, log_every=25, seed=s.seed)
-    train_loop(model, RowSource(ids, pos, pad), settings, Accelerator(cpu=True), log=log)
+    train_phase(model, rows, settings, log, state)
 
 
 def run_stages(s: SandboxSpec, model, tokenizer, recipe: PretrainRecipe | None = None,
-               log=None) -> None:
-    """``recipe.stages`` in order, in place on ``model``."""
+               log=None, state_dir: Path | None = None) -> None:
+    """``recipe.stages`` in order, in place on ``model``; with ``state_dir``, each stage
+    resumable in ``stage-K`` under it (``train_phase``)."""
     recipe = recipe or RECIPE
     check_stages(recipe)
     for k, stage in enumerate(recipe.stages):
+        state = None if state_dir is None else state_dir / f"stage-{k}"
         if "drill" in stage:
             drill_stage(s, model, tokenizer, stage["drill"], stage["steps"], recipe, log,
-                        stage.get("copy_every", 0))
+                        stage.get("copy_every", 0), state=state)
         else:
             staged = recipe_with(recipe, {**stage["mix"], "format_steps": stage["steps"]},
                                  f"recipe: stages[{k}]")
-            format_pretraining(s, model, tokenizer, staged, log=log)
+            format_pretraining(s, model, tokenizer, staged, log=log, state=state)
 
 
 def pretrain(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe | None = None,
-             log=None, check_every: int = 0) -> Path:
+             log=None, check_every: int = 0, state_dir: Path | None = None) -> Path:
     """Train the tokenizer and the tiny Qwen2 base model; save an HF folder at ``out_dir``.
 
     ``check_every`` (a multiple of 50) runs the induction check (``properties.copying``) every
     so many steps of each phase and logs it: the phase change where copying forms is visible as
-    the second copy's NLL falling away from the first's."""
+    the second copy's NLL falling away from the first's.
+
+    ``state_dir``: a folder where the build keeps its progress (the tokenizer, each phase's
+    training state every ``SAVE_EVERY`` steps, each finished phase's weights), so that the
+    same call after a kill goes on where it stopped and ends with the same weights; removed
+    once the model is saved. A folder left by another recipe or world is refused."""
     import torch
-    from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness.training.loop import LoopSettings, RowSource, train_loop
+    from harness.training.loop import LoopSettings
     from harness.training.model_io import save_checkpoint, tiny_qwen2_config
 
     recipe = recipe or RECIPE
     check_shape(recipe)    # before hours of work
     check_stages(recipe)
-    tok_dir = out_dir.with_name(out_dir.name + ".tokenizer")
-    train_sandbox_tokenizer(s, tok_dir, recipe)
+    state = None if state_dir is None else Path(state_dir)
+    if state is not None:
+        _claim_state(state, s, recipe)
+    tok_dir = out_dir.with_name(out_dir.name + ".tokenizer") if state is None else \
+        state / "tokenizer"
+    if state is None or not tok_dir.is_dir():
+        with atomic_dir(tok_dir) as tmp:
+            train_sandbox_tokenizer(s, tmp, recipe)
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
-    ids, pos, pad = mixed_rows(s, tok, recipe, copy_warmup=recipe.copy_warmup_steps)
-    _log(f"pre-training on {ids.size:,} tokens ({recipe.steps} steps of "
-         f"{recipe.micro_batch}x{recipe.context}, the first {recipe.copy_warmup_steps} of them "
-         f"slice copying)")
     cfg = tiny_qwen2_config(len(tok), recipe.hidden, recipe.layers, recipe.heads,
                             recipe.kv_heads, recipe.intermediate, recipe.context,
                             recipe.rope_theta, tok.eos_token_id)
@@ -912,20 +962,47 @@ def pretrain(s: SandboxSpec, out_dir: Path, recipe: PretrainRecipe | None = None
     torch.manual_seed(s.seed)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
     log = _with_copy_check(model, tok, s, log, check_every)
+
+    def rows():
+        ids, pos, pad = mixed_rows(s, tok, recipe, copy_warmup=recipe.copy_warmup_steps)
+        _log(f"pre-training on {ids.size:,} tokens ({recipe.steps} steps of "
+             f"{recipe.micro_batch}x{recipe.context}, the first {recipe.copy_warmup_steps} of "
+             f"them slice copying)")
+        return ids, pos, pad
+
+    def at(name):
+        return None if state is None else state / name
+
     settings = LoopSettings(steps=recipe.steps, micro_batch=recipe.micro_batch, grad_accum=1,
                             lr=recipe.lr, warmup_steps=recipe.warmup_steps,
                             min_lr_ratio=recipe.min_lr_ratio, log_every=50, seed=s.seed)
-    train_loop(model, RowSource(ids, pos, pad), settings, Accelerator(cpu=True), log=log)
+    train_phase(model, rows, settings, log, at("phase-1"))
     if recipe.continue_steps:
-        continue_pretraining(s, model, tok, recipe, log=log)
+        continue_pretraining(s, model, tok, recipe, log=log, state=at("phase-2"))
     if recipe.format_steps:
-        format_pretraining(s, model, tok, recipe, log=log)
+        format_pretraining(s, model, tok, recipe, log=log, state=at("phase-3"))
     if recipe.cot_steps:
-        format_pretraining(s, model, tok, recipe, log=log, phase=4)
-    run_stages(s, model, tok, recipe, log=log)
+        format_pretraining(s, model, tok, recipe, log=log, phase=4, state=at("phase-4"))
+    run_stages(s, model, tok, recipe, log=log, state_dir=state)
     save_checkpoint(model, tok, out_dir)
-    shutil.rmtree(tok_dir, ignore_errors=True)
+    shutil.rmtree(tok_dir if state is None else state, ignore_errors=True)
     return out_dir
+
+
+def _claim_state(state: Path, s: SandboxSpec, recipe: PretrainRecipe) -> None:
+    """Mark ``state`` as this build's, or refuse it when another build's progress is there."""
+    key = stable_hash({"model": model_key(s, recipe), "world": s.model_dump(mode="json"),
+                       "recipe": dataclasses.asdict(recipe)})
+    mark = state / "build.json"
+    if mark.exists():
+        found = json.loads(mark.read_text()).get("key")
+        if found != key:
+            raise ValueError(f"{state} holds the progress of another build (key {found}, this "
+                             f"one {key}): remove it to start this one")
+        _log(f"resuming the build kept in {state}")
+        return
+    state.mkdir(parents=True, exist_ok=True)
+    mark.write_text(json.dumps({"key": key, "world_seed": s.seed}))
 
 
 def _with_copy_check(model, tok, s: SandboxSpec, log, every: int):
@@ -986,8 +1063,9 @@ def build_sandbox(s: SandboxSpec | None = None, from_scratch: bool = False,
         if from_scratch or not shipped_ok:
             if not from_scratch:
                 _log(f"no shipped base model for sandbox seed {s.seed}: pre-training from scratch "
-                     f"(about 55 minutes on 2 cores)")
-            pretrain(s, tmp / "model", check_every=check_every)
+                     f"(1-2 hours on 2 cores; a killed build resumes when run again)")
+            pretrain(s, tmp / "model", check_every=check_every,
+                     state_dir=out.with_name(out.name + ".state"))
             origin = "from-scratch"
         else:
             shutil.copytree(ASSET / "model", tmp / "model")
