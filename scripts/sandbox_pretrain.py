@@ -11,8 +11,9 @@ before the tokenizer is trained. The folder holds the model (``model/``) and
 ``pretrain.json`` (the recipe, the changes, the wall time), written only when the run is
 complete. The build keeps its progress in ``<out>.state`` (each phase's training state every
 ``SAVE_EVERY`` steps, each finished phase's weights): the same command after a kill goes on
-where it stopped; another recipe is refused there until that folder is removed. ``--max-positions`` writes a larger ``max_position_embeddings`` into the saved
-config (RoPE unchanged: extrapolation), so that ``policylong eval`` may run it past 512.
+where it stopped; another recipe is refused there until that folder is removed.
+``--max-positions`` writes a larger ``max_position_embeddings`` into the saved config (RoPE
+unchanged: extrapolation), so that ``policylong eval`` may run it past 512.
 """
 from __future__ import annotations
 
