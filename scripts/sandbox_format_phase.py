@@ -27,23 +27,13 @@ ASSET_MODEL = Path(__file__).resolve().parents[1] / "harness" / "assets" / "sand
 
 def recipe_changes(items: list[str]) -> dict:
     """The recipe fields that ``--set FIELD=VALUE`` items change, each value of its field's
-    type (``harness.sandbox.build.recipe_with``: YAML, with ``3e-4`` read as a number);
-    ValueError names the item that is not a ``format_*``, ``cot_*``, ``copy_share`` or
-    ``copy_digit_share`` field or not of its type."""
-    import yaml
+    type (``harness.sandbox.build.set_items``); ValueError names the item that sets the
+    phase's length (that is ``--steps``), or is not a ``format_*``, ``cot_*``, ``copy_share``
+    or ``copy_digit_share`` field or not of its type."""
+    from harness.sandbox.build import set_items
 
-    from harness.sandbox.build import RECIPE, recipe_with
-
-    changes = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
-        if key in ("format_steps", "cot_steps"):
-            raise ValueError(f"--set {item!r}: the phase's length is --steps")
-        changed = recipe_with(RECIPE, {key: yaml.safe_load(value)}, f"--set {item!r}")
-        changes[key] = getattr(changed, key)
-    return changes
+    why = "the phase's length is --steps"
+    return set_items(items, refuse={"format_steps": why, "cot_steps": why})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,20 +28,11 @@ ASSET = Path(__file__).resolve().parents[1] / "harness" / "assets" / "sandbox-mo
 
 def recipe_changes(items: list[str]):
     """(recipe, changes): version 4's recipe with the ``--set FIELD=VALUE`` items, each value
-    of its field's type (``harness.sandbox.build.recipe_with``); ValueError names the item
-    that is not a field or not of its type, and a shape no model can have."""
-    import yaml
+    of its field's type (``harness.sandbox.build.set_items``, any field); ValueError names
+    the item that is not a field or not of its type, and a shape no model can have."""
+    from harness.sandbox.build import RECIPE, check_shape, check_stages, set_items
 
-    from harness.sandbox.build import RECIPE, check_shape, check_stages, recipe_with
-
-    changes = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
-        changed = recipe_with(RECIPE, {key: yaml.safe_load(value)}, f"--set {item!r}",
-                              any_field=True)
-        changes[key] = getattr(changed, key)
+    changes = set_items(items, any_field=True)
     recipe = dataclasses.replace(RECIPE, **changes)
     check_shape(recipe)
     check_stages(recipe)

@@ -840,6 +840,27 @@ def recipe_with(recipe: PretrainRecipe, changes: dict, where: str,
     return dataclasses.replace(recipe, **out)
 
 
+def set_items(items: list[str], any_field: bool = False, refuse: dict | None = None) -> dict:
+    """The fields of version 4's recipe that command-line ``--set FIELD=VALUE`` items change,
+    each value read as YAML and made its field's type by ``recipe_with`` (with ``any_field``
+    as there); ValueError names the item that is not FIELD=VALUE, names a field of
+    ``refuse`` (a field: why mapping), or is not a field that may be changed or not of its
+    type."""
+    import yaml
+
+    changes = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
+        if key in (refuse or {}):
+            raise ValueError(f"--set {item!r}: {refuse[key]}")
+        changed = recipe_with(RECIPE, {key: yaml.safe_load(value)}, f"--set {item!r}",
+                              any_field=any_field)
+        changes[key] = getattr(changed, key)
+    return changes
+
+
 def check_shape(recipe: PretrainRecipe) -> None:
     """ValueError naming the model-shape field of ``recipe`` that no model can have."""
     for key in ("layers", "hidden", "heads", "kv_heads", "intermediate", "context",
