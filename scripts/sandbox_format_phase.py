@@ -69,15 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     format_pretraining(SandboxSpec(seed=args.seed), model, tok, recipe, phase=args.phase)
     seconds = time.perf_counter() - t0
-    save_checkpoint(model, tok, args.out)
     if args.max_positions:
-        cfg = args.out / "config.json"
-        c = json.loads(cfg.read_text())
-        c["max_position_embeddings"] = args.max_positions
-        cfg.write_text(json.dumps(c, indent=2))
-    (args.out / "format_phase.json").write_text(json.dumps(
-        {"from": str(args.model), "recipe": dataclasses.asdict(recipe),
-         "seconds": round(seconds, 1)}, indent=2))
+        model.config.max_position_embeddings = args.max_positions
+    record = {"from": str(args.model), "recipe": dataclasses.asdict(recipe),
+              "seconds": round(seconds, 1)}
+    save_checkpoint(model, tok, args.out, files={"format_phase.json": json.dumps(record, indent=2)})
     print(f"phase {args.phase}: {args.steps} steps in {seconds:.0f} s -> {args.out}")
     return 0
 

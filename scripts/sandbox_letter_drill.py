@@ -234,13 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     train_loop(model, RowSource(ids, pos, pad), settings, Accelerator(cpu=True), log=log)
     seconds = time.perf_counter() - t0
-    save_checkpoint(model, tok, args.out)
-    (args.out / "letter_drill.json").write_text(json.dumps(
-        {"from": str(args.model), "grow_to": args.grow_to, "form": args.form,
-         "copy_every": args.copy_every,
-         "freeze_original": args.freeze_original, "trainable_parameters": trainable,
-         "steps": args.steps, "lr": args.lr,
-         "seconds": round(seconds, 1), "history": history}, indent=2))
+    record = {"from": str(args.model), "grow_to": args.grow_to, "form": args.form,
+              "copy_every": args.copy_every,
+              "freeze_original": args.freeze_original, "trainable_parameters": trainable,
+              "steps": args.steps, "lr": args.lr,
+              "seconds": round(seconds, 1), "history": history}
+    save_checkpoint(model, tok, args.out, files={"letter_drill.json": json.dumps(record, indent=2)})
     print(f"{args.steps} drill steps in {seconds:.0f} s -> {args.out}")
     return 0
 

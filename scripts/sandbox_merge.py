@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         merged = add_task_vectors(base, parts, [w for _, w in args.add])
     except ValueError as exc:
         p.error(str(exc))
-    save_checkpoint(merged, AutoTokenizer.from_pretrained(str(args.base)), args.out)
-    (args.out / "merge.json").write_text(json.dumps(
-        {"base": str(args.base), "add": [[str(m), w] for m, w in args.add]}, indent=1) + "\n")
+    record = {"base": str(args.base), "add": [[str(m), w] for m, w in args.add]}
+    save_checkpoint(merged, AutoTokenizer.from_pretrained(str(args.base)), args.out,
+                    files={"merge.json": json.dumps(record, indent=1) + "\n"})
     print(args.out)
     return 0
 

@@ -284,6 +284,12 @@ def test_task_arithmetic_adds_each_fine_tunes_change(tmp_path, tiny_model_dir):
         want = add_task_vectors(base, [tuned[0]], [0.5])(input_ids=ids).logits
         assert torch.allclose(got, want, atol=1e-5)
         assert not torch.allclose(got, base(input_ids=ids).logits, atol=1e-4)
+    assert json.loads((tmp_path / "m" / "merge.json").read_text()) == {
+        "base": str(tiny_model_dir), "add": [[str(tmp_path / "a"), 0.5]]}
+    # the record is written before the folder appears: one that fails leaves no folder
+    with pytest.raises(OSError, match="nothing was left behind"):
+        save_checkpoint(tuned[0], None, tmp_path / "r", files={"no/such/dir.json": "{}"})
+    assert not (tmp_path / "r").exists() and not (tmp_path / "r.tmp").exists()
     bad = subprocess.run([sys.executable, str(script), "--add", f"{tmp_path / 'a'}:half",
                           "--out", str(tmp_path / "m2")], capture_output=True, text=True)
     assert bad.returncode == 2 and "weight 'half' is not a number" in bad.stderr

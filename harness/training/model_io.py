@@ -16,11 +16,14 @@ def tiny_qwen2_config(vocab_size: int, hidden: int, layers: int, heads: int, kv_
                        use_sliding_window=False)
 
 
-def save_checkpoint(model, tokenizer, out_dir: Path, state_dict: dict | None = None) -> Path:
+def save_checkpoint(model, tokenizer, out_dir: Path, state_dict: dict | None = None,
+                    files: dict[str, str] | None = None) -> Path:
     """Save an HF folder (config, safetensors, tokenizer) under a temporary name, then rename.
 
     ``state_dict``: the weights to write when ``model``'s own parameters are shards (FSDP; see
-    ``harness.training.state.full_state_dict``).
+    ``harness.training.state.full_state_dict``). ``files``: name -> text of files to write
+    beside them before the rename (a record of how the weights were made), so that a folder
+    that exists is complete.
     """
     from harness.fileio import atomic_dir
 
@@ -28,6 +31,8 @@ def save_checkpoint(model, tokenizer, out_dir: Path, state_dict: dict | None = N
         model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
     return Path(out_dir)
 
 
