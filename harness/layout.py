@@ -4,6 +4,7 @@ Layout under ``spec.output_dir``::
 
     cache/tokens/<key>/           token store of the corpus (shared by every method)
     cache/index/<key>/            chunk embeddings + FAISS index per chunking (shared)
+                                  (both under ``$POLICYLONG_CACHE_DIR`` instead, when it is set)
     <label>/<key>/stage-<k>/dataset/     stage dataset built for stage k
     <label>/<key>/stage-<k>/checkpoint/  the model after training on stage k
     base/eval/                           evaluation of the untouched base model
@@ -13,6 +14,7 @@ local corpus's content (``method_key``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -109,7 +111,27 @@ def checkpoint_dir(spec: Spec, label: str, stage: int) -> Path:
 
 
 def cache_dir(spec: Spec) -> Path:
-    return Path(spec.output_dir) / "cache"
+    """The token stores and chunk indexes: ``$POLICYLONG_CACHE_DIR`` when set, else
+    ``<output_dir>/cache``. Both are keyed by their content (corpus, tokenizer, chunking,
+    encoder, index kind), built under a lock and renamed into place whole, so one folder can
+    serve every comparison of a corpus at once: it is embedded once, not once per output
+    folder (a study's seeds share ``<study output_dir>/cache`` this way)."""
+    shared = os.environ.get("POLICYLONG_CACHE_DIR")
+    return Path(shared) if shared else Path(spec.output_dir) / "cache"
+
+
+@contextlib.contextmanager
+def shared_cache(folder: str | Path):
+    """Within the block, ``cache_dir`` is ``folder`` for every spec, unless
+    ``$POLICYLONG_CACHE_DIR`` already names a cache (which is kept)."""
+    if os.environ.get("POLICYLONG_CACHE_DIR"):
+        yield
+        return
+    os.environ["POLICYLONG_CACHE_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        os.environ.pop("POLICYLONG_CACHE_DIR", None)
 
 
 def eval_dir(spec: Spec, label: str, stage: int, name: str) -> Path:

@@ -11,6 +11,21 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_cache_dir(tmp_path_factory):
+    """One token-store and chunk-index cache for the session (``$POLICYLONG_CACHE_DIR``, which
+    subprocesses inherit): each corpus is embedded once, not once per comparison. A test of
+    building those caches removes the variable or names its own folder."""
+    folder = tmp_path_factory.mktemp("cache")
+    before = os.environ.get("POLICYLONG_CACHE_DIR")
+    os.environ["POLICYLONG_CACHE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("POLICYLONG_CACHE_DIR", None)
+    else:
+        os.environ["POLICYLONG_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory):
     """A small Qwen2-pipeline BPE tokenizer trained on sandbox text (about a second)."""

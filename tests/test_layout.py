@@ -281,3 +281,23 @@ def test_a_corpus_edited_in_place_gives_other_stage_folders(tmp_path):
     in_folder = key(folder)
     (folder / "sub" / "y.txt").write_text("second")
     assert key(folder) != in_folder
+
+
+def test_the_cache_is_the_output_folders_unless_a_shared_one_is_named(monkeypatch, tmp_path):
+    """``$POLICYLONG_CACHE_DIR`` names one token-store and chunk-index folder for every spec;
+    without it each output folder has its own; ``shared_cache`` (a study's seeds) sets it for a
+    block, keeps one already named, and restores the environment after."""
+    from harness.config import load_spec
+    from harness.layout import cache_dir, shared_cache
+
+    spec = load_spec(REPO / "runs" / "smoke.yaml", [f"output_dir={tmp_path / 'out'}"])
+    monkeypatch.delenv("POLICYLONG_CACHE_DIR", raising=False)
+    assert cache_dir(spec) == tmp_path / "out" / "cache"
+    with shared_cache(tmp_path / "study"):
+        assert cache_dir(spec) == tmp_path / "study"
+    assert "POLICYLONG_CACHE_DIR" not in os.environ
+    assert cache_dir(spec) == tmp_path / "out" / "cache"
+    monkeypatch.setenv("POLICYLONG_CACHE_DIR", str(tmp_path / "mine"))
+    with shared_cache(tmp_path / "study"):
+        assert cache_dir(spec) == tmp_path / "mine"
+    assert cache_dir(spec) == tmp_path / "mine"

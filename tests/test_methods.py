@@ -141,20 +141,29 @@ def test_determinism_same_sha_twice(tmp_path, sandbox_dir, built):
 
 
 @pytest.mark.slow
-def test_two_processes_build_the_same_dataset(tmp_path, sandbox_dir):
+@pytest.mark.extended     # multi-process construction: GPU scale
+def test_two_processes_build_the_same_dataset(tmp_path, sandbox_dir, built):
     """Screening and verification sharded over 2 processes (torchrun, gloo) give the same
-    stage-dataset sha256 as one process."""
+    stage-dataset sha256 as one process. The chunk index (content-keyed: corpus, chunking,
+    encoder) is the one the module already embedded; the token store is built anew, by rank 0
+    while the other waits."""
     import os
+    import shutil
     import subprocess
     import sys
+
+    from harness.layout import cache_dir
     shas = {}
     for n in (1, 2):
         spec = micro_spec(tmp_path / f"p{n}", sandbox_dir).model_dump(mode="json")
         spec["output_dir"] = str(tmp_path / f"out{n}")
+        cache = tmp_path / f"cache{n}"
+        shutil.copytree(cache_dir(built[0]) / "index", cache / "index")
         f = tmp_path / f"spec{n}.yaml"
         f.write_text(yaml.safe_dump(spec))
         env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
-                   POLICYLONG_SANDBOX_DIR=str(sandbox_dir.parent))
+                   POLICYLONG_SANDBOX_DIR=str(sandbox_dir.parent),
+                   POLICYLONG_CACHE_DIR=str(cache))
         script = str(REPO / "tests" / "helpers" / "construct_cli.py")
         cmd = ([sys.executable, script] if n == 1 else
                [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
@@ -163,6 +172,11 @@ def test_two_processes_build_the_same_dataset(tmp_path, sandbox_dir):
                            env=env, timeout=900)
         assert r.returncode == 0, r.stderr[-3000:]
         shas[n] = [l for l in r.stdout.splitlines() if l.startswith("SHA ")][0]
+        # the copied index was used: no other key was embedded beside it
+        assert sorted(p.name for p in (cache / "index").iterdir()) \
+            == sorted(p.name for p in (cache_dir(built[0]) / "index").iterdir())
+        built_here = [p.name for p in (cache / "tokens").iterdir() if p.suffix != ".lock"]
+        assert len(built_here) == 1 and (cache_dir(built[0]) / "tokens" / built_here[0]).is_dir()
     assert shas[1] == shas[2]
 
 

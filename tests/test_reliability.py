@@ -28,9 +28,13 @@ def one_method_spec(tmp_path: Path, name: str, sandbox: Path) -> Path:
     return out
 
 
-def compare(spec: Path, sandbox: Path, kill_at: str | None = None, wait: bool = True):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "POLICYLONG_KILL_AT")}
+def compare(spec: Path, sandbox: Path, kill_at: str | None = None, wait: bool = True,
+            own_cache: bool = False):
+    """``own_cache``: the token store and chunk index under the output folder, built by this
+    comparison, instead of the session's shared cache."""
+    drop = ("MLFLOW_TRACKING_URI", "POLICYLONG_KILL_AT") + \
+        (("POLICYLONG_CACHE_DIR",) if own_cache else ())
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", POLICYLONG_SANDBOX_DIR=str(sandbox))
     if kill_at:
         env["POLICYLONG_KILL_AT"] = kill_at
@@ -90,15 +94,38 @@ def sandbox(small_sandbox):
     return small_sandbox.parent
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, sandbox):
+    """Two comparisons of one spec started at once, run to the end: their output is the
+    reference that a comparison killed at every step must reproduce."""
+    tmp = tmp_path_factory.mktemp("both")
+    spec = one_method_spec(tmp, "both", sandbox)
+    a = compare(spec, sandbox, wait=False)
+    b = compare(spec, sandbox, wait=False)
+    (_, err_a), (_, err_b) = a.communicate(timeout=900), b.communicate(timeout=900)
+    return tmp / "both", (a.returncode, err_a), (b.returncode, err_b)
+
+
 @pytest.mark.slow
-def test_kill_9_at_every_step_resumes_to_the_same_results(tmp_path, sandbox):
+def test_two_comparisons_of_one_spec_share_instead_of_colliding(reference):
+    out, (rc_a, err_a), (rc_b, err_b) = reference
+    assert rc_a == 0, err_a[-3000:]
+    assert rc_b == 0, err_b[-3000:]
+    assert "[lock] waiting for process" in err_a + err_b
+    # each stage was built and trained once: by whoever held the lock
+    built = (err_a + err_b).count('"method": "policylong", "stage": 0')
+    assert built == 1
+    nothing_looks_complete_that_is_not(out)
+
+
+@pytest.mark.slow
+def test_kill_9_at_every_step_resumes_to_the_same_results(tmp_path, sandbox, reference):
     from harness.faults import POINTS
     from harness.tracking import Tracking
 
-    ref = one_method_spec(tmp_path, "ref", sandbox)
-    r = compare(ref, sandbox)
-    assert r.returncode == 0, r.stderr[-3000:]
-    expected = outcome(tmp_path / "ref")
+    ref, (rc_a, err_a), (rc_b, _) = reference
+    assert rc_a == 0 and rc_b == 0, err_a[-3000:]
+    expected = outcome(ref)
     assert len(expected["datasets"]) == 2 and len(expected["checkpoints"]) == 2
 
     chain = one_method_spec(tmp_path, "chain", sandbox)
@@ -106,12 +133,12 @@ def test_kill_9_at_every_step_resumes_to_the_same_results(tmp_path, sandbox):
     # ... and training in stage 1, which continues stage 0's optimizer state and schedule
     for point in ("eval", "index", "screening", "dataset-write", "train", "train-late"):
         assert point in POINTS
-        r = compare(chain, sandbox, kill_at=point)
+        r = compare(chain, sandbox, kill_at=point, own_cache=True)   # killed while indexing
         assert r.returncode == -9, f"{point}: never reached (exit {r.returncode})\n" \
                                    f"{r.stderr[-2000:]}"
         nothing_looks_complete_that_is_not(tmp_path / "chain")
         assert not (tmp_path / "chain" / "report" / "results.json").exists()
-    r = compare(chain, sandbox)
+    r = compare(chain, sandbox, own_cache=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "marked" in r.stderr and "KILLED" in r.stderr
     got = outcome(tmp_path / "chain")
@@ -122,21 +149,6 @@ def test_kill_9_at_every_step_resumes_to_the_same_results(tmp_path, sandbox):
     assert not [x for x in runs if x.info.status == "RUNNING"]
     assert sum(x.info.status == "KILLED" for x in runs
                if x.info.run_name.startswith("compare-")) == 6
-
-
-@pytest.mark.slow
-def test_two_comparisons_of_one_spec_share_instead_of_colliding(tmp_path, sandbox):
-    spec = one_method_spec(tmp_path, "both", sandbox)
-    a = compare(spec, sandbox, wait=False)
-    b = compare(spec, sandbox, wait=False)
-    (_, err_a), (_, err_b) = a.communicate(timeout=900), b.communicate(timeout=900)
-    assert a.returncode == 0, err_a[-3000:]
-    assert b.returncode == 0, err_b[-3000:]
-    assert "[lock] waiting for process" in err_a + err_b
-    # each stage was built and trained once: by whoever held the lock
-    built = (err_a + err_b).count('"method": "policylong", "stage": 0')
-    assert built == 1
-    nothing_looks_complete_that_is_not(tmp_path / "both")
 
 
 def test_pickle_checkpoints_are_refused_before_any_work(tmp_path, tiny_model_dir):

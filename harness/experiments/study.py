@@ -3,7 +3,8 @@ paper's three claims judged by rules fixed in the study file before any result i
 
 A study file is a comparison spec (every key ``compare`` takes) plus a ``study:`` block
 (``StudySettings``). Each seed runs ``compare`` with ``seed`` and ``train.seed`` set to it and its
-own output folder (``<output_dir>/seed-<s>``); finished seeds are cached like any comparison, so a
+own output folder (``<output_dir>/seed-<s>``) and one cache (``<output_dir>/cache``: the corpus is
+tokenized and embedded once for all seeds); finished seeds are cached like any comparison, so a
 rerun only does what is missing. The report (``study.report``, by default ``docs/study.md``, with
 its plots beside it) is generated from the MLflow runs of the seeds, never from memory. Each
 seed's results, as read from MLflow, are also kept beside the report
@@ -59,7 +60,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
 
-from harness.layout import seed_dir, study_seed_file, study_times_file
+from harness.layout import seed_dir, shared_cache, study_seed_file, study_times_file
 from harness.config import (Spec, SpecError, Strict, _format_errors, read_mapping, resolved,
                             spec_from_data, spec_hash, stable_hash)
 
@@ -713,7 +714,8 @@ def study(path: str, overrides: list[str] | None = None, seeds: list[int] | None
                 continue
             _log(f"seed {s}: {len(spec.methods)} methods + base")
             t0 = time.perf_counter()
-            compare(sspec)
+            with shared_cache(Path(spec.output_dir) / "cache"):    # embedded once, not per seed
+                compare(sspec)
             dt = time.perf_counter() - t0
             if dt > 60 or str(s) not in wall:      # a cached rerun keeps the timing of the work
                 wall[str(s)] = dt
