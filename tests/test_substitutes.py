@@ -756,6 +756,7 @@ def test_open_prompt_examples_and_drills_write_the_whole_answer_line(tokenizer, 
     assert script._letters([" (C)"], line) == {"C": 1}
 
 
+@pytest.mark.extended     # a sandbox trial script, not the harness
 def test_letter_drill_script_trains_reports_and_refuses_bad_arguments(tmp_path):
     import json
     import random
@@ -989,6 +990,7 @@ def test_mc_cot_script_scores_held_out_drills_by_their_letters(tokenizer):
     assert always_b["right"] == right["letters"]["B"] < 40
 
 
+@pytest.mark.extended     # a sandbox trial script, not the harness
 def test_letter_drill_script_deepens_the_model_when_asked_and_refuses_an_impossible_depth(
         tmp_path, capsys):
     import json
