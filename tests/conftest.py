@@ -17,13 +17,9 @@ def shared_cache_dir(tmp_path_factory):
     subprocesses inherit): each corpus is embedded once, not once per comparison. A test of
     building those caches removes the variable or names its own folder."""
     folder = tmp_path_factory.mktemp("cache")
-    before = os.environ.get("POLICYLONG_CACHE_DIR")
-    os.environ["POLICYLONG_CACHE_DIR"] = str(folder)
-    yield folder
-    if before is None:
-        os.environ.pop("POLICYLONG_CACHE_DIR", None)
-    else:
-        os.environ["POLICYLONG_CACHE_DIR"] = before
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POLICYLONG_CACHE_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")
