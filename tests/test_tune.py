@@ -46,6 +46,31 @@ def test_tune_spec_errors_name_the_key(tmp_path):
                              "integer: true}}"]))
 
 
+def test_a_resumed_study_proposes_new_thresholds(tmp_path):
+    """A worker reopening a study draws on from where the stored trials leave it: with the
+    seed alone its sampler proposed trial 0's thresholds again after a restart. A fresh study
+    with the same seed still draws the same first trial."""
+    from harness.config import load_spec
+    from harness.experiments.tune import open_study, suggest
+
+    spec = load_spec(tune_spec(tmp_path))
+    first = suggest(open_study(spec).ask(), spec.tune.space)
+    again = open_study(spec)                     # the restart: trial 0 is stored, not finished
+    assert suggest(again.ask(), spec.tune.space) != first
+    other = spec.model_copy(update={"tune": spec.tune.model_copy(
+        update={"storage": f"sqlite:///{tmp_path}/other.db"})})
+    assert suggest(open_study(other).ask(), other.tune.space) == first
+
+
+def test_workers_split_the_cores_unless_told_how_many_threads():
+    from harness.experiments.tune import worker_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert worker_threads(1, {}) == {"OMP_NUM_THREADS": str(cores)}
+    assert worker_threads(cores * 2, {}) == {"OMP_NUM_THREADS": "1"}
+    assert worker_threads(2, {"OMP_NUM_THREADS": "3"}) == {}
+
+
 def test_suggest_keeps_epsilon_neg_below_epsilon():
     import optuna
 
@@ -134,6 +159,10 @@ def test_tune_completes_and_resumes_after_a_kill(tmp_path, small_sandbox):
     r = subprocess.run(cmd + ["--workers", "2"], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
+    # the two workers split this machine's cores instead of each taking all of them
+    threads = os.environ.get("OMP_NUM_THREADS") or max(1, len(os.sched_getaffinity(0)) // 2)
+    for i in range(2):
+        assert f"worker {i}: {threads} CPU threads" in r.stderr
     after = _trials(storage, name)
     finished = [t for t in after if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     # nothing lost, nothing left running; Optuna's MaxTrialsCallback may let the second worker
