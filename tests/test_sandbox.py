@@ -245,7 +245,8 @@ def test_tokenizer_and_model_round_trip_through_vllm(sandbox, tmp_path):
     tok = AutoTokenizer.from_pretrained(str(sandbox / "model"))
     docs = [json.loads(l) for l in (sandbox / "corpus.jsonl").read_text().splitlines()[:6]]
     texts = [d["text"][:600] for d in docs]
-    (tmp_path / "p.json").write_text(json.dumps({"texts": texts, "max_tokens": 6}))
+    (tmp_path / "p.json").write_text(json.dumps({"texts": texts, "max_tokens": 6,
+                                                 "again": True}))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     r = subprocess.run([sys.executable, str(REPO / "tests/helpers/vllm_check.py"),
                         str(sandbox / "model"), "512", str(tmp_path / "p.json")],
@@ -257,6 +258,10 @@ def test_tokenizer_and_model_round_trip_through_vllm(sandbox, tmp_path):
     for ids, gen in zip(res["ids"], res["generated"]):
         out = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False)
         assert out[0, len(ids):].tolist() == gen
+    # on CPU the engine core runs in this process (vllm_engine.cpu_environment), and engines
+    # started one after another there, each stopped by close(), give the same tokens
+    assert res["engine_core"] == "InprocClient"
+    assert res["again"] == [res["generated"]] * 2 and res["closed"]
 
 
 class _Copier:

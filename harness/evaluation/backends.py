@@ -126,6 +126,18 @@ class VLLMGreedy:
             progress(len(prompts))
         return [list(o.outputs[0].token_ids) for o in outs]
 
+    def close(self) -> None:
+        """Stop the engine now (its process, or in-process on CPU its KV cache and weights),
+        not whenever the garbage collector gets to it: the next checkpoint's engine starts
+        beside nothing."""
+        import gc
+
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+            gc.collect()
+
 
 def _dp_worker(conn, env: dict, kwargs: dict) -> None:
     """One data-parallel engine in its own process: build it, then answer ``generate`` calls
@@ -151,7 +163,7 @@ def _dp_worker(conn, env: dict, kwargs: dict) -> None:
     finally:
         # a multiprocessing child ends with os._exit (no atexit): stop the engine's own
         # processes here, or they outlive it holding the parent's pipes
-        engine.llm.llm_engine.engine_core.shutdown()
+        engine.close()
 
 
 class DataParallelVLLM:

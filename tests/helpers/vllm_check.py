@@ -21,5 +21,20 @@ if __name__ == "__main__":
         "max_model_len": llm.llm_engine.model_config.max_model_len,
         "rope_parameters": dict(getattr(hf_cfg, "rope_parameters", None) or {}),
         "max_position_embeddings": hf_cfg.max_position_embeddings,
+        "engine_core": type(llm.llm_engine.engine_core).__name__,
     }
+    if prompts.get("again"):
+        # the harness's backend, twice more in this process after this engine is stopped:
+        # what an evaluation of several checkpoints in one comparison does
+        from harness.evaluation.backends import VLLMGreedy
+
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        result["again"] = []
+        for _ in range(2):
+            backend = VLLMGreedy(model, max_len, stop_ids=[])
+            n = prompts.get("max_tokens", 8)
+            result["again"].append(backend.generate(ids, [n] * len(ids)))
+            backend.close()
+            result["closed"] = backend.llm is None
     print("RESULT " + json.dumps(result), flush=True)
