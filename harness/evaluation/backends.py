@@ -104,8 +104,9 @@ class VLLMGreedy:
 
     def __init__(self, model_path: str | Path, max_model_len: int, stop_ids: Sequence[int],
                  dtype: str = "auto", seed: int = 0, tensor_parallel_size: int = 1):
-        from harness.evaluation.vllm_engine import make_engine
+        from harness.evaluation.vllm_engine import CallerProcess, make_engine
 
+        self.caller = CallerProcess()
         self.llm = make_engine(str(model_path), max_model_len=max_model_len, dtype=dtype,
                                seed=seed, tensor_parallel_size=tensor_parallel_size)
         self.stop_ids = list(stop_ids)
@@ -120,8 +121,11 @@ class VLLMGreedy:
                                  else int(s), max_tokens=int(n), detokenize=False,
                                  stop_token_ids=self.stop_ids)
                   for n, t, s in zip(max_new_tokens, temps, seeds, strict=True)]
-        outs = self.llm.generate([{"prompt_token_ids": list(x)} for x in prompts], params,
-                                 use_tqdm=False)
+        from harness.evaluation.vllm_engine import rng_kept
+
+        with rng_kept():
+            outs = self.llm.generate([{"prompt_token_ids": list(x)} for x in prompts], params,
+                                     use_tqdm=False)
         if progress:
             progress(len(prompts))
         return [list(o.outputs[0].token_ids) for o in outs]
@@ -129,7 +133,7 @@ class VLLMGreedy:
     def close(self) -> None:
         """Stop the engine now (its process, or in-process on CPU its KV cache and weights),
         not whenever the garbage collector gets to it: the next checkpoint's engine starts
-        beside nothing."""
+        beside nothing; then put back what it changed in this process (``CallerProcess``)."""
         import gc
 
         llm, self.llm = getattr(self, "llm", None), None
@@ -137,6 +141,7 @@ class VLLMGreedy:
             llm.llm_engine.engine_core.shutdown()
             del llm
             gc.collect()
+            self.caller.restore()
 
 
 def _dp_worker(conn, env: dict, kwargs: dict) -> None:

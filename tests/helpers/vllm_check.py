@@ -28,13 +28,30 @@ if __name__ == "__main__":
         # what an evaluation of several checkpoints in one comparison does
         from harness.evaluation.backends import VLLMGreedy
 
+        import os
+        import random
+
+        import numpy as np
+        import torch
+
+        def draws():
+            return [random.random(), np.random.rand(), torch.rand(1).item()]
+
         llm.llm_engine.engine_core.shutdown()
         del llm
         result["again"] = []
+        env, set_threads = dict(os.environ), torch.set_num_threads
+        random.seed(1), np.random.seed(1), torch.manual_seed(1)
         for _ in range(2):
             backend = VLLMGreedy(model, max_len, stop_ids=[])
             n = prompts.get("max_tokens", 8)
             result["again"].append(backend.generate(ids, [n] * len(ids)))
             backend.close()
             result["closed"] = backend.llm is None
+        # what the engines changed in this process was put back
+        after = draws()
+        random.seed(1), np.random.seed(1), torch.manual_seed(1)
+        result["rng_kept"] = after == draws()
+        result["env_kept"] = dict(os.environ) == env
+        result["threads_kept"] = torch.set_num_threads is set_threads
     print("RESULT " + json.dumps(result), flush=True)
