@@ -365,8 +365,8 @@ def worker_threads(workers: int, env: dict[str, str]) -> dict[str, str]:
     may use, split evenly (at least one each), as ``OMP_NUM_THREADS``, which torch and FAISS
     read at start-up. Without it every worker starts one thread a core: two workers on two
     cores took 35.7 s for a micro stage's construction that took 13.3 s with a thread each
-    (8 s for one worker alone). An ``OMP_NUM_THREADS`` already set is the user's choice and kept (ours: the papers do not
-    say how they ran their workers)."""
+    (8 s for one worker alone). An ``OMP_NUM_THREADS`` already set is the user's choice and
+    kept (ours: the papers do not say how they ran their workers)."""
     if env.get("OMP_NUM_THREADS"):
         return {}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
