@@ -1,4 +1,5 @@
-"""Small file helpers shared by every writer: file digests and atomic folder writes."""
+"""Small helpers shared by every writer: file digests and atomic folder writes, locks, and the
+thread share of processes run side by side."""
 from __future__ import annotations
 
 import contextlib
@@ -68,6 +69,15 @@ def check_key(key: str, error: type[Exception] = ValueError) -> str:
         raise error(f"cache key {key!r} must be a folder name of letters, digits and "
                     f"'._=-' (not ending in '.tmp')")
     return key
+
+
+def threads_each(processes: int) -> int:
+    """CPU threads for each of ``processes`` working side by side on this machine: the cores
+    this process may use (its affinity, which a container or ``taskset`` can narrow below
+    ``os.cpu_count()``), split evenly, at least one each."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+    return max(1, cores // max(1, processes))
 
 
 def hub_offline() -> bool:

@@ -261,7 +261,7 @@ def test_tokenizer_and_model_round_trip_through_vllm(sandbox, tmp_path):
     # on CPU the engine core runs in this process (vllm_engine.cpu_environment), and engines
     # started one after another there, each stopped by close(), give the same tokens
     assert res["engine_core"] == "InprocClient"
-    assert res["again"] == [res["generated"]] * 2 and res["closed"]
+    assert res["again"] == [res["generated"]] * 2 and res["closed"] == [True, True]
     # and left this process as they found it: random state, environment, torch's threads call
     assert res["rng_kept"] and res["env_kept"] and res["threads_kept"]
 

@@ -188,13 +188,15 @@ class DataParallelVLLM:
 
         import torch
 
+        from harness.fileio import threads_each
+
         ctx = mp.get_context("spawn")
         gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         if visible:
             gpus = [g.strip() for g in visible.split(",") if g.strip()]
         self.size, self.conns, self.procs = size, [], []
-        threads = max(1, (os.cpu_count() or 1) // size)
+        threads = threads_each(size)
         for rank in range(size):
             env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(threads)}
             if gpus:

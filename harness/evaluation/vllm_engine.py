@@ -86,15 +86,19 @@ class CallerProcess:
     def __init__(self) -> None:
         import torch
 
-        self.env = dict(os.environ)
+        from harness.tracking import environ_snapshot
+
+        self.env = environ_snapshot()
         self.set_num_threads = torch.set_num_threads
 
     def restore(self) -> None:
         import torch
 
+        from harness.tracking import environ_snapshot
+
         torch.set_num_threads = self.set_num_threads
-        for k in set(os.environ) - set(self.env):
-            del os.environ[k]
+        for k in set(environ_snapshot()) - set(self.env):
+            os.environ.pop(k, None)
         os.environ.update(self.env)
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import subprocess
 import sys
 import time
@@ -367,11 +366,9 @@ def worker_threads(workers: int, env: dict[str, str]) -> dict[str, str]:
     cores took 35.7 s for a micro stage's construction that took 13.3 s with a thread each
     (8 s for one worker alone). An ``OMP_NUM_THREADS`` already set is the user's choice and
     kept (ours: the papers do not say how they ran their workers)."""
-    if env.get("OMP_NUM_THREADS"):
-        return {}
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        (os.cpu_count() or 1)
-    return {"OMP_NUM_THREADS": str(max(1, cores // max(1, workers)))}
+    from harness.fileio import threads_each
+
+    return {} if env.get("OMP_NUM_THREADS") else {"OMP_NUM_THREADS": str(threads_each(workers))}
 
 
 def tune(spec: Spec, workers: int = 1, spec_path: str | None = None,

@@ -39,7 +39,7 @@ if __name__ == "__main__":
 
         llm.llm_engine.engine_core.shutdown()
         del llm
-        result["again"] = []
+        result["again"], result["closed"] = [], []
         env, set_threads = dict(os.environ), torch.set_num_threads
         random.seed(1), np.random.seed(1), torch.manual_seed(1)
         for _ in range(2):
@@ -47,7 +47,7 @@ if __name__ == "__main__":
             n = prompts.get("max_tokens", 8)
             result["again"].append(backend.generate(ids, [n] * len(ids)))
             backend.close()
-            result["closed"] = backend.llm is None
+            result["closed"].append(backend.llm is None)
         # what the engines changed in this process was put back
         after = draws()
         random.seed(1), np.random.seed(1), torch.manual_seed(1)
